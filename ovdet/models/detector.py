@@ -1,0 +1,159 @@
+"""The open-vocabulary detector module: raw outputs in ``forward``, decoding and NMS separate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torchvision
+from torch import nn
+
+from ovdet.config import ModelConfig
+from ovdet.models.backbone import Backbone
+from ovdet.models.head import WorldHead
+from ovdet.models.layers import ConvBNAct, dfl_decode, make_anchors
+from ovdet.models.neck import TextGuidedPAN
+
+
+class RawOutputs(NamedTuple):
+    """What :meth:`OVDetector.forward` returns, in training and in eval alike.
+
+    Attributes:
+        box_logits: (B, 4·reg_max, A) DFL bin logits per side (left, top, right, bottom).
+        cls_logits: (B, K, A) region-text logits (before sigmoid).
+        anchors: (A, 2) anchor centres in grid units of their level.
+        strides: (A, 1) stride of each anchor's level, in input pixels.
+    """
+
+    box_logits: torch.Tensor
+    cls_logits: torch.Tensor
+    anchors: torch.Tensor
+    strides: torch.Tensor
+
+
+@dataclass(frozen=True)
+class NMSConfig:
+    """Post-processing settings.
+
+    Attributes:
+        conf: minimum class score kept.
+        iou: IoU above which a lower-scored box of the same class is suppressed.
+        max_det: boxes kept per image after NMS.
+        agnostic: suppress across classes too.
+        max_nms: candidates entering NMS (the highest scored).
+    """
+
+    conf: float = 0.25
+    iou: float = 0.7
+    max_det: int = 300
+    agnostic: bool = False
+    max_nms: int = 30000
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.conf <= 1.0:
+            raise ValueError(f"conf must be in [0, 1], got {self.conf}")
+        if not 0.0 <= self.iou <= 1.0:
+            raise ValueError(f"iou must be in [0, 1], got {self.iou}")
+        if self.max_det < 1:
+            raise ValueError(f"max_det must be >= 1, got {self.max_det}")
+
+
+class OVDetector(nn.Module):
+    """YOLO-World-style detector: backbone → text-guided PAN → head.
+
+    The class embeddings are an input, never state: ``forward(images, text)`` is a pure
+    function of its arguments and the weights.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = Backbone(cfg.channels, cfg.depths, cfg.bn_eps, cfg.bn_momentum)
+        self.neck = TextGuidedPAN(cfg, self.backbone.out_channels)
+        self.head = WorldHead(cfg, self.neck.out_channels)
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor,
+                text_mask: torch.Tensor | None = None) -> RawOutputs:
+        """Run the network.
+
+        Args:
+            images: (B, 3, H, W) RGB in [0, 1], H and W multiples of the largest stride (32).
+            text: (B, K, D) or (K, D) class embeddings (L2-normalised), shared by all images
+                when 2-D.
+            text_mask: optional (B, K) bool, False marks padding texts (training); padded
+                texts never gate the neck's attention.
+
+        Returns:
+            :class:`RawOutputs`.
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        stride = max(self.cfg.strides)
+        if images.shape[2] % stride or images.shape[3] % stride:
+            raise ValueError(f"image height and width must be multiples of {stride}, got {tuple(images.shape[2:])}")
+        b = images.shape[0]
+        text = text.to(images.dtype)
+        if text.ndim == 2:
+            text = text.unsqueeze(0).expand(b, -1, -1)
+        if text.ndim != 3 or text.shape[0] != b or text.shape[2] != self.cfg.embed_dim:
+            raise ValueError(f"text must be (K, {self.cfg.embed_dim}) or ({b}, K, {self.cfg.embed_dim}), "
+                             f"got {tuple(text.shape)}")
+        feats = self.backbone(images)
+        feats = self.neck(feats, text, text_mask)
+        box_logits, cls_logits = self.head(feats, text)
+        anchors, strides = make_anchors([f.shape[2:] for f in feats], self.cfg.strides, box_logits.dtype,
+                                        box_logits.device)
+        return RawOutputs(box_logits, cls_logits, anchors, strides)
+
+    def decode(self, raw: RawOutputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boxes and class scores of every anchor.
+
+        Returns:
+            boxes: (B, A, 4) xyxy in input-image pixels.
+            scores: (B, A, K) sigmoid class scores in [0, 1].
+        """
+        dist = dfl_decode(raw.box_logits, self.cfg.reg_max).transpose(1, 2)  # (B, A, 4) ltrb, grid units
+        anchors = raw.anchors.unsqueeze(0)  # (1, A, 2)
+        boxes = torch.cat((anchors - dist[..., :2], anchors + dist[..., 2:]), -1) * raw.strides
+        return boxes, raw.cls_logits.sigmoid().transpose(1, 2)
+
+    def postprocess(self, raw: RawOutputs, nms: NMSConfig) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Decode and run per-class (or agnostic) NMS.
+
+        Each anchor keeps its best class (as ultralytics' default ``multi_label=False``).
+
+        Returns:
+            One (boxes (N, 4) xyxy input pixels float32, scores (N,) descending float32,
+            labels (N,) int64) triple per image, N ≤ ``nms.max_det``.
+        """
+        boxes, scores = self.decode(raw)
+        out = []
+        for bx, sc in zip(boxes.float(), scores.float()):  # (A, 4), (A, K)
+            best, label = sc.max(1)  # (A,)
+            keep = best > nms.conf
+            bx, best, label = bx[keep], best[keep], label[keep]
+            if best.numel() > nms.max_nms:
+                top = best.topk(nms.max_nms).indices
+                bx, best, label = bx[top], best[top], label[top]
+            if nms.agnostic:
+                idx = torchvision.ops.nms(bx, best, nms.iou)
+            else:
+                idx = torchvision.ops.batched_nms(bx, best, label, nms.iou)
+            idx = idx[: nms.max_det]
+            out.append((bx[idx], best[idx], label[idx].long()))
+        return out
+
+    @torch.no_grad()
+    def fuse(self) -> "OVDetector":
+        """Fold every BatchNorm into its convolution for inference; outputs are unchanged."""
+        for m in self.modules():
+            if isinstance(m, ConvBNAct):
+                m.fuse()
+        self.head.fuse()
+        return self
+
+    @property
+    def is_fused(self) -> bool:
+        """True once :meth:`fuse` has folded the BatchNorms."""
+        return not any(isinstance(m, nn.BatchNorm2d) for m in self.modules())
