@@ -1,0 +1,182 @@
+"""The ``ovdet`` command line: ``ovdet predict|embed|convert``.
+
+Each sub-command is argparse → Detector → a summary; ``tools/*.py`` call :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+from ovdet.config import ConfigError
+
+
+def _read_classes(spec: str) -> list[str]:
+    """Class names from ``"a,b,c"`` or from a text file with one name per line."""
+    path = Path(spec)
+    if path.suffix in {".txt", ".names"} or path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"class file not found: {path}")
+        names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        return [n for n in names if n and not n.startswith("#")]
+    return [n.strip() for n in spec.split(",") if n.strip()]
+
+
+def load_detector(model: str, device: str = "auto"):
+    """A Detector from a model YAML (random init) or an ovdet checkpoint directory."""
+    from ovdet.api import Detector
+
+    path = Path(model)
+    if path.is_dir():
+        return Detector.load(path, device=device)
+    if path.suffix in {".yaml", ".yml"}:
+        return Detector.from_config(path, device=device)
+    if path.suffix == ".pt":
+        raise SystemExit(f"{path} is an ultralytics checkpoint (a pickle): convert it first with "
+                         f"`ovdet convert {path} <out_dir> --trust`, then pass --model <out_dir>")
+    raise FileNotFoundError(f"--model must be a model YAML or an ovdet checkpoint directory, got {model!r}")
+
+
+def _set_vocabulary(det, classes: str | None, embeddings: str | None) -> None:
+    if embeddings:
+        from ovdet.models.text import load_embeddings
+
+        names, emb, _ = load_embeddings(embeddings)
+        if classes:
+            wanted = _read_classes(classes)
+            missing = [n for n in wanted if n not in names]
+            if missing:
+                raise SystemExit(f"classes {missing} are not in {embeddings}")
+            idx = [names.index(n) for n in wanted]
+            names, emb = wanted, emb[idx]
+        det.set_class_embeddings(names, emb)
+    elif classes:
+        det.set_classes(_read_classes(classes))
+    elif not det.names:
+        raise SystemExit("no vocabulary: pass --classes 'a,b,c' (or a .txt file) or --embeddings FILE")
+
+
+def _unique(path: Path, used: set[Path]) -> Path:
+    out, i = path, 1
+    while out in used:
+        out = path.with_name(f"{path.stem}_{i}{path.suffix}")
+        i += 1
+    used.add(out)
+    return out
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ovdet.data.images import count_sources
+
+    det = load_detector(args.model, args.device)
+    _set_vocabulary(det, args.classes, args.embeddings)
+    save_dir = Path(args.save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    run = det.predict(args.source, conf=args.conf, iou=args.iou, imgsz=args.imgsz, max_det=args.max_det,
+                      agnostic_nms=args.agnostic_nms, batch=args.batch, precision=args.precision, stream=True,
+                      keep_images=not args.no_save_images, video_stride=args.video_stride)
+    per_class: Counter[str] = Counter()
+    records, used = [], set()
+    start = time.perf_counter()
+    with tqdm(total=count_sources(args.source), unit="img", desc="predict", disable=args.quiet) as bar:
+        for d in run:
+            per_class.update(d.names[i] for i in d.labels.tolist())
+            rec = d.to_dict()
+            if not args.no_save_images:
+                stem = Path(str(d.path)).name.replace(":", "_") or "image"
+                out = _unique(save_dir / (Path(stem).stem + ".jpg"), used)
+                d.save(out)
+                rec["annotated"] = out.name
+            records.append(rec)
+            bar.update(1)
+    elapsed = time.perf_counter() - start
+    out_json = save_dir / "predictions.json"
+    out_json.write_text(json.dumps({"names": det.names, "skipped": [{"source": s, "reason": r} for s, r in run.skipped],
+                                    "images": records}, indent=1))
+    n = len(records)
+    print(f"\n{n} images, {sum(per_class.values())} detections, {len(run.skipped)} skipped, "
+          f"{n / elapsed if elapsed > 0 else 0:.1f} images/s ({det.device})")
+    for name in det.names:
+        if per_class[name]:
+            print(f"  {name:<30} {per_class[name]}")
+    for s, r in run.skipped:
+        print(f"  skipped: {r}")
+    print(f"results: {out_json}" + ("" if args.no_save_images else f", annotated images in {save_dir}"))
+    if n == 0:
+        print("error: no image could be read", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from ovdet.config import TextConfig, load_model_config
+    from ovdet.models.text import EmbeddingCache, build_text_encoder, save_embeddings, validate_class_names
+
+    text_cfg = load_model_config(args.model).text if args.model else TextConfig()
+    if args.text_weights:
+        text_cfg = TextConfig(model=text_cfg.model, pretrained=args.text_weights, templates=text_cfg.templates,
+                              custom=text_cfg.custom, seed=text_cfg.seed)
+    if args.template:
+        text_cfg = TextConfig(model=text_cfg.model, pretrained=text_cfg.pretrained, templates=tuple(args.template),
+                              custom=text_cfg.custom, seed=text_cfg.seed)
+    names = validate_class_names(_read_classes(args.classes))
+    encoder = build_text_encoder(text_cfg, device=args.device if args.device != "auto" else "cpu")
+    emb = EmbeddingCache(None).get_or_encode(encoder, names, text_cfg.templates)
+    save_embeddings(args.output, names, emb, encoder.id, text_cfg.templates)
+    print(f"{len(names)} embeddings of dim {emb.shape[1]} from {encoder.id} -> {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ovdet", description="Open-vocabulary object detection.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pr = sub.add_parser("predict", help="detect text-named classes in images, folders, globs or videos")
+    pr.add_argument("--model", required=True, help="model YAML (random init) or ovdet checkpoint directory")
+    pr.add_argument("--classes", help="comma-separated names, or a .txt file with one name per line")
+    pr.add_argument("--embeddings", help="precomputed embeddings from `ovdet embed` (no text encoder needed)")
+    pr.add_argument("--source", required=True, help="image, directory, glob, or video file")
+    pr.add_argument("--save-dir", default="runs/predict")
+    pr.add_argument("--conf", type=float, default=0.25)
+    pr.add_argument("--iou", type=float, default=0.7)
+    pr.add_argument("--imgsz", type=int, default=640)
+    pr.add_argument("--max-det", type=int, default=300)
+    pr.add_argument("--batch", type=int, default=1)
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    pr.add_argument("--agnostic-nms", action="store_true")
+    pr.add_argument("--video-stride", type=int, default=1)
+    pr.add_argument("--no-save-images", action="store_true", help="write only predictions.json")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=cmd_predict)
+
+    em = sub.add_parser("embed", help="precompute class-name embeddings to a safetensors file")
+    em.add_argument("--classes", required=True, help="comma-separated names or a .txt file")
+    em.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    em.add_argument("--model", help="model YAML whose text encoder to use (default: open_clip ViT-B-32 openai)")
+    em.add_argument("--text-weights", help="local open_clip checkpoint file (offline use)")
+    em.add_argument("--template", action="append", help="prompt template with {} (repeatable; averaged)")
+    em.add_argument("--device", default="auto")
+    em.set_defaults(func=cmd_embed)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ovdet`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ConfigError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

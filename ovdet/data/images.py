@@ -1,0 +1,558 @@
+"""Image decoding and inference sources.
+
+Everything that reaches the model starts here as an ``(H, W, 3)`` uint8 BGR array, whatever it
+was on disk or in memory: EXIF orientation applied, grayscale expanded to three channels, alpha
+dropped, 16-bit scaled to 8-bit. :func:`iter_sources` turns any supported ``source`` (a path,
+directory, glob, video, array, PIL image, tensor, or a list of those) into a stream of
+:class:`SourceItem`; a file that cannot be read becomes an item with ``error`` set, so a batch
+job keeps going, while "nothing to do" (missing path, empty directory, empty glob) is an error.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence, Union
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
+    "ImageReadError",
+    "SourceItem",
+    "count_sources",
+    "decode_image",
+    "iter_sources",
+    "to_bgr_array",
+]
+
+#: File extensions read as still images (decoded by OpenCV; a GIF gives its first frame).
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".bmp", ".dib", ".gif", ".jpg", ".jpeg", ".jpe", ".jp2", ".png", ".pbm", ".pgm", ".ppm",
+     ".pnm", ".tif", ".tiff", ".webp"}
+)
+#: File extensions streamed frame by frame through ``cv2.VideoCapture``.
+VIDEO_EXTENSIONS: frozenset[str] = frozenset(
+    {".asf", ".avi", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ts", ".webm", ".wmv"}
+)
+
+_EXIF_ORIENTATION_TAG = 0x0112
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# The IEND chunk is always empty, so its type and CRC are fixed bytes.
+_PNG_IEND = b"IEND\xaeB`\x82"
+
+ImageLike = Union[np.ndarray, Image.Image, torch.Tensor]
+PathLike = Union[str, os.PathLike]
+
+
+class ImageReadError(ValueError):
+    """A file exists but cannot be decoded into an image; the message names the file and why."""
+
+
+@dataclass
+class SourceItem:
+    """One image of a source, decoded, or the reason it could not be.
+
+    Attributes:
+        name: File path; ``"path/video.mp4:frame12"`` for a video frame; ``"array0"``,
+            ``"pil0"`` or ``"tensor0"`` for in-memory inputs (the number is the position in the
+            input list, or in the batch of a 4-D tensor).
+        image: ``(H, W, 3)`` uint8 BGR array, or None when ``error`` is set.
+        error: Why the item could not be read, or None.
+        frame: 0-based frame index for video frames, else None.
+    """
+
+    name: str
+    image: np.ndarray | None
+    error: str | None = None
+    frame: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the item carries an image."""
+        return self.error is None
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding files
+# --------------------------------------------------------------------------------------------
+
+
+def decode_image(path: PathLike) -> np.ndarray:
+    """Read an image file as a 3-channel 8-bit BGR array.
+
+    The file is decoded with ``cv2.IMREAD_UNCHANGED`` so bit depth and alpha are visible, then
+    EXIF orientation is applied (all 8 orientations), grayscale is expanded to 3 channels,
+    alpha is dropped (not composited) and 16-bit values are scaled to 8-bit with
+    ``round(x / 257)``, mapping the full 16-bit range onto 0..255.
+
+    Args:
+        path: Image file path.
+
+    Returns:
+        ``(H, W, 3)`` uint8 BGR array, C-contiguous, in display orientation.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ImageReadError: The file is empty, truncated, corrupt, not an image, or has an
+            unsupported pixel type (float, signed, more than 4 channels).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"image file not found: {path}")
+    if os.path.isdir(path):
+        raise ImageReadError(f"{path}: is a directory, not an image file")
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise ImageReadError(f"{path}: cannot read file ({e})") from e
+    if data.size == 0:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
+
+    head = data[:8].tobytes()
+    reason = _truncation_reason(data, head)
+    if reason is not None:
+        raise ImageReadError(f"{path}: {reason}")
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:  # e.g. an image over OpenCV's pixel limit
+        raise ImageReadError(f"{path}: OpenCV cannot decode it ({str(e).strip()})") from e
+    if image is None or image.size == 0:
+        if head.startswith(_JPEG_MAGIC):
+            raise ImageReadError(f"{path}: corrupt JPEG data")
+        if head.startswith(_PNG_MAGIC):
+            raise ImageReadError(f"{path}: corrupt PNG data")
+        raise ImageReadError(f"{path}: not a decodable image (unrecognised or unsupported format)")
+
+    try:
+        image = _to_bgr_uint8(image)
+    except ValueError as e:
+        raise ImageReadError(f"{path}: {e}") from e
+    return np.ascontiguousarray(_apply_orientation(image, _exif_orientation(data, head)))
+
+
+def _truncation_reason(data: np.ndarray, head: bytes) -> str | None:
+    """Detect truncated JPEG/PNG files, which OpenCV may silently decode into a partial image.
+
+    Args:
+        data: ``(L,)`` uint8 raw file bytes.
+        head: The first 8 bytes of ``data``.
+
+    Returns:
+        A reason string when the file is truncated, else None.
+    """
+    if head.startswith(_JPEG_MAGIC):
+        raw = data.tobytes()
+        # Entropy-coded data never contains FFD9 (0xFF bytes are stuffed), so the image is whole
+        # only if an EOI marker follows the last start-of-scan. Searching from the end skips EOIs
+        # of EXIF thumbnails, which sit before the main image's scans.
+        last_sos = raw.rfind(b"\xff\xda")
+        last_eoi = raw.rfind(b"\xff\xd9")
+        if last_sos < 0:
+            return "truncated JPEG (no image data: start-of-scan marker missing)"
+        if last_eoi < last_sos:
+            return "truncated JPEG (end-of-image marker 0xFFD9 missing)"
+    elif head == _PNG_MAGIC:
+        if data.tobytes().rfind(_PNG_IEND) < 0:
+            return "truncated PNG (IEND chunk missing)"
+    return None
+
+
+def _exif_orientation(data: np.ndarray, head: bytes) -> int:
+    """Read the EXIF Orientation tag (1..8) from encoded image bytes; 1 when absent or unreadable.
+
+    Args:
+        data: ``(L,)`` uint8 raw file bytes.
+        head: The first 8 bytes of ``data``.
+    """
+    raw = data.tobytes()
+    # PIL fully decodes a PNG to look for a late eXIf chunk; skip that work when there is none.
+    if head == _PNG_MAGIC and b"eXIf" not in raw:
+        return 1
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            value = im.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - malformed metadata must not make a decodable image unreadable
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Transform a stored image into display orientation (same mapping as PIL's exif_transpose).
+
+    Args:
+        image: ``(H, W, C)`` array as stored in the file.
+        orientation: EXIF Orientation value, 1..8.
+
+    Returns:
+        ``(H, W, C)`` for orientations 1-4, ``(W, H, C)`` for 5-8 (a view, not a copy).
+    """
+    if orientation == 2:  # mirrored horizontally
+        return image[:, ::-1]
+    if orientation == 3:  # rotated 180
+        return image[::-1, ::-1]
+    if orientation == 4:  # mirrored vertically
+        return image[::-1]
+    if orientation == 5:  # transpose (mirror across the main diagonal)
+        return image.transpose(1, 0, 2)
+    if orientation == 6:  # stored rotated 90 CCW: rotate 90 clockwise
+        return np.rot90(image, k=-1)
+    if orientation == 7:  # transverse (mirror across the anti-diagonal)
+        return image[::-1, ::-1].transpose(1, 0, 2)
+    if orientation == 8:  # stored rotated 90 CW: rotate 90 counter-clockwise
+        return np.rot90(image, k=1)
+    return image
+
+
+def _to_bgr_uint8(image: np.ndarray) -> np.ndarray:
+    """Normalise a decoded/in-memory BGR(A)/gray array of 8 or 16 bits to ``(H, W, 3)`` uint8.
+
+    Args:
+        image: ``(H, W)``, ``(H, W, 1)``, ``(H, W, 2)`` (gray + alpha), ``(H, W, 3)`` BGR or
+            ``(H, W, 4)`` BGRA; uint8 or uint16.
+
+    Returns:
+        ``(H, W, 3)`` uint8 BGR; the input itself when it already is one.
+
+    Raises:
+        ValueError: Unsupported shape, channel count or dtype (message names it).
+    """
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3:
+        raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {tuple(image.shape)}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image has no pixels, shape {tuple(image.shape)}")
+    if image.dtype == np.uint16:
+        # round(x / 257) maps 0..65535 exactly onto 0..255; x / 257 never ends in .5 for integers.
+        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(
+            f"unsupported pixel type {image.dtype}; expected uint8 or uint16 "
+            f"(convert floats with (x * 255).round().astype(np.uint8))"
+        )
+    channels = image.shape[2]
+    if channels in (1, 2):  # gray, gray + alpha
+        return np.repeat(image[:, :, :1], 3, axis=2)
+    if channels == 3:
+        return image
+    if channels == 4:  # BGRA: drop alpha
+        return image[:, :, :3]
+    raise ValueError(f"unsupported channel count {channels} (shape {tuple(image.shape)}); expected 1, 3 or 4")
+
+
+# --------------------------------------------------------------------------------------------
+# In-memory images
+# --------------------------------------------------------------------------------------------
+
+
+def to_bgr_array(image: ImageLike) -> np.ndarray:
+    """Convert an in-memory image to a 3-channel uint8 BGR array.
+
+    Accepted inputs (used as given: no EXIF orientation is applied to in-memory images):
+
+    - ``np.ndarray`` in OpenCV convention: ``(H, W, 3)`` BGR (returned as-is when uint8 and
+      contiguous), ``(H, W)`` / ``(H, W, 1)`` gray, ``(H, W, 4)`` BGRA (alpha dropped);
+      dtype uint8, or uint16 (scaled with ``round(x / 257)``).
+    - ``PIL.Image.Image`` of any mode: RGB is swapped to BGR; L, LA, RGBA, P, CMYK, ... are
+      converted; 16-bit modes (``I;16*``, and ``I`` with values in 0..65535) are scaled.
+    - ``torch.Tensor`` in PyTorch convention: ``(3, H, W)`` RGB (or ``(1, H, W)`` gray, or a
+      leading batch dimension of 1), either floating point in [0, 1] or uint8 in [0, 255].
+
+    Args:
+        image: The image.
+
+    Returns:
+        ``(H, W, 3)`` uint8 BGR, C-contiguous.
+
+    Raises:
+        TypeError: Unsupported type or dtype.
+        ValueError: Unsupported shape, or a float tensor outside [0, 1].
+    """
+    if isinstance(image, np.ndarray):
+        if image.dtype not in (np.uint8, np.uint16):
+            raise TypeError(
+                f"numpy image must be uint8 (or uint16) BGR, got dtype {image.dtype} with shape "
+                f"{tuple(image.shape)}; convert floats in [0, 1] with (x * 255).round().astype(np.uint8)"
+            )
+        try:
+            return np.ascontiguousarray(_to_bgr_uint8(image))
+        except ValueError as e:
+            raise ValueError(f"numpy image: {e}; expected (H, W), (H, W, 3) BGR or (H, W, 4) BGRA") from e
+    if isinstance(image, Image.Image):
+        return _pil_to_bgr(image)
+    if isinstance(image, torch.Tensor):
+        return _tensor_to_bgr(image)
+    raise TypeError(
+        f"unsupported image type {type(image).__name__}; expected numpy.ndarray, PIL.Image.Image "
+        f"or torch.Tensor"
+    )
+
+
+def _pil_to_bgr(image: Image.Image) -> np.ndarray:
+    """Convert a PIL image of any mode to ``(H, W, 3)`` uint8 BGR."""
+    mode = image.mode
+    if mode.startswith("I;16"):
+        array = np.asarray(image).astype(np.uint16)
+    elif mode == "I":
+        array = np.asarray(image)
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise ValueError(
+                f"PIL image of mode 'I' has values in [{array.min()}, {array.max()}], outside the "
+                f"16-bit range 0..65535; convert it to 'L' or 'RGB' first"
+            )
+        array = array.astype(np.uint16)
+    elif mode in ("L", "RGB", "RGBA"):
+        array = np.asarray(image)
+    elif mode == "LA":
+        array = np.asarray(image)[:, :, 0]
+    elif mode == "F":
+        raise TypeError("PIL image of mode 'F' (float) is not supported; convert it to 'L' or 'RGB' first")
+    else:  # 1, P, PA, CMYK, YCbCr, LAB, HSV, RGBX, ...
+        array = np.asarray(image.convert("RGB"))
+    if array.ndim == 3:
+        array = array[:, :, 2::-1] if array.shape[2] == 3 else array[:, :, [2, 1, 0, 3]]  # RGB(A) -> BGR(A)
+    try:
+        return np.ascontiguousarray(_to_bgr_uint8(array))
+    except ValueError as e:
+        raise ValueError(f"PIL image (mode {mode!r}, size {image.size}): {e}") from e
+
+
+def _tensor_to_bgr(image: torch.Tensor) -> np.ndarray:
+    """Convert a ``(3, H, W)`` / ``(1, H, W)`` RGB tensor (float in [0, 1] or uint8) to BGR uint8."""
+    shape = tuple(image.shape)
+    if image.ndim == 4 and image.shape[0] == 1:
+        image = image[0]
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(
+            f"tensor image must be (3, H, W) RGB or (1, H, W) gray (optionally with a batch "
+            f"dimension of 1), got shape {shape}"
+        )
+    if image.shape[1] == 0 or image.shape[2] == 0:
+        raise ValueError(f"tensor image has no pixels, shape {shape}")
+    image = image.detach().cpu()
+    if image.dtype == torch.uint8:
+        array = image.numpy()
+    elif image.is_floating_point():
+        image = image.float()
+        lo, hi = float(image.min()), float(image.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-3 or hi > 1.0 + 1e-3:
+            raise ValueError(
+                f"float tensor image must have values in [0, 1], got [{lo:.4g}, {hi:.4g}] "
+                f"(shape {shape}); divide 0..255 values by 255"
+            )
+        array = (image.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy()
+    else:
+        raise TypeError(f"tensor image must be floating point in [0, 1] or uint8, got {image.dtype} (shape {shape})")
+    array = array.transpose(1, 2, 0)  # (H, W, C) RGB
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array[:, :, ::-1])
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One resolved unit of a source: an image file, a video file, or an in-memory image."""
+
+    kind: str  # "image" | "video" | "memory"
+    name: str
+    obj: Any = None  # the in-memory image for kind == "memory"
+
+
+def iter_sources(source: Any, *, video_stride: int = 1) -> Iterator[SourceItem]:
+    """Stream the images of a source one at a time.
+
+    The source is resolved eagerly (so a missing path raises at the call, not at the first
+    ``next``); images are decoded lazily, and videos are read one frame at a time, so memory
+    stays bounded whatever the source size.
+
+    Args:
+        source: One of
+
+            - a path (``str`` or ``os.PathLike``) to an image file (any extension is tried) or
+              to a video file (extension in :data:`VIDEO_EXTENSIONS`);
+            - a directory: its image and video files (by extension, non-recursive), sorted by
+              name; other files are ignored;
+            - a glob pattern (a string containing ``*``, ``?`` or ``[``; ``**`` recurses):
+              matching image and video files, sorted;
+            - an in-memory image: ``np.ndarray``, ``PIL.Image.Image`` or ``torch.Tensor``
+              (see :func:`to_bgr_array`); a ``(B, 3, H, W)`` tensor yields B items;
+            - a list or tuple of the above (not nested).
+        video_stride: Yield every ``video_stride``-th video frame (frames 0, s, 2s, ...).
+
+    Returns:
+        Iterator of :class:`SourceItem`, in source order. Files that cannot be decoded, and
+        videos that cannot be opened, give items with ``error`` set instead of raising.
+
+    Raises:
+        FileNotFoundError: A path does not exist, a directory holds no image or video files,
+            a glob matches none, or the source is an empty list.
+        TypeError: An unsupported source type.
+        ValueError: ``video_stride < 1``, or a URL source.
+    """
+    if not isinstance(video_stride, int) or isinstance(video_stride, bool) or video_stride < 1:
+        raise ValueError(f"video_stride must be an integer >= 1, got {video_stride!r}")
+    entries = _resolve(source)
+    return _iterate(entries, video_stride)
+
+
+def count_sources(source: Any, *, video_stride: int = 1) -> int | None:
+    """Number of items :func:`iter_sources` will yield, when cheaply known (for progress bars).
+
+    Videos are counted from ``CAP_PROP_FRAME_COUNT`` (container metadata, which may be
+    approximate); a video whose frame count is unknown, or that cannot be opened, makes the
+    total unknown.
+
+    Args:
+        source: Anything :func:`iter_sources` accepts.
+        video_stride: As in :func:`iter_sources`.
+
+    Returns:
+        The item count, or None when unknown.
+
+    Raises:
+        Same as :func:`iter_sources`.
+    """
+    if not isinstance(video_stride, int) or isinstance(video_stride, bool) or video_stride < 1:
+        raise ValueError(f"video_stride must be an integer >= 1, got {video_stride!r}")
+    total = 0
+    for entry in _resolve(source):
+        if entry.kind != "video":
+            total += 1
+            continue
+        capture = cv2.VideoCapture(entry.name)
+        try:
+            frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+        finally:
+            capture.release()
+        if frames <= 0:
+            return None
+        total += -(-frames // video_stride)  # ceil: frames 0, s, 2s, ... < frames
+    return total
+
+
+def _resolve(source: Any) -> list[_Entry]:
+    """Expand a source into entries without decoding anything."""
+    if isinstance(source, (list, tuple)):
+        if len(source) == 0:
+            raise FileNotFoundError("source is an empty list: nothing to read")
+        entries: list[_Entry] = []
+        for i, item in enumerate(source):
+            if isinstance(item, (list, tuple)):
+                raise TypeError(f"source list element {i} is a {type(item).__name__}; nested lists are not supported")
+            entries.extend(_resolve_one(item, index=i, in_list=True))
+        return entries
+    return _resolve_one(source, index=0, in_list=False)
+
+
+def _resolve_one(source: Any, *, index: int, in_list: bool) -> list[_Entry]:
+    """Expand one non-list source; ``index`` names in-memory images."""
+    if isinstance(source, np.ndarray):
+        return [_Entry("memory", f"array{index}", source)]
+    if isinstance(source, Image.Image):
+        return [_Entry("memory", f"pil{index}", source)]
+    if isinstance(source, torch.Tensor):
+        if source.ndim == 4 and source.shape[0] != 1:
+            if in_list:
+                raise ValueError(
+                    f"source list element {index} is a batched tensor of shape {tuple(source.shape)}; "
+                    f"pass the batch on its own or split it into (3, H, W) tensors"
+                )
+            return [_Entry("memory", f"tensor{b}", source[b]) for b in range(source.shape[0])]
+        return [_Entry("memory", f"tensor{index}", source)]
+    if isinstance(source, (str, os.PathLike)):
+        return _resolve_path(os.fspath(source))
+    raise TypeError(
+        f"unsupported source type {type(source).__name__}; expected a path, directory, glob, video, "
+        f"numpy array, PIL image, torch tensor, or a list of these"
+    )
+
+
+def _resolve_path(path: str) -> list[_Entry]:
+    """Expand a file, directory or glob pattern into sorted file entries."""
+    if path.lower().startswith(("http://", "https://", "rtsp://", "rtmp://")):
+        raise ValueError(f"URL sources are not supported: {path}; download the file first")
+    if os.path.isdir(path):
+        files = sorted(str(p) for p in Path(path).iterdir() if p.is_file() and _is_media(str(p)))
+        if not files:
+            raise FileNotFoundError(
+                f"no image or video files in directory {path} (looked for extensions "
+                f"{', '.join(sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS))})"
+            )
+        return [_file_entry(f) for f in files]
+    if os.path.exists(path):
+        return [_file_entry(path)]
+    if any(ch in path for ch in "*?["):
+        files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f) and _is_media(f))
+        if not files:
+            raise FileNotFoundError(f"glob pattern matched no image or video files: {path}")
+        return [_file_entry(f) for f in files]
+    raise FileNotFoundError(f"source not found: {path}")
+
+
+def _is_media(path: str) -> bool:
+    ext = os.path.splitext(path)[1].lower()
+    return ext in IMAGE_EXTENSIONS or ext in VIDEO_EXTENSIONS
+
+
+def _file_entry(path: str) -> _Entry:
+    kind = "video" if os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS else "image"
+    return _Entry(kind, path)
+
+
+def _iterate(entries: Sequence[_Entry], video_stride: int) -> Iterator[SourceItem]:
+    """Decode entries lazily, turning per-file failures into error items."""
+    for entry in entries:
+        if entry.kind == "memory":
+            yield SourceItem(entry.name, to_bgr_array(entry.obj))
+        elif entry.kind == "video":
+            yield from _iter_video(entry.name, video_stride)
+        else:
+            try:
+                yield SourceItem(entry.name, decode_image(entry.name))
+            except (ImageReadError, OSError) as e:
+                # OSError covers a file removed or made unreadable after the source was listed.
+                yield SourceItem(entry.name, None, error=str(e))
+
+
+def _iter_video(path: str, stride: int) -> Iterator[SourceItem]:
+    """Yield every ``stride``-th frame of a video, holding one frame in memory at a time."""
+    capture = cv2.VideoCapture(path)
+    try:
+        if not capture.isOpened():
+            yield SourceItem(path, None, error=f"{path}: cannot open video (unsupported codec or corrupt file)")
+            return
+        index = 0
+        yielded = 0
+        while True:
+            if index % stride == 0:
+                ok, frame = capture.read()
+                if not ok or frame is None:
+                    break
+                try:
+                    image = np.ascontiguousarray(_to_bgr_uint8(frame))
+                except ValueError as e:
+                    yield SourceItem(f"{path}:frame{index}", None, error=f"{path}: frame {index}: {e}", frame=index)
+                else:
+                    yield SourceItem(f"{path}:frame{index}", image, frame=index)
+                yielded += 1
+            elif not capture.grab():  # skipped frames are demuxed but not converted
+                break
+            index += 1
+        if yielded == 0:
+            yield SourceItem(path, None, error=f"{path}: video has no decodable frames")
+    finally:
+        capture.release()

@@ -1,0 +1,319 @@
+"""The result type: :class:`Detections`, one per image.
+
+Boxes are float32 xyxy in pixels of the ORIGINAL image. Format conversion happens only at the
+edges: :meth:`Detections.to_coco` writes COCO ``[x, y, w, h]``, :meth:`Detections.to_dict` the
+CLI's JSON.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+__all__ = ["Detections"]
+
+# A fixed palette of 20 well-separated colours, RGB hex; label i uses entry i % 20.
+_PALETTE_HEX = (
+    "E6194B", "3CB44B", "FFE119", "4363D8", "F58231", "911EB4", "46F0F0", "F032E6", "BCF60C", "FABEBE",
+    "008080", "9A6324", "800000", "AAFFC3", "808000", "000075", "E6BEFF", "FFD8B1", "808080", "00A0FF",
+)
+_PALETTE_BGR: tuple[tuple[int, int, int], ...] = tuple(
+    (int(h[4:6], 16), int(h[2:4], 16), int(h[0:2], 16)) for h in _PALETTE_HEX
+)
+
+
+def label_color(label: int) -> tuple[int, int, int]:
+    """The BGR plotting colour of a class index (deterministic, cycles through 20 colours)."""
+    return _PALETTE_BGR[label % len(_PALETTE_BGR)]
+
+
+@dataclass(eq=False)
+class Detections:
+    """Detections of one image.
+
+    Attributes:
+        boxes: ``(N, 4)`` float32 xyxy boxes in pixels of the original image.
+        scores: ``(N,)`` float32 confidences, sorted descending.
+        labels: ``(N,)`` int64 indices into ``names``.
+        names: Class names (the vocabulary the detector was queried with).
+        image_size: ``(height, width)`` of the original image, pixels.
+        path: Source name (file path, ``"video.mp4:frame3"``, ``"array0"``), if any.
+        image: The original ``(H, W, 3)`` uint8 BGR image, kept for plotting; never modified.
+
+    On construction, tensors (or array-likes) are moved to CPU and coerced to float32/int64,
+    and rows are reordered by descending score if they are not already.
+    """
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    names: list[str]
+    image_size: tuple[int, int]
+    path: str | None = None
+    image: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        boxes = torch.as_tensor(self.boxes).detach().to("cpu", torch.float32)
+        scores = torch.as_tensor(self.scores).detach().to("cpu", torch.float32)
+        labels = torch.as_tensor(self.labels).detach().cpu()
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"Detections.boxes must have shape (N, 4), got {tuple(boxes.shape)}")
+        n = boxes.shape[0]
+        if scores.shape != (n,):
+            raise ValueError(
+                f"Detections.scores must have shape ({n},) to match boxes {tuple(boxes.shape)}, "
+                f"got {tuple(scores.shape)}"
+            )
+        if labels.shape != (n,):
+            raise ValueError(
+                f"Detections.labels must have shape ({n},) to match boxes {tuple(boxes.shape)}, "
+                f"got {tuple(labels.shape)}"
+            )
+        if labels.is_floating_point() and not torch.equal(labels, labels.round()):
+            raise ValueError("Detections.labels must be integer class indices, got non-integer values")
+        if labels.dtype == torch.bool or labels.is_complex():
+            raise TypeError(f"Detections.labels must be integer class indices, got dtype {labels.dtype}")
+        labels = labels.to(torch.int64)
+
+        if isinstance(self.names, str) or not all(isinstance(s, str) for s in self.names):
+            raise TypeError(f"Detections.names must be a list of str, got {self.names!r}")
+        names = list(self.names)
+        if n and (int(labels.min()) < 0 or int(labels.max()) >= len(names)):
+            raise ValueError(
+                f"Detections.labels must lie in [0, {len(names)}) (len(names) = {len(names)}), "
+                f"got values in [{int(labels.min())}, {int(labels.max())}]"
+            )
+        if not bool(torch.isfinite(boxes).all()) or not bool(torch.isfinite(scores).all()):
+            raise ValueError("Detections.boxes and Detections.scores must be finite (found NaN or inf)")
+        bad = torch.nonzero((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).flatten()
+        if bad.numel():
+            i = int(bad[0])
+            raise ValueError(
+                f"Detections.boxes must be xyxy with x2 >= x1 and y2 >= y1; box {i} is {boxes[i].tolist()}"
+            )
+
+        size = tuple(int(v) for v in self.image_size)
+        if len(size) != 2 or size[0] < 1 or size[1] < 1:
+            raise ValueError(
+                f"Detections.image_size must be (height, width) with positive ints, got {self.image_size!r}"
+            )
+        if self.image is not None:
+            im = self.image
+            if not isinstance(im, np.ndarray) or im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+                desc = f"{tuple(im.shape)} {im.dtype}" if isinstance(im, np.ndarray) else type(im).__name__
+                raise ValueError(f"Detections.image must be an (H, W, 3) uint8 BGR array, got {desc}")
+            if tuple(im.shape[:2]) != size:
+                raise ValueError(f"Detections.image has shape {tuple(im.shape[:2])} but image_size is {size}")
+
+        if n > 1 and bool((scores[1:] > scores[:-1]).any()):
+            order = torch.sort(scores, descending=True, stable=True).indices  # (N,)
+            boxes, scores, labels = boxes[order], scores[order], labels[order]
+        self.boxes, self.scores, self.labels = boxes.contiguous(), scores.contiguous(), labels.contiguous()
+        self.names = names
+        self.image_size = (size[0], size[1])
+
+    # ----------------------------------------------------------------------------------------
+
+    @classmethod
+    def empty(
+        cls,
+        names: Sequence[str],
+        image_size: tuple[int, int],
+        path: str | None = None,
+        image: np.ndarray | None = None,
+    ) -> Detections:
+        """Detections with no boxes (an image where nothing was found)."""
+        return cls(
+            boxes=torch.zeros((0, 4), dtype=torch.float32),
+            scores=torch.zeros((0,), dtype=torch.float32),
+            labels=torch.zeros((0,), dtype=torch.int64),
+            names=list(names),
+            image_size=image_size,
+            path=path,
+            image=image,
+        )
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def __getitem__(self, index: int | slice | torch.Tensor | Sequence[int]) -> Detections:
+        """Select detections, e.g. ``dets[dets.scores > 0.5]``; returns new Detections."""
+        if isinstance(index, int):
+            n = len(self)
+            if not -n <= index < n:
+                raise IndexError(f"detection index {index} out of range for {n} detections")
+            index = slice(index % n, index % n + 1)
+        return Detections(
+            boxes=self.boxes[index],
+            scores=self.scores[index],
+            labels=self.labels[index],
+            names=self.names,
+            image_size=self.image_size,
+            path=self.path,
+            image=self.image,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Detections(n={len(self)}, image_size={self.image_size}, path={self.path!r}, "
+            f"names={self.names!r})"
+        )
+
+    def cpu(self) -> Detections:
+        """Return self: Detections always hold CPU tensors (moved there on construction)."""
+        return self
+
+    # ----------------------------------------------------------------------------------------
+
+    def plot(
+        self,
+        image: np.ndarray | None = None,
+        line_width: int | None = None,
+        font_scale: float | None = None,
+        show_scores: bool = True,
+    ) -> np.ndarray:
+        """Draw the boxes and labels on a copy of the image.
+
+        Args:
+            image: ``(H, W, 3)`` uint8 BGR image matching ``image_size``; defaults to the
+                stored ``image``.
+            line_width: Box line width, pixels; default scales with the image size.
+            font_scale: OpenCV font scale; default ``line_width / 3``.
+            show_scores: Append the score to each label (``"person 0.87"``).
+
+        Returns:
+            A new ``(H, W, 3)`` uint8 BGR array; the input image is not modified.
+
+        Raises:
+            ValueError: No image given or stored, or its shape does not match ``image_size``.
+        """
+        if image is None:
+            image = self.image
+        if image is None:
+            raise ValueError(
+                "Detections.plot needs an image: none is stored (path="
+                f"{self.path!r}); pass plot(image=...)"
+            )
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            desc = f"{tuple(image.shape)} {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
+            raise ValueError(f"plot image must be an (H, W, 3) uint8 BGR array, got {desc}")
+        h, w = self.image_size
+        if tuple(image.shape[:2]) != (h, w):
+            raise ValueError(
+                f"plot image has shape {tuple(image.shape[:2])} but the detections are for image_size {(h, w)}"
+            )
+
+        canvas = np.ascontiguousarray(image).copy()
+        lw = line_width if line_width is not None else max(2, round(0.002 * (h + w)))
+        fs = font_scale if font_scale is not None else lw / 3
+        thickness = max(1, lw - 1)
+        font = cv2.FONT_HERSHEY_SIMPLEX
+        # Draw lowest scores first so the most confident boxes end up on top.
+        for i in reversed(range(len(self))):
+            x1, y1, x2, y2 = (int(round(v)) for v in self.boxes[i].tolist())
+            label = int(self.labels[i])
+            color = label_color(label)
+            cv2.rectangle(canvas, (x1, y1), (x2, y2), color, lw, cv2.LINE_AA)
+            text = self.names[label] + (f" {float(self.scores[i]):.2f}" if show_scores else "")
+            (tw, th), baseline = cv2.getTextSize(text, font, fs, thickness)
+            box_h = th + baseline + 2
+            # Above the box when there is room, else just inside its top edge.
+            ty = y1 - box_h if y1 - box_h >= 0 else y1
+            tx = min(max(x1, 0), max(w - tw - 2, 0))
+            cv2.rectangle(canvas, (tx, ty), (tx + tw + 2, ty + box_h), color, -1, cv2.LINE_AA)
+            luminance = 0.114 * color[0] + 0.587 * color[1] + 0.299 * color[2]
+            text_color = (0, 0, 0) if luminance > 140 else (255, 255, 255)
+            cv2.putText(canvas, text, (tx + 1, ty + th + 1), font, fs, text_color, thickness, cv2.LINE_AA)
+        return canvas
+
+    def save(self, path: str | os.PathLike, image: np.ndarray | None = None, **plot_kwargs: Any) -> Path:
+        """Write the plotted image to ``path`` (format from its extension; parent dirs created).
+
+        Args:
+            path: Output file, e.g. ``runs/predict/bus.jpg``.
+            image: As in :meth:`plot`.
+            **plot_kwargs: Passed to :meth:`plot`.
+
+        Returns:
+            The written path.
+
+        Raises:
+            ValueError: No image to plot, or OpenCV cannot encode to the extension.
+            OSError: The file cannot be written.
+        """
+        path = Path(path)
+        canvas = self.plot(image=image, **plot_kwargs)
+        ext = path.suffix.lower()
+        if not ext:
+            raise ValueError(f"cannot save detections to {path}: no file extension (use e.g. .jpg or .png)")
+        try:
+            ok, encoded = cv2.imencode(ext, canvas)
+        except cv2.error as e:
+            raise ValueError(
+                f"cannot save detections to {path}: OpenCV cannot encode {ext!r} ({str(e).strip()})"
+            ) from e
+        if not ok:
+            raise ValueError(f"cannot save detections to {path}: OpenCV failed to encode {ext!r}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(encoded.tobytes())
+        except OSError as e:
+            raise OSError(f"cannot save detections to {path}: {e}") from e
+        return path
+
+    def to_coco(self, image_id: int, category_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """COCO results-format dicts, one per detection.
+
+        Args:
+            image_id: The COCO image id.
+            category_ids: COCO category id of each class in ``names`` (same length); default:
+                the label index itself.
+
+        Returns:
+            ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]`` with ``bbox``
+            in original-image pixels rounded to 4 decimals and ``score`` to 5 decimals.
+
+        Raises:
+            ValueError: ``category_ids`` length differs from ``len(names)``.
+        """
+        if category_ids is not None and len(category_ids) != len(self.names):
+            raise ValueError(
+                f"category_ids has {len(category_ids)} entries but there are {len(self.names)} names; "
+                f"give one COCO category id per class"
+            )
+        xywh = self.boxes.to(torch.float64).clone()  # (N, 4)
+        xywh[:, 2:] -= xywh[:, :2]
+        results = []
+        for box, score, label in zip(xywh.tolist(), self.scores.tolist(), self.labels.tolist()):
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(category_ids[label]) if category_ids is not None else int(label),
+                    "bbox": [round(v, 4) for v in box],
+                    "score": round(score, 5),
+                }
+            )
+        return results
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary: path, image_size, names and each detection's box/score/label/name."""
+        return {
+            "path": self.path,
+            "image_size": [self.image_size[0], self.image_size[1]],
+            "names": list(self.names),
+            "detections": [
+                {
+                    "box": [round(v, 4) for v in box],
+                    "score": round(score, 5),
+                    "label": int(label),
+                    "name": self.names[label],
+                }
+                for box, score, label in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist())
+            ],
+        }
