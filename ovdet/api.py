@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ovdet import __version__
-from ovdet.config import ModelConfig, from_dict, load_model_config, to_dict
+from ovdet.config import ModelConfig, TextConfig, from_dict, load_model_config, to_dict
 from ovdet.data.images import ImageReadError, SourceItem, iter_sources
 from ovdet.data.letterbox import LetterboxInfo, letterbox, to_tensor, unletterbox_boxes
 from ovdet.models.detector import NMSConfig, OVDetector
@@ -110,6 +110,7 @@ class Detector:
         self._encoder: TextEncoder | None = None
         self._names: list[str] = []
         self._embeddings: torch.Tensor | None = None  # (K, D) float32 on self.device
+        self.conversion_report = None  # set by from_ultralytics: what was loaded / left random
 
     # ------------------------------------------------------------------ constructors
     @property
@@ -135,6 +136,52 @@ class Detector:
             torch.manual_seed(seed)
             model = OVDetector(cfg)
         return cls(model, device)
+
+    @classmethod
+    def from_ultralytics(cls, path: str | Path, trust: bool = False, device: str | torch.device = "auto",
+                         text: TextConfig | None = None) -> "Detector":
+        """Convert an official ultralytics YOLO-World (v1/v2, any scale) or YOLOv8 checkpoint.
+
+        ``.pt`` files are pickles, so ``trust=True`` is required; save the result with
+        :meth:`save` to get ovdet's safe format. A plain YOLOv8 detector initialises a v2
+        YOLO-World network (see :attr:`conversion_report` for what stayed random).
+
+        Raises:
+            UntrustedCheckpointError: ``trust`` is not True (the file is not read).
+            ConversionError: the checkpoint does not map onto the architecture (tensors named).
+        """
+        from ovdet.weights import convert_ultralytics_model, read_ultralytics_checkpoint
+
+        model, _ = read_ultralytics_checkpoint(path, trust=trust)
+        net, report = convert_ultralytics_model(model, text)
+        det = cls(net, device)
+        det.conversion_report = report
+        return det
+
+    @classmethod
+    def from_pretrained(cls, name: str, device: str | torch.device = "auto",
+                        base_url: str | None = None) -> "Detector":
+        """A detector with official weights, by name (e.g. ``"yolo-world-v2-s"``).
+
+        The first call downloads the official ultralytics file into ``$OVDET_HOME/downloads/``
+        and converts it once to ``$OVDET_HOME/models/<name>/``; later calls read only that
+        directory (no network, nothing unpickled). Names: :data:`ovdet.weights.PRETRAINED`
+        (``yolov8{n..x}`` are COCO detectors whose text-related parts start random).
+
+        Args:
+            name: pretrained name.
+            device: where to run.
+            base_url: download base URL (default ``$OVDET_WEIGHTS_URL``, else the ultralytics
+                assets release).
+
+        Raises:
+            ValueError: unknown name (the closest valid one is suggested).
+            WeightsUnavailable: offline and not cached; the message names the file to place,
+                where, and its URL.
+        """
+        from ovdet.weights import fetch_pretrained
+
+        return cls.load(fetch_pretrained(name, base_url=base_url), device)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto") -> "Detector":

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 
-from ovdet.config import ModelConfig
+from ovdet.config import ModelConfig, TextConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ovdet.models.detector import OVDetector
 
 #: ovdet module path → ultralytics layer index, per version (v1 has image-pooling attention at 16).
 _LAYERS: dict[int, dict[str, int]] = {
@@ -131,3 +135,330 @@ def convert_state_dict(theirs: Mapping[str, torch.Tensor], ours: Mapping[str, to
                               f" ({len(report.missing)} total), unmapped checkpoint tensors {report.unused[:10]}"
                               f" ({len(report.unused)} total)")
     return out, report
+
+
+class UntrustedCheckpointError(PermissionError):
+    """An ultralytics ``.pt`` (a pickle) was offered without ``trust=True``."""
+
+
+def _world_version(model: torch.nn.Module) -> int | None:
+    """1 or 2 for an ultralytics YOLO-World model, None for a plain detector."""
+    kinds = {type(m).__name__ for m in model.modules()}
+    if "WorldDetect" not in kinds:
+        return None
+    return 1 if "ImagePoolingAttn" in kinds else 2
+
+
+def _scale_of(model: torch.nn.Module, state: Mapping[str, torch.Tensor], version: int) -> str:
+    """The scale letter of an ultralytics model: from its yaml, else the one whose shapes fit."""
+    from ovdet.models.detector import OVDetector
+
+    scale = (getattr(model, "yaml", None) or {}).get("scale")
+    if scale in ("n", "s", "m", "l", "x"):
+        return scale
+    probe = {"backbone.stem.conv.weight", "backbone.stages.3.c2f.project.conv.weight",
+             "neck.bottom_up_p5.project.conv.weight", "backbone.stages.3.c2f.blocks.1.conv1.conv.weight"}
+    for cand in ("n", "s", "m", "l", "x"):
+        with torch.device("meta"):
+            ours = OVDetector(ModelConfig.scaled(version, cand)).state_dict()
+        ok = all((k not in ours and ultralytics_name(k, version) not in state) or
+                 (k in ours and ultralytics_name(k, version) in state and
+                  tuple(state[ultralytics_name(k, version)].shape) == tuple(ours[k].shape)) for k in probe)
+        if ok:
+            return cand
+    raise ConversionError("could not infer the model scale (n/s/m/l/x) from the checkpoint's tensor shapes")
+
+
+def read_ultralytics_checkpoint(path: str | Path, trust: bool = False) -> tuple[torch.nn.Module, dict]:
+    """Unpickle an ultralytics checkpoint — only when the caller vouches for the file.
+
+    Args:
+        path: a ``.pt`` written by ultralytics (a dict holding the model as a pickled module).
+        trust: must be True: unpickling can run arbitrary code embedded in the file.
+
+    Returns:
+        (the float32 model in eval mode, the checkpoint dict's other entries).
+
+    Raises:
+        UntrustedCheckpointError: ``trust`` is False (nothing is read).
+        FileNotFoundError: no such file.
+        ImportError: ultralytics is not installed (its classes are inside the pickle).
+        ConversionError: the file holds no model.
+    """
+    path = Path(path)
+    if not trust:
+        raise UntrustedCheckpointError(
+            f"{path} is an ultralytics checkpoint, i.e. a Python pickle: loading it can execute arbitrary code. "
+            "Pass trust=True (command line: --trust) only for files from a source you trust, such as the "
+            "official ultralytics releases; the converted model is then saved in ovdet's safe format "
+            "(safetensors + JSON) and never needs unpickling again.")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        import ultralytics  # noqa: F401  (the pickle refers to its classes)
+    except ImportError as e:
+        raise ImportError("reading an ultralytics checkpoint needs the ultralytics package: "
+                          "pip install 'ovdet[ultralytics]'") from e
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # trusted by the caller, see above
+    model = ckpt
+    if isinstance(ckpt, dict):
+        model = ckpt.get("ema") if ckpt.get("ema") is not None else ckpt.get("model")
+    if not isinstance(model, torch.nn.Module):
+        raise ConversionError(f"{path}: no model inside (keys: {sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt)})")
+    extra = {k: v for k, v in ckpt.items() if k not in ("model", "ema", "optimizer")} if isinstance(ckpt, dict) else {}
+    return model.float().eval(), extra
+
+
+def convert_ultralytics_model(model: torch.nn.Module,
+                              text: TextConfig | None = None) -> tuple["OVDetector", ConversionReport]:
+    """An ovdet network with the weights of an ultralytics YOLO-World or YOLOv8 detection model.
+
+    YOLO-World v1/v2 map one-to-one (any unmapped or mis-shaped tensor is an error). A plain
+    YOLOv8 detector initialises a v2 YOLO-World network of the same scale: every tensor whose
+    name and shape fit is loaded, and the report's ``missing`` lists what stayed random (the
+    neck's text-attention parts, the embedding branch's last layer, the contrastive heads).
+
+    Args:
+        model: an ultralytics ``WorldModel`` or ``DetectionModel`` (float32).
+        text: text encoder config for the result (default open_clip ViT-B-32 ``openai``,
+            whose embeddings are what ultralytics feeds YOLO-World).
+    """
+    from ovdet.models.detector import OVDetector
+
+    state = model.state_dict()
+    version = _world_version(model)
+    world = version is not None
+    version = version or 2
+    cfg = ModelConfig.scaled(version, _scale_of(model, state, version), text)
+    net = OVDetector(cfg).eval()
+    ours = net.state_dict()
+    if world:
+        mapped, report = convert_state_dict(state, ours, version, strict=True)
+    else:
+        fitting = {k: v for k, v in ours.items()
+                   if ultralytics_name(k, version) in state
+                   and tuple(state[ultralytics_name(k, version)].shape) == tuple(v.shape)}
+        mapped, report = convert_state_dict(state, fitting, version, strict=False)
+        report.missing = [k for k in ours if k not in mapped]
+    missing = net.load_state_dict(mapped, strict=False).missing_keys
+    if world and missing:
+        raise ConversionError(f"tensors left unfilled: {missing[:10]}")
+    return net, report
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretrained names → official ultralytics release files, downloaded once and converted once.
+# (Imports kept with this section so the file's head stays untouched; they are stdlib only.)
+import difflib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import uuid  # noqa: E402
+import zipfile  # noqa: E402
+from types import MappingProxyType  # noqa: E402
+from urllib.parse import urlsplit  # noqa: E402
+from urllib.request import getproxies, url2pathname  # noqa: E402
+
+#: The release ultralytics' own ``attempt_download_asset`` fetches its assets from
+#: (``https://github.com/{repo}/releases/download/{release}/{file}``, repo ``ultralytics/assets``).
+DEFAULT_WEIGHTS_URL = "https://github.com/ultralytics/assets/releases/download/v8.4.0"
+#: Environment variable overriding :data:`DEFAULT_WEIGHTS_URL` (a base URL: https://, http:// or file://).
+WEIGHTS_URL_ENV = "OVDET_WEIGHTS_URL"
+
+#: Pretrained name → official ultralytics release file. Only files that ultralytics lists as
+#: release assets (``ultralytics.utils.downloads.GITHUB_ASSETS_NAMES``) are here: there is no
+#: ``yolov8n-world.pt`` nor ``yolov8n-worldv2.pt``, so ``yolo-world-v1-n``/``yolo-world-v2-n``
+#: do not exist. ``yolov8{n..x}`` are COCO detectors that initialise a v2 YOLO-World network
+#: (backbone, neck convolutions and box branches loaded; text parts left random: train before use).
+PRETRAINED: Mapping[str, str] = MappingProxyType({
+    **{f"yolo-world-v1-{s}": f"yolov8{s}-world.pt" for s in "smlx"},
+    **{f"yolo-world-v2-{s}": f"yolov8{s}-worldv2.pt" for s in "smlx"},
+    **{f"yolov8{s}": f"yolov8{s}.pt" for s in "nsmlx"},
+})
+
+_PROBE_TIMEOUT_S = 5.0  # a host that does not answer a TCP connect within this is treated as offline
+_DOWNLOAD_RETRIES = 1  # safe_download waits 5 s before its one retry (which resumes a partial body)
+_MIN_BYTES = 1e5  # smaller bodies are error pages, not checkpoints (ultralytics uses the same bound)
+
+
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights are neither cached nor downloadable; the message says where to put the file."""
+
+
+def pretrained_file(name: str) -> str:
+    """The official ultralytics file behind a pretrained name (e.g. ``yolo-world-v2-s`` → ``yolov8s-worldv2.pt``).
+
+    Raises:
+        ValueError: unknown name; the message suggests the closest valid one and lists all.
+    """
+    if name in PRETRAINED:
+        return PRETRAINED[name]
+    close = difflib.get_close_matches(str(name), list(PRETRAINED), n=1, cutoff=0.5)
+    hint = f" — did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown pretrained model {name!r}{hint} Valid names: {', '.join(PRETRAINED)}")
+
+
+def pretrained_url(name: str, base_url: str | None = None) -> str:
+    """The URL a pretrained name is downloaded from: ``base_url``, else ``$OVDET_WEIGHTS_URL``,
+    else :data:`DEFAULT_WEIGHTS_URL`, followed by the file name."""
+    base = base_url or os.environ.get(WEIGHTS_URL_ENV) or DEFAULT_WEIGHTS_URL
+    return f"{base.rstrip('/')}/{pretrained_file(name)}"
+
+
+def _cache_root(cache_dir: str | Path | None) -> Path:
+    from ovdet.api import ovdet_home  # api imports this module lazily; keep the cycle one-way at import
+
+    return Path(cache_dir).expanduser() if cache_dir is not None else ovdet_home()
+
+
+def _is_checkpoint_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def _probe(url: str) -> None:
+    """Fail within seconds when the URL's host does not accept TCP connections.
+
+    requests (inside safe_download) waits 30 s per connect attempt on a silently dropping
+    network; this check bounds that. Skipped behind a proxy, where direct connects may be blocked.
+    """
+    parts = urlsplit(url)
+    if getproxies().get(parts.scheme):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=_PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        raise ConnectionError(f"cannot connect to {parts.hostname}:{port} ({e})") from e
+
+
+def _fetch(url: str, dest: Path) -> None:
+    """Copy ``url`` (https://, http:// or file://) to ``dest``; raises OSError/ConnectionError on failure."""
+    scheme = urlsplit(url).scheme
+    if scheme == "file":
+        shutil.copyfile(Path(url2pathname(urlsplit(url).path)), dest)
+    elif scheme in ("http", "https"):
+        _probe(url)
+        try:
+            from ultralytics.utils.downloads import safe_download
+        except ImportError as e:
+            raise ImportError("downloading pretrained weights needs the ultralytics package: "
+                              "pip install 'ovdet[ultralytics]'") from e
+        # safe_download itself writes to a unique '.part' name and publishes only a complete body.
+        safe_download(url, file=dest, retry=_DOWNLOAD_RETRIES, min_bytes=_MIN_BYTES, unzip=False, progress=True)
+    else:
+        raise ConnectionError(f"unsupported URL scheme in {url!r}; {WEIGHTS_URL_ENV} / base_url must start with "
+                              "https://, http:// or file://")
+    if not dest.is_file():
+        raise ConnectionError(f"nothing was written for {url}")
+
+
+def download_pretrained(name: str, cache_dir: str | Path | None = None, base_url: str | None = None) -> Path:
+    """The official ``.pt`` of a pretrained name in ``<cache>/downloads/``, downloading it when absent.
+
+    A file already there (e.g. copied by hand onto an offline machine) is used with no network.
+    Downloads go to a unique temporary name and are renamed into place only when complete and
+    recognisably a torch checkpoint, so an interrupted run never leaves a half file that looks valid.
+
+    Args:
+        name: a key of :data:`PRETRAINED`.
+        cache_dir: cache root (default :func:`ovdet.api.ovdet_home`).
+        base_url: download base URL (default ``$OVDET_WEIGHTS_URL``, else :data:`DEFAULT_WEIGHTS_URL`).
+
+    Raises:
+        ValueError: unknown name.
+        WeightsUnavailable: not cached and the download failed; the message names the file to
+            place, where, and the URL to fetch it from.
+    """
+    filename = pretrained_file(name)
+    downloads = _cache_root(cache_dir) / "downloads"
+    target = downloads / filename
+    if target.is_file():
+        return target
+    url = pretrained_url(name, base_url)
+    tmp = downloads / f".{filename}.{uuid.uuid4().hex}.tmp"
+    try:
+        downloads.mkdir(parents=True, exist_ok=True)
+        _fetch(url, tmp)
+        if not zipfile.is_zipfile(tmp):  # torch.save writes zip archives; an HTML page or junk is not one
+            raise ConnectionError(f"the body of {url} is not a torch checkpoint (not a zip archive)")
+        os.replace(tmp, target)
+    except OSError as e:  # ConnectionError, requests' errors and file errors are all OSErrors
+        raise WeightsUnavailable(
+            f"pretrained weights {name!r} are not available: {target} does not exist and fetching {url} failed "
+            f"({e}). On a machine with internet access download {url} and copy it to {target}; ovdet then uses "
+            f"it without network. Or convert it yourself: Detector.from_ultralytics('{filename}', trust=True)"
+            f".save('<dir>') (CLI: ovdet convert {filename} <dir> --trust) and use Detector.load('<dir>'). "
+            f"A mirror can be set with ${WEIGHTS_URL_ENV}.") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def fetch_pretrained(name: str, cache_dir: str | Path | None = None, base_url: str | None = None) -> Path:
+    """The ovdet checkpoint directory of a pretrained model, downloading and converting it once.
+
+    ``<cache>/models/<name>/`` holding ``config.json`` and ``model.safetensors`` is returned at
+    once (no network, nothing unpickled). Otherwise the official ``.pt`` is taken from
+    ``<cache>/downloads/`` or downloaded (:func:`download_pretrained`), converted, and written
+    through a temporary directory that is renamed into place, so a crash never leaves a
+    half-written model directory.
+
+    The ``.pt`` is unpickled with ``trust=True``: it is the official ultralytics release file,
+    fetched from ultralytics' own release URL (or a mirror/file the user configured, or placed
+    under the official name in ovdet's own cache) — the same file ``ultralytics.YOLO(...)``
+    would download and unpickle. This happens once; later loads read only safetensors + JSON.
+
+    Args:
+        name: a key of :data:`PRETRAINED`, e.g. ``"yolo-world-v2-s"``.
+        cache_dir: cache root (default :func:`ovdet.api.ovdet_home`, i.e. ``$OVDET_HOME``).
+        base_url: download base URL (default ``$OVDET_WEIGHTS_URL``, else :data:`DEFAULT_WEIGHTS_URL`).
+
+    Returns:
+        The directory, loadable with :meth:`ovdet.api.Detector.load`.
+
+    Raises:
+        ValueError: unknown name (closest valid name suggested).
+        WeightsUnavailable: not cached and not downloadable (offline); the message says what to do.
+        ConversionError: the cached ``.pt`` is unreadable or not the expected model.
+    """
+    pretrained_file(name)  # validate before touching the disk
+    root = _cache_root(cache_dir)
+    out = root / "models" / name
+    if _is_checkpoint_dir(out):
+        return out
+    pt = download_pretrained(name, root, base_url)
+    from ovdet.api import Detector
+
+    try:
+        det = Detector.from_ultralytics(pt, trust=True, device="cpu")
+    except (ConversionError, UntrustedCheckpointError, ImportError):
+        raise
+    except Exception as e:  # torch.load's errors on a truncated or foreign file are of many types
+        raise ConversionError(f"{pt} could not be read as an ultralytics checkpoint ({type(e).__name__}: {e}); "
+                              f"delete it so it is downloaded again, or replace it with "
+                              f"{pretrained_url(name, None)}") from e
+    tmp = out.with_name(f".{name}.{uuid.uuid4().hex}.tmp")
+    try:
+        det.save(tmp)
+        report = det.conversion_report
+        provenance = {"name": name, "source_file": pt.name,
+                      "missing_modules": report.missing_modules() if report is not None else []}
+        (tmp / "conversion.json").write_text(json.dumps(provenance, indent=2))
+        _publish_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _publish_dir(tmp: Path, out: Path) -> None:
+    """Rename a finished directory into place; a complete one already there (a concurrent run) wins."""
+    try:
+        os.rename(tmp, out)
+        return
+    except OSError:
+        if _is_checkpoint_dir(out):
+            return
+    if out.exists():  # an incomplete leftover in ovdet's own cache (this code's rename never makes one)
+        shutil.rmtree(out)
+    os.rename(tmp, out)
