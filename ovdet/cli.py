@@ -28,8 +28,12 @@ def _read_classes(spec: str) -> list[str]:
 
 
 def load_detector(model: str, device: str = "auto"):
-    """A Detector from a model YAML (random init) or an ovdet checkpoint directory."""
+    """A Detector from an ovdet checkpoint directory, a model YAML (random init) or a pretrained name.
+
+    A local directory wins over a pretrained name of the same spelling.
+    """
     from ovdet.api import Detector
+    from ovdet.weights import PRETRAINED
 
     path = Path(model)
     if path.is_dir():
@@ -39,7 +43,14 @@ def load_detector(model: str, device: str = "auto"):
     if path.suffix == ".pt":
         raise SystemExit(f"{path} is an ultralytics checkpoint (a pickle): convert it first with "
                          f"`ovdet convert {path} <out_dir> --trust`, then pass --model <out_dir>")
-    raise FileNotFoundError(f"--model must be a model YAML or an ovdet checkpoint directory, got {model!r}")
+    if model in PRETRAINED:
+        return Detector.from_pretrained(model, device=device)
+    import difflib
+
+    close = difflib.get_close_matches(model, list(PRETRAINED), n=1, cutoff=0.5)
+    hint = f" (did you mean the pretrained model {close[0]!r}?)" if close else ""
+    raise FileNotFoundError(f"--model must be an ovdet checkpoint directory, a model YAML or a pretrained name "
+                            f"({', '.join(PRETRAINED)}); got {model!r}{hint}")
 
 
 def _set_vocabulary(det, classes: str | None, embeddings: str | None) -> None:
@@ -134,12 +145,43 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ovdet.api import Detector
+    from ovdet.config import ModelConfig
+    from ovdet.weights import UntrustedCheckpointError
+
+    try:
+        det = Detector.from_ultralytics(args.checkpoint, trust=args.trust, device=args.device)
+    except UntrustedCheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = det.save(args.out_dir)
+    report, cfg = det.conversion_report, det.cfg
+    total = len(report.loaded) + len(report.missing)
+    scale = next((s for s in "nsmlx" if ModelConfig.scaled(cfg.version, s, cfg.text) == cfg), "custom")
+    print(f"{args.checkpoint}: YOLO-World v{cfg.version} scale {scale}, "
+          f"loaded {len(report.loaded)}/{total} tensors -> {out}")
+    if report.missing:
+        print(f"left at random initialisation ({len(report.missing)} tensors; train before use):")
+        everything = report.loaded + report.missing
+        for mod in report.missing_modules():
+            n_missing = sum(k.startswith(mod + ".") for k in report.missing)
+            n_all = sum(k.startswith(mod + ".") for k in everything)
+            print(f"  {mod:<24} {n_missing}/{n_all} tensors" + ("" if n_missing < n_all else " (all)"))
+    if report.unused:
+        print(f"checkpoint tensors with no counterpart (dropped): {len(report.unused)}")
+    print(f"load it with Detector.load({str(out)!r}) or `ovdet predict --model {out} ...`")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ovdet", description="Open-vocabulary object detection.")
     sub = p.add_subparsers(dest="command", required=True)
 
     pr = sub.add_parser("predict", help="detect text-named classes in images, folders, globs or videos")
-    pr.add_argument("--model", required=True, help="model YAML (random init) or ovdet checkpoint directory")
+    pr.add_argument("--model", required=True,
+                    help="ovdet checkpoint directory, model YAML (random init), or pretrained name "
+                         "(e.g. yolo-world-v2-s; downloaded and converted once)")
     pr.add_argument("--classes", help="comma-separated names, or a .txt file with one name per line")
     pr.add_argument("--embeddings", help="precomputed embeddings from `ovdet embed` (no text encoder needed)")
     pr.add_argument("--source", required=True, help="image, directory, glob, or video file")
@@ -165,6 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--template", action="append", help="prompt template with {} (repeatable; averaged)")
     em.add_argument("--device", default="auto")
     em.set_defaults(func=cmd_embed)
+
+    cv = sub.add_parser("convert", help="convert an ultralytics YOLO-World/YOLOv8 .pt to ovdet's safe format")
+    cv.add_argument("checkpoint", help="ultralytics .pt file (a pickle: read only with --trust)")
+    cv.add_argument("out_dir", help="output directory (model.safetensors + config.json)")
+    cv.add_argument("--trust", action="store_true",
+                    help="allow unpickling the checkpoint, which can run code inside it; only for trusted files")
+    cv.add_argument("--device", default="cpu")
+    cv.set_defaults(func=cmd_convert)
     return p
 
 

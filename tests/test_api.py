@@ -330,3 +330,25 @@ def test_cli_predict_writes_outputs_and_summary(det: Detector, coco128_images: l
     assert f"4 images, {total} detections, 1 skipped" in text and "images/s" in text
     assert main(["predict", "--model", str(tmp_path / "missing.yaml"), "--classes", "a",
                  "--source", str(folder)]) == 2
+
+
+def test_cli_embed_then_predict_without_text_encoder(det: Detector, coco128_images: list[Path],
+                                                     tmp_path: Path) -> None:
+    from ovdet.cli import main
+    from ovdet.models.text import load_embeddings
+
+    classes = tmp_path / "classes.txt"
+    classes.write_text("person\n# a comment\nbus\n\ndog\n")
+    emb_file = tmp_path / "emb.safetensors"
+    assert main(["embed", "--classes", str(classes), "-o", str(emb_file), "--model", str(TINY)]) == 0
+    names, emb, meta = load_embeddings(emb_file)
+    assert names == ["person", "bus", "dog"] and emb.shape == (3, 32)
+    det.set_classes(names)
+    assert torch.allclose(emb, det.class_embeddings, atol=1e-6)  # same encoder, same vectors
+    ckpt = det.save(tmp_path / "ckpt")
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(ckpt), "--embeddings", str(emb_file), "--classes", "dog,person",
+                 "--source", str(coco128_images[0]), "--save-dir", str(out), "--conf", "0.05", "--imgsz", "320",
+                 "--quiet", "--no-save-images"]) == 0
+    report = json.loads((out / "predictions.json").read_text())
+    assert report["names"] == ["dog", "person"] and len(report["images"]) == 1

@@ -1,0 +1,58 @@
+"""CUDA paths: same detections as on CPU, and fp16/bf16 close to fp32. Skipped without a GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ovdet import Detector
+from test_api import NAMES, assert_same_detections, make_detector
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_auto_device_and_cuda_errors() -> None:
+    det = Detector.from_config(Path(__file__).resolve().parents[1] / "configs/models/yolo-world-tiny.yaml")
+    assert det.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            Detector.from_config(Path(__file__).resolve().parents[1] / "configs/models/yolo-world-tiny.yaml",
+                                 device="cuda:0")
+        det.set_classes(["cat"])
+        with pytest.raises(ValueError, match="fp16"):
+            det.predict(torch.zeros(3, 64, 64), precision="fp16")
+
+
+@cuda
+def test_cuda_matches_cpu(coco128_images: list[Path]) -> None:
+    cpu = make_detector()
+    cpu.set_classes(NAMES)
+    gpu = make_detector()
+    gpu.model.load_state_dict(cpu.model.state_dict())
+    gpu.model.to("cuda:0")
+    gpu.device = torch.device("cuda:0")
+    gpu.set_class_embeddings(NAMES, cpu.class_embeddings)
+    for p in coco128_images[:4]:
+        a = cpu.predict(str(p), conf=0.05, imgsz=320)[0]
+        b = gpu.predict(str(p), conf=0.05, imgsz=320)[0]
+        assert b.boxes.device.type == "cpu"  # results always come back on the CPU
+        assert_same_detections(a, b, box_tol=1e-2, score_tol=1e-3)
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precision_close_to_fp32(precision: str, coco128_images: list[Path]) -> None:
+    det = make_detector()
+    det.model.to("cuda:0")
+    det.device = torch.device("cuda:0")
+    det.set_classes(NAMES)
+    tol = 5e-3 if precision == "fp16" else 3e-2
+    for p in coco128_images[:4]:
+        ref = det.predict(str(p), conf=0.05, imgsz=320)[0]
+        got = det.predict(str(p), conf=0.05, imgsz=320, precision=precision)[0]
+        assert got.boxes.dtype == torch.float32
+        n = min(10, len(ref), len(got))
+        assert n > 0
+        assert float((got.scores[:n] - ref.scores[:n]).abs().max()) <= tol
