@@ -7,10 +7,20 @@ loudly on any tensor that is unmapped, missing or mis-shaped.
 
 from __future__ import annotations
 
+import difflib
+import json
+import os
 import re
+import shutil
+import socket
+import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping
+from urllib.parse import urlsplit
+from urllib.request import getproxies, url2pathname
 
 import torch
 
@@ -248,17 +258,6 @@ def convert_ultralytics_model(model: torch.nn.Module,
 
 # ---------------------------------------------------------------------------------------------
 # Pretrained names → official ultralytics release files, downloaded once and converted once.
-# (Imports kept with this section so the file's head stays untouched; they are stdlib only.)
-import difflib  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import socket  # noqa: E402
-import uuid  # noqa: E402
-import zipfile  # noqa: E402
-from types import MappingProxyType  # noqa: E402
-from urllib.parse import urlsplit  # noqa: E402
-from urllib.request import getproxies, url2pathname  # noqa: E402
 
 #: The release ultralytics' own ``attempt_download_asset`` fetches its assets from
 #: (``https://github.com/{repo}/releases/download/{release}/{file}``, repo ``ultralytics/assets``).
