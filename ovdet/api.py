@@ -365,6 +365,21 @@ class Detector:
                                  f"none of the {len(run.skipped)} sources could be read; first: {reason}")
         return results
 
+    def val(self, data: str | Path, **kwargs: Any) -> dict[str, Any]:
+        """Zero-shot COCO/LVIS evaluation; the vocabulary becomes the dataset's class names.
+
+        Args:
+            data: COCO/LVIS instances json or an ultralytics data yaml.
+            **kwargs: see :func:`ovdet.engine.validate.validate` (split, imgsz, conf, iou,
+                max_det, batch, lvis, fixed_ap, backend, save_dir, …).
+
+        Returns:
+            ``{"AP": …, "AP50": …, …, "per_class": [...]}``.
+        """
+        from ovdet.engine.validate import validate
+
+        return validate(self, data, **kwargs)
+
     @torch.inference_mode()
     def _predict_images(self, images: list[np.ndarray], names: list[str], nms: NMSConfig,
                         imgsz: int | tuple[int, int], precision: str, keep: bool) -> list[Detections]:

@@ -174,6 +174,41 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from ovdet.data.readers import read_dataset
+
+    ds = read_dataset(args.data, args.split, image_dir=args.image_dir, verify_images=args.verify_images,
+                      require_images=not args.annotations_only)
+    report = ds.report
+    print(f"{args.data}" + (f" [{args.split}]" if Path(args.data).suffix.lower() in {".yaml", ".yml"} else "")
+          + f": {len(ds.names)} classes, {len(ds.records)} usable images")
+    print(report.summary())
+    if not ds.records:
+        print("error: the dataset has no usable image", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_val(args: argparse.Namespace) -> int:
+    from ovdet.engine.evaluator import build_evaluator, write_report
+
+    if args.results:  # re-score saved results; no model involved
+        evaluator = build_evaluator(args.data, lvis=args.lvis or args.fixed_ap, fixed_ap=args.fixed_ap,
+                                    backend=args.backend, strict=args.strict)
+        evaluator.process_results_file(args.results)
+        metrics = evaluator.evaluate()
+        write_report(metrics, args.save_dir, evaluator.precision, evaluator.names)
+        return 0
+    if not args.model:
+        raise SystemExit("ovdet val needs --model (config, checkpoint or pretrained name) or --results FILE")
+    det = load_detector(args.model, args.device)
+    metrics = det.val(args.data, split=args.split, imgsz=args.imgsz, conf=args.conf, iou=args.iou,
+                      max_det=args.max_det, batch=args.batch, lvis=True if args.lvis else None,
+                      fixed_ap=args.fixed_ap, backend=args.backend, save_dir=args.save_dir, progress=not args.quiet)
+    print(f"{metrics['images']} images, {len(metrics['skipped'])} skipped, {metrics['images_per_s']:.1f} images/s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ovdet", description="Open-vocabulary object detection.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -215,6 +250,41 @@ def build_parser() -> argparse.ArgumentParser:
                     help="allow unpickling the checkpoint, which can run code inside it; only for trusted files")
     cv.add_argument("--device", default="cpu")
     cv.set_defaults(func=cmd_convert)
+
+    cd = sub.add_parser("check-data", help="read a dataset and report counts, per-class boxes and problems")
+    cd.add_argument("data", help="YOLO data .yaml, COCO/LVIS instances .json, or ODVG .jsonl")
+    cd.add_argument("--split", default="train", help="split of a YOLO data yaml (default: train)")
+    cd.add_argument("--image-dir", help="image folder of a .json/.jsonl (default: found next to the file)")
+    cd.add_argument("--verify-images", action="store_true",
+                    help="open and verify every image file (slower); unreadable ones are problems")
+    cd.add_argument("--annotations-only", action="store_true",
+                    help=".json/.jsonl: check annotations without looking for images (e.g. image-less LVIS ground truth)")
+    cd.set_defaults(func=cmd_check_data)
+
+    va = sub.add_parser("val", help="zero-shot COCO/LVIS box AP of a model, or of saved detections")
+    va.add_argument("--model", help="model YAML, ovdet checkpoint directory or pretrained name to evaluate")
+    va.add_argument("--results", help="COCO results json (list of image_id/category_id/bbox xywh/score) or an "
+                                      "`ovdet predict` predictions.json (matched by file name and class name)")
+    va.add_argument("--data", required=True,
+                    help="ground truth: COCO or LVIS instances .json, or (with --model) an ultralytics data yaml")
+    va.add_argument("--split", default="val", help="data yaml split to evaluate (with --model)")
+    va.add_argument("--imgsz", type=int, default=640)
+    va.add_argument("--conf", type=float, default=0.001)
+    va.add_argument("--iou", type=float, default=0.7)
+    va.add_argument("--max-det", type=int, default=None, help="boxes per image (default 300; 1000 with --fixed-ap)")
+    va.add_argument("--batch", type=int, default=8)
+    va.add_argument("--device", default="auto")
+    va.add_argument("--quiet", action="store_true", help="no progress bar")
+    va.add_argument("--lvis", action="store_true", help="LVIS evaluation (lvis package): APr/APc/APf, 300 dets/image")
+    va.add_argument("--fixed-ap", action="store_true",
+                    help="LVIS Fixed AP (implies --lvis): no per-image cap, top 10,000 detections per class")
+    va.add_argument("--backend", default="pycocotools", choices=["pycocotools", "faster_coco_eval"],
+                    help="COCO scoring backend (same numbers; faster_coco_eval needs pip install faster-coco-eval)")
+    va.add_argument("--strict", action="store_true",
+                    help="fail on detections with unknown image/category ids or invalid boxes instead of dropping them")
+    va.add_argument("--save-dir", default="runs/val",
+                    help="where metrics.json, pr_curve.png (and with --model results.json, samples/) are written")
+    va.set_defaults(func=cmd_val)
     return p
 
 
@@ -223,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ConfigError, ValueError, RuntimeError) as e:
+    except (FileNotFoundError, ConfigError, ValueError, RuntimeError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
