@@ -1,0 +1,402 @@
+"""Training/validation samples and batches: decode → augment → per-image texts → collate.
+
+:class:`DetectionDataset` turns the records of a :class:`~ovdet.data.records.Dataset` into
+fixed-size samples. Every random choice of item ``i`` in epoch ``e`` comes from a generator
+seeded by ``(seed, e, i)``, so a sample does not depend on worker count, batch order or process.
+An image that cannot be read never stops an epoch: it is replaced by another (deterministically
+chosen) image, a warning names the file, and the sample carries the skipped paths so the main
+process counts them even when workers produced it (:class:`DetectionLoader` does the counting).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Iterator, Literal, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
+
+from ovdet.data.images import ImageReadError, decode_image
+from ovdet.data.letterbox import LetterboxInfo
+from ovdet.data.records import Dataset
+from ovdet.data.sampling import sample_texts
+from ovdet.data.transforms import (
+    AugmentConfig,
+    Sample,
+    TrainAugment,
+    letterbox_sample,
+    mosaic4,
+    swap_left_right,
+)
+
+__all__ = ["DetectionDataset", "DetectionLoader", "build_loader", "collate"]
+
+#: Replacement images tried for one unreadable image before giving up on the whole dataset.
+MAX_REPLACEMENTS = 100
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """Augmented, text-sampled samples over a dataset's records.
+
+    Args:
+        data: records and vocabulary (``data.names``: negatives are drawn from these).
+        imgsz: output side s; every image is s × s.
+        train: True: mosaic/affine/HSV/flip per ``augment``; False: letterbox only
+            (``letterbox(image, imgsz, auto=False)``, as at inference).
+        augment: augmentation settings (training only); default :class:`AugmentConfig`.
+        max_texts: texts per image T (positives + negatives + padding).
+        seed: seed of every random choice.
+        cache: ``"ram"`` keeps decoded (training: already resized) images in memory, per process;
+            call :meth:`fill_cache` before building a loader so forked workers share it.
+        pad_text: text of the padding slots.
+
+    Attributes:
+        skipped: images replaced because they could not be read (each occurrence counts).
+        dropped: boxes dropped because their image had more than ``max_texts`` distinct texts.
+        epoch: the current epoch (see :meth:`set_epoch`).
+    """
+
+    def __init__(
+        self,
+        data: Dataset,
+        imgsz: int = 640,
+        train: bool = True,
+        augment: AugmentConfig | None = None,
+        max_texts: int = 80,
+        seed: int = 0,
+        cache: Literal["ram"] | None = None,
+        pad_text: str = "",
+    ) -> None:
+        if imgsz % 32:
+            raise ValueError(f"imgsz must be a multiple of 32, got {imgsz}")
+        if cache not in (None, "ram"):
+            raise ValueError(f"cache must be None or 'ram', got {cache!r}")
+        if not data.records:
+            raise ValueError("the dataset has no records; check the reader's report (ovdet check-data)")
+        self.data = data
+        self.records = data.records
+        self.names = list(data.names)
+        self.imgsz = imgsz
+        self.train = train
+        self.augment = augment if augment is not None else AugmentConfig()
+        self.max_texts = max_texts
+        self.seed = seed
+        self.pad_text = pad_text
+        self.epoch = 0
+        self.total_epochs: int | None = None
+        self.skipped = 0
+        self.dropped = 0
+        self._cache: dict[int, tuple[np.ndarray, tuple[int, int]]] | None = {} if cache == "ram" else None
+        self._bad: dict[int, str] = {}  # index → reason, learnt per process
+        self._name_to_index = {n: i for i, n in reversed(list(enumerate(self.names)))}
+        self._cat_to_index = {int(c): i for i, c in enumerate(data.category_ids)}
+        self._train_transform = TrainAugment(imgsz, self.augment, self.names) if train else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int, total_epochs: int | None = None) -> None:
+        """Select the epoch: it seeds the augmentation, and mosaic is off for the last
+        ``augment.close_mosaic`` of ``total_epochs`` epochs."""
+        self.epoch = int(epoch)
+        self.total_epochs = total_epochs
+
+    @property
+    def mosaic_enabled(self) -> bool:
+        """Whether mosaic can be drawn in the current epoch."""
+        if not self.train or self.augment.mosaic <= 0:
+            return False
+        return self.total_epochs is None or self.epoch < self.total_epochs - self.augment.close_mosaic
+
+    def fill_cache(self) -> int:
+        """Decode every readable image into the RAM cache (``cache="ram"`` only).
+
+        Returns:
+            The number of images cached.
+        """
+        if self._cache is None:
+            raise ValueError("fill_cache needs DetectionDataset(..., cache='ram')")
+        for i in range(len(self)):
+            if i not in self._cache and i not in self._bad:
+                try:
+                    self._load(i)
+                except (ImageReadError, OSError) as e:
+                    self._mark_bad(i, e)
+        return len(self._cache)
+
+    # ---------------------------------------------------------------------------------------
+    # Loading
+    # ---------------------------------------------------------------------------------------
+
+    def _load(self, i: int) -> tuple[Sample, tuple[int, int]]:
+        """Decode record ``i`` (training: resized to longest side imgsz); raises if unreadable.
+
+        Returns:
+            The sample and the original ``(height, width)``.
+        """
+        if self._cache is not None and i in self._cache:
+            image, orig = self._cache[i]
+        else:
+            image = decode_image(self.records[i].path)
+            orig = image.shape[:2]
+            if self.train:  # resize once here so the cache holds what augmentation starts from
+                h, w = orig
+                r = self.imgsz / max(h, w)
+                if r != 1:
+                    image = cv2.resize(image, (max(round(w * r), 1), max(round(h * r), 1)),
+                                       interpolation=cv2.INTER_LINEAR)
+            if self._cache is not None:
+                self._cache[i] = (image, orig)
+        return Sample.from_record(self.records[i], image, i, orig_size=orig), orig
+
+    def _mark_bad(self, i: int, error: Exception) -> None:
+        if i not in self._bad:
+            self._bad[i] = str(error)
+            warnings.warn(f"skipping unreadable image {self.records[i].path}: {error} "
+                          f"(replaced by another image; counted in DetectionDataset.skipped)",
+                          RuntimeWarning, stacklevel=3)
+
+    def _try_load(self, i: int, skipped: list[str]) -> tuple[Sample, tuple[int, int]] | None:
+        """Load record ``i``, or note it in ``skipped`` and return None when unreadable."""
+        if i not in self._bad:
+            try:
+                return self._load(i)
+            except (ImageReadError, OSError) as e:  # FileNotFoundError is an OSError
+                self._mark_bad(i, e)
+        skipped.append(str(self.records[i].path))
+        return None
+
+    def _load_replacing(self, i: int, rng: np.random.Generator,
+                        skipped: list[str]) -> tuple[int, Sample, tuple[int, int]]:
+        """Load record ``i``, replacing it with random other records while unreadable."""
+        for _ in range(MAX_REPLACEMENTS + 1):
+            loaded = self._try_load(i, skipped)
+            if loaded is not None:
+                return i, loaded[0], loaded[1]
+            i = int(rng.integers(len(self)))
+        raise RuntimeError(f"{len(skipped)} images in a row could not be read (last: {skipped[-1]}); "
+                           f"{len(self._bad)} of {len(self)} known unreadable: "
+                           f"check the dataset with `ovdet check-data`")
+
+    # ---------------------------------------------------------------------------------------
+    # Items
+    # ---------------------------------------------------------------------------------------
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """One sample.
+
+        Returns:
+            dict with ``image`` (3, s, s) uint8 RGB tensor; ``boxes`` (N, 4) float32 xyxy pixels,
+            0 <= x1 < x2 <= s (same for y); ``labels`` (N,) int64 index into ``texts``;
+            ``ignore`` (N,) bool (crowd regions, same geometry); ``texts`` T strings;
+            ``text_mask`` (T,) bool (False = padding); ``path`` of the image used;
+            ``orig_size`` (h, w) of that image; ``index`` of the record used; ``sources`` the
+            records the image was built from (``index`` first; 4 for a mosaic); ``mosaic`` /
+            ``flipped`` flags; ``skipped`` paths replaced while making it; ``dropped`` boxes
+            over ``max_texts``; ``box_source`` (N, 2) int64 (record index, box index in the
+            record) of each box; ``letterbox`` (validation: its LetterboxInfo, else None).
+        """
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        skipped: list[str] = []
+        index, main, orig = self._load_replacing(int(index), rng, skipped)
+        used = [index]
+        info: LetterboxInfo | None = None
+        use_mosaic = bool(rng.random() < self.augment.mosaic) and self.mosaic_enabled
+        flipped = False
+        if not self.train:
+            sample, info = letterbox_sample(main, self.imgsz, scaleup=True)
+        elif use_mosaic:
+            parts = [main]
+            for _ in range(3):
+                j, part, _ = self._load_replacing(int(rng.integers(len(self))), rng, skipped)
+                used.append(j)
+                parts.append(part)
+            canvas = mosaic4(parts, self.imgsz, rng, self.augment)
+            sample, flipped = self._train_transform(canvas, int(rng.integers(2**31)), mosaic=True)
+        else:
+            sample, flipped = self._train_transform(main, int(rng.integers(2**31)), mosaic=False)
+
+        texts, per_box, mask = sample_texts(
+            sample.texts, sample.labels, self.names, self.max_texts, rng,
+            neg_exclude=self._excluded_negatives(used, sample, flipped),
+            neg_prefer=self._preferred_negatives(used),
+            pad_text=self.pad_text,
+        )
+        dropped = int((per_box < 0).sum())
+        sample = sample.take(per_box >= 0)
+        per_box = per_box[per_box >= 0]
+        if get_worker_info() is None:  # in a worker these copies die with it; DetectionLoader counts
+            self.skipped += len(skipped)
+            self.dropped += dropped
+
+        image = np.ascontiguousarray(sample.image[:, :, ::-1].transpose(2, 0, 1))  # (3, s, s) RGB
+        return {
+            "image": torch.from_numpy(image),
+            "boxes": torch.from_numpy(sample.boxes.astype(np.float32).reshape(-1, 4)),
+            "labels": torch.from_numpy(per_box.astype(np.int64)),
+            "ignore": torch.from_numpy(sample.ignore.astype(bool)),
+            "texts": texts,
+            "text_mask": torch.from_numpy(mask),
+            "path": str(self.records[index].path),
+            "orig_size": (int(orig[0]), int(orig[1])),
+            "index": index,
+            "sources": used,
+            "mosaic": use_mosaic,
+            "flipped": flipped,
+            "skipped": skipped,
+            "dropped": dropped,
+            "box_source": torch.from_numpy(sample.source.astype(np.int64).reshape(-1, 2)),
+            "letterbox": info,
+        }
+
+    def _excluded_negatives(self, used: Sequence[int], sample: Sample, flipped: bool) -> set[int]:
+        """Vocabulary indices that must not be negatives for an image built from ``used``.
+
+        LVIS not-exhaustive categories of any contributing image, and the texts of boxes that
+        augmentation cut away: those objects may still be partly visible.
+        """
+        exclude: set[int] = set()
+        kept = {(int(r), int(b)) for r, b in sample.source}
+        for r in used:
+            record = self.records[r]
+            exclude.update(self._cat_to_index[c] for c in record.not_exhaustive_category_ids if c in self._cat_to_index)
+            for b, (text, label) in enumerate(zip(record.texts, record.labels)):
+                if (r, b) in kept:
+                    continue
+                for t in (text, swap_left_right(text)) if flipped else (text,):
+                    idx = self._name_to_index.get(t)
+                    if idx is not None:
+                        exclude.add(idx)
+                if label >= 0:
+                    exclude.add(int(label))
+        return exclude
+
+    def _preferred_negatives(self, used: Sequence[int]) -> list[int]:
+        """Vocabulary indices verified absent from every contributing image (LVIS)."""
+        common: set[int] | None = None
+        for r in dict.fromkeys(used):
+            ids = set(self.records[r].neg_category_ids)
+            common = ids if common is None else common & ids
+        return sorted(self._cat_to_index[c] for c in (common or ()) if c in self._cat_to_index)
+
+
+def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack samples into a batch; boxes of all images are concatenated.
+
+    Returns:
+        dict with ``images`` (B, 3, s, s) uint8 RGB; ``batch_idx`` (M,) int64 image of each
+        box; ``labels`` (M,) int64 index into that image's texts; ``boxes`` (M, 4) float32 xyxy
+        pixels; ``ignore`` (M,) bool; ``texts`` B lists of T strings; ``text_mask`` (B, T) bool;
+        ``paths`` B strings; ``orig_sizes`` B (h, w); ``indices`` and ``sources`` (records used);
+        ``mosaic`` (B,) bool;
+        ``flipped`` (B,) bool; ``skipped`` every path replaced in the batch; ``dropped`` int;
+        ``box_source`` (M, 2) int64; ``letterbox`` B LetterboxInfo-or-None.
+    """
+    if not batch:
+        raise ValueError("collate got an empty batch")
+    counts = torch.tensor([len(b["labels"]) for b in batch], dtype=torch.int64)  # (B,)
+    return {
+        "images": torch.stack([b["image"] for b in batch]),  # (B, 3, s, s)
+        "batch_idx": torch.repeat_interleave(torch.arange(len(batch), dtype=torch.int64), counts),  # (M,)
+        "labels": torch.cat([b["labels"] for b in batch]),  # (M,)
+        "boxes": torch.cat([b["boxes"] for b in batch]).reshape(-1, 4),  # (M, 4)
+        "ignore": torch.cat([b["ignore"] for b in batch]),  # (M,)
+        "texts": [b["texts"] for b in batch],
+        "text_mask": torch.stack([b["text_mask"] for b in batch]),  # (B, T)
+        "paths": [b["path"] for b in batch],
+        "orig_sizes": [b["orig_size"] for b in batch],
+        "indices": [b["index"] for b in batch],
+        "sources": [b["sources"] for b in batch],
+        "mosaic": torch.tensor([b["mosaic"] for b in batch], dtype=torch.bool),  # (B,)
+        "flipped": torch.tensor([b["flipped"] for b in batch], dtype=torch.bool),  # (B,)
+        "skipped": [p for b in batch for p in b["skipped"]],
+        "dropped": sum(b["dropped"] for b in batch),
+        "box_source": torch.cat([b["box_source"] for b in batch]).reshape(-1, 2),  # (M, 2)
+        "letterbox": [b["letterbox"] for b in batch],
+    }
+
+
+class DetectionLoader(DataLoader):
+    """A DataLoader over a :class:`DetectionDataset` that keeps the dataset's counters right.
+
+    Worker processes count skipped images and dropped boxes in their own copies of the dataset;
+    this loader adds each batch's counts to the main process's dataset instead. Workers are not
+    persistent, so :meth:`set_epoch` (epoch seed, close_mosaic) reaches them at the next epoch.
+    """
+
+    def set_epoch(self, epoch: int, total_epochs: int | None = None) -> None:
+        """Select the epoch for the shuffle order and the dataset (augmentation, close_mosaic)."""
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch, total_epochs)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in super().__iter__():
+            if self.num_workers > 0:
+                self.dataset.skipped += len(batch["skipped"])
+                self.dataset.dropped += batch["dropped"]
+            yield batch
+
+
+def _worker_init(_: int) -> None:
+    # Each worker is one process per core already; OpenCV's own thread pool would oversubscribe.
+    cv2.setNumThreads(0)
+
+
+def build_loader(
+    dataset: DetectionDataset,
+    batch_size: int,
+    workers: int = 0,
+    shuffle: bool = True,
+    seed: int = 0,
+    distributed: bool = False,
+    pin_memory: bool | None = None,
+    num_replicas: int | None = None,
+    rank: int | None = None,
+    drop_last: bool = False,
+) -> DetectionLoader:
+    """A batch loader with an epoch-seeded order, sharded across ranks when distributed.
+
+    The order always comes from a ``DistributedSampler`` seeded by ``seed`` + epoch (one
+    replica when not distributed), so a resumed run sees the same order. With
+    ``distributed=True`` or an initialised process group, each rank gets a disjoint 1/world
+    share of the indices (padded by repetition to equal length unless ``drop_last``).
+
+    Args:
+        dataset: the samples.
+        batch_size: images per batch on this process.
+        workers: DataLoader worker processes (0: load in this process).
+        shuffle: shuffle the order every epoch.
+        seed: seed of the order.
+        distributed: shard across ranks; ``num_replicas``/``rank`` default to the process group's.
+        pin_memory: pin batches for faster host-to-GPU copies; default: when CUDA is available.
+        num_replicas: number of ranks (explicit, e.g. without a process group).
+        rank: this process's rank.
+        drop_last: drop the last incomplete batch (and, distributed, the uneven tail).
+
+    Returns:
+        A :class:`DetectionLoader`; call ``loader.set_epoch(epoch, total_epochs)`` before each epoch.
+    """
+    initialized = dist.is_available() and dist.is_initialized()
+    if distributed and not initialized and (num_replicas is None or rank is None):
+        raise ValueError("distributed=True without a process group needs num_replicas and rank "
+                         "(or call torch.distributed.init_process_group first, e.g. under torchrun)")
+    if distributed or initialized:
+        sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+                                     seed=seed, drop_last=drop_last)
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=shuffle, seed=seed)
+    return DetectionLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=drop_last,
+        worker_init_fn=_worker_init,
+        persistent_workers=False,
+    )

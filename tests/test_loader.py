@@ -1,0 +1,325 @@
+"""Training/validation loader on real coco128 images: geometry, texts, determinism, robustness."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ovdet.data.images import decode_image
+from ovdet.data.letterbox import letterbox
+from ovdet.data.loader import DetectionDataset, build_loader, collate
+from ovdet.data.readers import read_yolo
+from ovdet.data.records import DataReport, Dataset, ImageRecord
+from ovdet.data.transforms import AugmentConfig, swap_left_right
+
+IMGSZ = 320
+#: Augmentation that changes nothing: isolates letterbox / flip / mosaic in exact checks.
+IDENTITY = AugmentConfig(mosaic=0.0, scale=(1.0, 1.0), translate=0.0, hsv_h=0, hsv_s=0, hsv_v=0, fliplr=0.0)
+
+
+@pytest.fixture(scope="module")
+def coco128(data_dir: Path) -> Dataset:
+    data = read_yolo(data_dir / "coco128" / "coco128.yaml", "train")
+    assert len(data.records) == 128 and len(data.names) == 80
+    return data
+
+
+def _subset(data: Dataset, records: list[ImageRecord]) -> Dataset:
+    return Dataset(records, data.names, data.raw_names, data.category_ids, DataReport())
+
+
+def _bgr(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) RGB tensor → (H, W, 3) BGR array."""
+    return np.ascontiguousarray(image.numpy().transpose(1, 2, 0)[:, :, ::-1])
+
+
+def _check_batch(batch: dict, data: Dataset, imgsz: int, max_texts: int) -> None:
+    """Every invariant of a collated training batch."""
+    b = len(batch["paths"])
+    m = len(batch["labels"])
+    assert batch["images"].shape == (b, 3, imgsz, imgsz) and batch["images"].dtype == torch.uint8
+    assert batch["batch_idx"].shape == (m,) and batch["batch_idx"].dtype == torch.int64
+    assert batch["labels"].dtype == torch.int64
+    assert batch["boxes"].shape == (m, 4) and batch["boxes"].dtype == torch.float32
+    assert batch["ignore"].shape == (m,) and batch["ignore"].dtype == torch.bool
+    assert batch["text_mask"].shape == (b, max_texts) and batch["text_mask"].dtype == torch.bool
+    assert len(batch["texts"]) == b and all(len(t) == max_texts for t in batch["texts"])
+    assert batch["box_source"].shape == (m, 2)
+    if m:
+        assert bool(torch.all(batch["batch_idx"][1:] >= batch["batch_idx"][:-1]))
+        x1, y1, x2, y2 = batch["boxes"].unbind(1)
+        assert bool(torch.all((0 <= x1) & (x1 < x2) & (x2 <= imgsz))), batch["boxes"]
+        assert bool(torch.all((0 <= y1) & (y1 < y2) & (y2 <= imgsz))), batch["boxes"]
+        assert int(batch["labels"].min()) >= 0 and int(batch["labels"].max()) < max_texts
+    for i in range(b):
+        texts, mask = batch["texts"][i], batch["text_mask"][i]
+        real = [t for t, keep in zip(texts, mask.tolist()) if keep]
+        assert len(set(real)) == len(real) and all(t == "" for t, keep in zip(texts, mask.tolist()) if not keep)
+        sel = batch["batch_idx"] == i
+        for label, ignore, (rec, box) in zip(batch["labels"][sel].tolist(), batch["ignore"][sel].tolist(),
+                                             batch["box_source"][sel].tolist()):
+            assert ignore == bool(data.records[rec].ignore[box])  # crowd flags travel with their box
+            # The box's original class text, followed through the flip, is its text in the list.
+            original = data.records[rec].texts[box]
+            expected = swap_left_right(original) if batch["flipped"][i] else original
+            assert mask[label] and texts[label] == expected
+        positives = {texts[label] for label in batch["labels"][sel].tolist()}
+        assert positives <= set(real)
+        # A negative is never a class of any image the sample was built from (a box the crop
+        # cut away may still be partly visible).
+        present = {t for r in batch["sources"][i] for t in data.records[r].texts}
+        if batch["flipped"][i]:
+            present |= {swap_left_right(t) for t in present}
+        assert not (set(real) - positives) & present
+        assert len(batch["sources"][i]) == (4 if batch["mosaic"][i] else 1)
+
+
+def test_one_epoch_with_mosaic_over_coco128(coco128: Dataset):
+    # Every 5th box a crowd region, to follow ignore flags through the geometry.
+    records = [dataclasses.replace(r, ignore=np.arange(len(r.texts)) % 5 == 4) for r in coco128.records]
+    data = _subset(coco128, records)
+    ds = DetectionDataset(data, imgsz=IMGSZ, seed=0)
+    loader = build_loader(ds, batch_size=16, workers=0, shuffle=True, seed=0)
+    loader.set_epoch(0, total_epochs=100)
+    seen, boxes, mosaics, flips = [], 0, 0, 0
+    ignored = 0
+    for batch in loader:
+        _check_batch(batch, data, IMGSZ, 80)
+        ignored += int(batch["ignore"].sum())
+        seen += batch["indices"]
+        boxes += len(batch["labels"])
+        mosaics += int(batch["mosaic"].sum())
+        flips += int(batch["flipped"].sum())
+    assert sorted(seen) == list(range(128))  # one full epoch, each image once
+    assert mosaics == 128 and 30 < flips < 98  # mosaic p=1, flip p=0.5
+    assert boxes > 900  # mosaics carry ~4 images' boxes each, minus what the crop cuts away
+    assert 0.1 * boxes < ignored < 0.3 * boxes
+    assert ds.skipped == 0 and ds.dropped == 0
+
+
+def test_sample_fields(coco128: Dataset):
+    ds = DetectionDataset(coco128, imgsz=IMGSZ, seed=0, max_texts=40)
+    s = ds[3]
+    assert s["image"].shape == (3, IMGSZ, IMGSZ) and s["image"].dtype == torch.uint8
+    assert s["path"] == str(coco128.records[3].path) and s["index"] == 3
+    assert s["orig_size"] == decode_image(coco128.records[3].path).shape[:2]
+    assert len(s["texts"]) == 40 and s["text_mask"].shape == (40,)
+    batch = collate([s, ds[4]])
+    _check_batch(batch, coco128, IMGSZ, 40)
+
+    # Background images (no label file) through the single-image and validation paths.
+    background = [i for i, r in enumerate(coco128.records) if not r.texts]
+    assert len(background) == 2
+    for train in (True, False):
+        ds = DetectionDataset(coco128, imgsz=IMGSZ, train=train, augment=dataclasses.replace(IDENTITY, fliplr=0.5))
+        batch = collate([ds[i] for i in background])
+        _check_batch(batch, coco128, IMGSZ, 80)
+        assert batch["boxes"].shape == (0, 4) and batch["batch_idx"].shape == (0,)
+        assert batch["text_mask"].all()  # 80 negatives each
+
+
+def test_same_seed_same_batch_different_seed_differs(coco128: Dataset):
+    def first(seed: int) -> dict:
+        ds = DetectionDataset(coco128, imgsz=IMGSZ, seed=seed)
+        return next(iter(build_loader(ds, batch_size=4, workers=0, shuffle=True, seed=seed)))
+
+    a, b, c = first(7), first(7), first(8)
+    assert torch.equal(a["images"], b["images"]) and torch.equal(a["boxes"], b["boxes"])
+    assert torch.equal(a["labels"], b["labels"]) and a["texts"] == b["texts"] and a["paths"] == b["paths"]
+    assert a["paths"] != c["paths"] or not torch.equal(a["images"], c["images"])
+
+
+def test_items_do_not_depend_on_workers_or_order(coco128: Dataset):
+    data = _subset(coco128, coco128.records[:8])
+    ds = DetectionDataset(data, imgsz=IMGSZ, seed=1)
+    single = [ds[i] for i in reversed(range(8))][::-1]
+    batches = list(build_loader(ds, batch_size=4, workers=2, shuffle=False))
+    assert torch.equal(torch.cat([b["images"] for b in batches]), torch.stack([s["image"] for s in single]))
+    assert torch.equal(torch.cat([b["boxes"] for b in batches]), torch.cat([s["boxes"] for s in single]))
+    assert [t for b in batches for t in b["texts"]] == [s["texts"] for s in single]
+
+
+def test_epoch_changes_augmentation(coco128: Dataset):
+    ds = DetectionDataset(coco128, imgsz=IMGSZ, seed=0)
+    a = ds[5]["image"]
+    ds.set_epoch(1, 10)
+    assert not torch.equal(a, ds[5]["image"])
+
+
+def _hands(tmp_path: Path, coco128: Dataset) -> Dataset:
+    """One real image with two phrase boxes, "left hand" on the left and "right hand" on the right."""
+    src = coco128.records[0]
+    rec = ImageRecord(src.path, "hands", src.height, src.width,
+                      boxes=[[10, 100, 110, 200], [400, 100, 600, 300]],
+                      texts=["left hand", "right hand"], labels=[0, 1], ignore=[False, False])
+    names = ["left hand", "right hand", "dog"]
+    return Dataset([rec], names, names, [0, 1, 2], DataReport())
+
+
+def test_left_right_phrases_swap_under_flip(tmp_path: Path, coco128: Dataset):
+    data = _hands(tmp_path, coco128)
+    plain = DetectionDataset(data, imgsz=IMGSZ, augment=IDENTITY, seed=0)[0]
+    flip = DetectionDataset(data, imgsz=IMGSZ, augment=dataclasses.replace(IDENTITY, fliplr=1.0), seed=0)[0]
+    assert not plain["flipped"] and flip["flipped"]
+    assert torch.equal(flip["image"], plain["image"].flip(-1))  # exactly a mirror image
+    for box in range(2):
+        p = int(torch.nonzero(plain["box_source"][:, 1] == box))
+        f = int(torch.nonzero(flip["box_source"][:, 1] == box))
+        x1, y1, x2, y2 = plain["boxes"][p].tolist()
+        assert flip["boxes"][f].tolist() == pytest.approx([IMGSZ - x2, y1, IMGSZ - x1, y2], abs=1e-3)
+        original = data.records[0].texts[box]
+        assert plain["texts"][int(plain["labels"][p])] == original
+        assert flip["texts"][int(flip["labels"][f])] == {"left hand": "right hand", "right hand": "left hand"}[original]
+
+
+def test_corrupt_and_missing_images_are_skipped_and_counted(tmp_path: Path, coco128: Dataset):
+    records = []
+    for rec in coco128.records[:6]:
+        dst = tmp_path / rec.path.name
+        shutil.copy(rec.path, dst)
+        records.append(dataclasses.replace(rec, path=dst))
+    bad = tmp_path / "truncated.jpg"
+    bad.write_bytes(coco128.records[6].path.read_bytes()[:3000])
+    records.append(dataclasses.replace(coco128.records[6], path=bad))
+    records.append(dataclasses.replace(coco128.records[7], path=tmp_path / "missing.jpg"))
+    data = _subset(coco128, records)
+    bad_paths = {str(bad), str(tmp_path / "missing.jpg")}
+
+    ds = DetectionDataset(data, imgsz=IMGSZ, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batches = list(build_loader(ds, batch_size=4, workers=0, shuffle=False))
+    messages = " ".join(str(w.message) for w in caught if issubclass(w.category, RuntimeWarning))
+    assert "truncated.jpg" in messages and "missing.jpg" in messages
+    events = sum(len(b["skipped"]) for b in batches)
+    assert sum(len(b["paths"]) for b in batches) == 8  # the epoch completes at full length
+    assert events >= 2 and ds.skipped == events  # both bad images were the main image once
+    assert {p for b in batches for p in b["skipped"]} == bad_paths
+    assert not bad_paths & {p for b in batches for p in b["paths"]}
+    for b in batches:
+        _check_batch(b, data, IMGSZ, 80)
+
+    # Workers count in their own copies; the loader brings the counts to the main process.
+    ds2 = DetectionDataset(data, imgsz=IMGSZ, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batches2 = list(build_loader(ds2, batch_size=4, workers=2, shuffle=False))
+    assert ds2.skipped == events == sum(len(b["skipped"]) for b in batches2)
+
+
+def test_close_mosaic_switches_mosaic_off(coco128: Dataset):
+    data = _subset(coco128, coco128.records[:6])
+    cfg = dataclasses.replace(IDENTITY, mosaic=1.0, close_mosaic=2)
+    ds = DetectionDataset(data, imgsz=IMGSZ, augment=cfg, seed=0)
+    ds.set_epoch(7, total_epochs=10)
+    assert ds.mosaic_enabled and all(ds[i]["mosaic"] for i in range(6))
+    ds.set_epoch(8, total_epochs=10)
+    assert not ds.mosaic_enabled
+    for i in range(6):
+        s = ds[i]
+        assert not s["mosaic"]
+        # No seams: the whole image is the one source image resized and letterboxed (identity
+        # affine, no HSV/flip), pixel for pixel, with its boxes mapped the same way.
+        image = decode_image(data.records[i].path)
+        expected, info = letterbox(image, IMGSZ, auto=False)  # longest side of coco128 = 640 → 320
+        assert np.array_equal(_bgr(s["image"]), expected)
+        sx, sy = info.scale
+        ref = data.records[i].boxes * [sx, sy, sx, sy] + [*info.pad, *info.pad]
+        np.testing.assert_allclose(s["boxes"].numpy(), ref[s["box_source"][:, 1].numpy()], atol=1e-3)
+
+
+def test_validation_is_exact_letterbox(coco128: Dataset):
+    ds = DetectionDataset(coco128, imgsz=IMGSZ, train=False, seed=0)
+    for i in (0, 1, 60):
+        s = ds[i]
+        rec = coco128.records[i]
+        expected, info = letterbox(decode_image(rec.path), IMGSZ, auto=False)
+        assert np.array_equal(_bgr(s["image"]), expected)  # pixel-exact
+        assert s["letterbox"] == info and not s["mosaic"] and not s["flipped"]
+        sx, sy = info.scale
+        ref = rec.boxes * [sx, sy, sx, sy] + [*info.pad, *info.pad]
+        assert len(s["boxes"]) == len(rec.boxes)
+        np.testing.assert_allclose(s["boxes"].numpy(), ref[s["box_source"][:, 1].numpy()], atol=1e-3)
+
+
+def test_distributed_sampler_splits_disjointly(coco128: Dataset):
+    ds = DetectionDataset(coco128, imgsz=IMGSZ, train=False)
+    shards = []
+    for rank in range(2):
+        loader = build_loader(ds, batch_size=8, workers=0, shuffle=True, seed=3, distributed=True,
+                              num_replicas=2, rank=rank)
+        loader.set_epoch(1)
+        shards.append(list(loader.sampler))
+        assert len(loader) == 8  # 64 images per rank
+    assert len(shards[0]) == len(shards[1]) == 64
+    assert not set(shards[0]) & set(shards[1]) and set(shards[0]) | set(shards[1]) == set(range(128))
+    loader.set_epoch(2)
+    assert list(loader.sampler) != shards[1]  # the order changes with the epoch
+
+
+def test_text_limits_and_lvis_negatives(coco128: Dataset):
+    cat = {n: i for i, n in enumerate(coco128.names)}
+    recs = [dataclasses.replace(r, not_exhaustive_category_ids=[cat["dog"], cat["cat"]],
+                                neg_category_ids=[cat["zebra"], cat["giraffe"]])
+            for r in coco128.records[:10] if not {"dog", "zebra", "giraffe"} & set(r.texts)]
+    data = _subset(coco128, recs)
+    ds = DetectionDataset(data, imgsz=IMGSZ, train=False, max_texts=80)
+    for i in range(len(recs)):
+        s = ds[i]
+        assert "dog" not in s["texts"] and {"zebra", "giraffe"} <= set(s["texts"])
+        if "cat" not in recs[i].texts:
+            assert "cat" not in s["texts"]
+
+    # More distinct classes than max_texts: surplus boxes are dropped and counted.
+    many = max(coco128.records, key=lambda r: len(set(r.texts)))
+    ds = DetectionDataset(_subset(coco128, [many]), imgsz=IMGSZ, train=False, max_texts=2)
+    s = ds[0]
+    assert s["text_mask"].all() and set(s["texts"]) <= set(many.texts)
+    assert s["dropped"] == sum(t not in s["texts"] for t in many.texts) > 0 and ds.dropped == s["dropped"]
+    assert len(s["labels"]) == len(many.texts) - s["dropped"]
+
+
+def test_ram_cache_gives_identical_samples(coco128: Dataset):
+    data = _subset(coco128, coco128.records[:6])
+    plain = DetectionDataset(data, imgsz=IMGSZ, seed=4)
+    cached = DetectionDataset(data, imgsz=IMGSZ, seed=4, cache="ram")
+    assert cached.fill_cache() == 6
+    for i in range(6):
+        a, b = plain[i], cached[i]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["boxes"], b["boxes"]) and a["texts"] == b["texts"]
+
+
+def test_fused_affine_crop_equals_affine_then_center_crop(coco128: Dataset):
+    import albumentations as A
+
+    from ovdet.data.transforms import AffineCenterCrop
+
+    image = cv2.resize(decode_image(coco128.records[0].path), (640, 640))
+    boxes = np.array([[10, 10, 100, 100], [300, 300, 350, 340], [150, 100, 500, 450], [600, 600, 640, 640]], np.float32)
+    kw = dict(scale=(0.5, 1.5), keep_ratio=True, translate_percent=(-0.05, 0.05), rotate=(-10, 10), fill=114, p=1.0)
+
+    def params():
+        return A.BboxParams(format="pascal_voc", label_fields=["ids"], min_visibility=0.1, clip=True)
+
+    ref = A.Compose([A.Affine(**kw), A.CenterCrop(320, 320)], bbox_params=params())
+    fused = A.Compose([AffineCenterCrop(320, **kw)], bbox_params=params())
+    kept = 0
+    for seed in range(10):
+        ref.set_random_seed(seed)
+        fused.set_random_seed(seed)
+        a = ref(image=image, bboxes=boxes, ids=np.arange(4))
+        b = fused(image=image, bboxes=boxes, ids=np.arange(4))
+        assert a["image"].shape == b["image"].shape == (320, 320, 3)
+        assert np.abs(a["image"].astype(int) - b["image"].astype(int)).max() <= 1
+        assert list(a["ids"]) == list(b["ids"])
+        np.testing.assert_allclose(np.asarray(b["bboxes"]).reshape(-1, 4), np.asarray(a["bboxes"]).reshape(-1, 4),
+                                   atol=1e-3)
+        kept += len(a["ids"])
+    assert kept > 10
