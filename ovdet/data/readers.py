@@ -173,6 +173,27 @@ def _check_image(path: Path, report: DataReport, verify: bool,
     return size
 
 
+
+def _annotated_size(path: Path, entry: Mapping[str, Any], report: DataReport, verify_images: bool,
+                    require_images: bool) -> tuple[int, int] | None:
+    """(width, height) of an image whose annotation (json entry) states its size.
+
+    The stated size is trusted and existence is enough, unless ``verify_images`` is set or the
+    size is missing, in which case the file is opened. Returns None (problem recorded) when the
+    image cannot be used.
+    """
+    try:
+        expected: tuple[int, int] | None = (int(_as_number(entry["width"])), int(_as_number(entry["height"])))
+    except (KeyError, ValueError):
+        expected = None
+    if verify_images or expected is None:
+        size = _check_image(path, report, verify_images, expected)
+        return None if size is None else (expected or size)
+    if require_images and not path.is_file():
+        report.problem(path, "image file not found")
+        return None
+    return expected
+
 def _sanitize_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
     """Check and clip boxes to an image.
 
@@ -530,19 +551,10 @@ def _read_instances(data: Any, json_path: Path, image_dir: PathLike | None, *, l
                            + ": skipped")
             continue
         path = _existing(root, rels)
-        try:
-            expected = (int(_as_number(img["width"])), int(_as_number(img["height"])))
-        except (KeyError, ValueError):
-            expected = None
-        if verify_images or expected is None:
-            size = _check_image(path, report, verify_images, expected)
-            if size is None:
-                continue
-            expected = expected or size
-        elif require_images and not path.is_file():  # sizes are in the json: existence is enough
-            report.problem(path, "image file not found")
+        size = _annotated_size(path, img, report, verify_images, require_images)
+        if size is None:
             continue
-        width, height = expected
+        width, height = size
         pairs = by_image.get(iid, [])
         group = [a for a, _ in pairs]
         boxes = np.array([[x, y, x + w, y + h] for _, (x, y, w, h) in pairs], dtype=np.float64).reshape(-1, 4)
@@ -895,17 +907,8 @@ def read_odvg(jsonl_path: PathLike, image_root: PathLike | None = None, *,
     for n, obj in entries:
         report.images += 1
         image = root / obj["filename"]
-        try:
-            expected = (int(_as_number(obj["width"])), int(_as_number(obj["height"])))
-        except (KeyError, ValueError):
-            expected = None
-        if verify_images or expected is None:
-            size = _check_image(image, report, verify_images, expected)
-            if size is None:
-                continue
-            expected = expected or size
-        elif require_images and not image.is_file():  # the size is in the line: existence is enough
-            report.problem(image, "image file not found")
+        expected = _annotated_size(image, obj, report, verify_images, require_images)
+        if expected is None:
             continue
         boxes: list[list[float]] = []
         labels: list[int] = []
