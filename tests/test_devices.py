@@ -56,3 +56,15 @@ def test_half_precision_close_to_fp32(precision: str, coco128_images: list[Path]
         n = min(10, len(ref), len(got))
         assert n > 0
         assert float((got.scores[:n] - ref.scores[:n]).abs().max()) <= tol
+
+
+def test_bf16_on_cpu_close_to_fp32(coco128_images: list[Path]) -> None:
+    """bf16 autocast works on CPU too (fp16 is CUDA-only); scores stay close to fp32."""
+    det = make_detector()
+    det.set_classes(NAMES)
+    ref = det.predict(str(coco128_images[0]), conf=0.05, imgsz=320)[0]
+    got = det.predict(str(coco128_images[0]), conf=0.05, imgsz=320, precision="bf16")[0]
+    assert got.scores.dtype == torch.float32 and len(got) > 0
+    n = min(10, len(ref), len(got))
+    assert float((got.scores[:n] - ref.scores[:n]).abs().max()) <= 5e-2
+    assert not torch.equal(got.scores[:n], ref.scores[:n])  # it really ran in lower precision
