@@ -101,8 +101,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             per_class.update(d.names[i] for i in d.labels.tolist())
             rec = d.to_dict()
             if not args.no_save_images:
-                stem = Path(str(d.path)).name.replace(":", "_") or "image"
-                out = _unique(save_dir / (Path(stem).stem + ".jpg"), used)
+                name, _, frame = Path(str(d.path)).name.partition(":frame")  # video frames: clip.mp4:frame12
+                out = _unique(save_dir / (Path(name).stem + (f"_frame{frame}" if frame else "") + ".jpg"), used)
                 d.save(out)
                 rec["annotated"] = out.name
             records.append(rec)

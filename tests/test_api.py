@@ -352,3 +352,25 @@ def test_cli_embed_then_predict_without_text_encoder(det: Detector, coco128_imag
                  "--quiet", "--no-save-images"]) == 0
     report = json.loads((out / "predictions.json").read_text())
     assert report["names"] == ["dog", "person"] and len(report["images"]) == 1
+
+
+def test_predict_streams_a_video(det: Detector, coco128_images: list[Path], tmp_path: Path) -> None:
+    from ovdet.cli import main
+
+    frames = [cv2.resize(cv2.imread(str(p)), (160, 128)) for p in coco128_images[:5]]
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (160, 128))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write MJPG video")
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    run = det.predict(str(path), conf=0.05, imgsz=160, stream=True, keep_images=False)
+    results = list(run)
+    assert [r.path for r in results] == [f"{path}:frame{i}" for i in range(5)]
+    assert all(r.image_size == (128, 160) for r in results) and run.skipped == []
+    ckpt = det.save(tmp_path / "ckpt")
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(ckpt), "--classes", "person", "--source", str(path),
+                 "--save-dir", str(out), "--imgsz", "160", "--quiet"]) == 0
+    assert sorted(p.name for p in out.glob("*.jpg")) == [f"clip_frame{i}.jpg" for i in range(5)]
