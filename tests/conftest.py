@@ -28,3 +28,9 @@ def coco128_images(data_dir: Path) -> list[Path]:
     if not images:
         pytest.skip(f"no coco128 images under {data_dir / 'coco128/images/train2017'}")
     return images
+
+
+@pytest.fixture(autouse=True)
+def _isolated_ovdet_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read or write the user's ~/.cache/ovdet (tests may override it again)."""
+    monkeypatch.setenv("OVDET_HOME", str(tmp_path_factory.getbasetemp() / "ovdet_home"))
