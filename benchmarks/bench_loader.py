@@ -4,8 +4,8 @@ Both loaders read the 128 coco128 images with mosaic (p=1), affine, HSV and flip
 image size, batch size and worker count, and both sample per-image texts (ultralytics through
 its YOLO-World multi-modal dataset, ``RandomLoadText``). Each loader runs ``--epochs`` passes
 back to back, alone (no loader's workers run while another is timed); a pass is timed from
-``iter(loader)`` to its last batch, so ovdet's per-epoch worker start-up is included
-(ultralytics keeps persistent workers). Dataset construction is not timed. ultralytics keeps up
+``iter(loader)`` to its last batch (both keep persistent workers, so worker start-up counts in
+the first epoch only). Dataset construction is not timed. ultralytics keeps up
 to min(n, 8·batch, 1000) decoded images in a per-worker buffer, which holds all of coco128, so
 ovdet is measured both without a cache and with ``cache="ram"``. Prints images/s and the
 ovdet/ultralytics ratios (> 1: ovdet faster).

@@ -256,12 +256,14 @@ def test_distributed_sampler_splits_disjointly(coco128: Dataset):
         loader = build_loader(ds, batch_size=8, workers=0, shuffle=True, seed=3, distributed=True,
                               num_replicas=2, rank=rank)
         loader.set_epoch(1)
-        shards.append(list(loader.sampler))
+        items = list(loader.sampler)
+        assert all(e == 1 for _, e, _ in items)  # the epoch travels with each index
+        shards.append([i for i, _, _ in items])
         assert len(loader) == 8  # 64 images per rank
     assert len(shards[0]) == len(shards[1]) == 64
     assert not set(shards[0]) & set(shards[1]) and set(shards[0]) | set(shards[1]) == set(range(128))
     loader.set_epoch(2)
-    assert list(loader.sampler) != shards[1]  # the order changes with the epoch
+    assert [i for i, _, _ in loader.sampler] != shards[1]  # the order changes with the epoch
 
 
 def test_text_limits_and_lvis_negatives(coco128: Dataset):
@@ -323,3 +325,20 @@ def test_fused_affine_crop_equals_affine_then_center_crop(coco128: Dataset):
                                    atol=1e-3)
         kept += len(a["ids"])
     assert kept > 10
+
+
+def test_persistent_workers_follow_the_epoch(coco128: Dataset):
+    """Workers live across epochs, yet each epoch's samples equal the single-process ones."""
+    ds = DetectionDataset(coco128, imgsz=IMGSZ, train=True, seed=5)
+    loader = build_loader(ds, batch_size=4, workers=2, shuffle=False, seed=5)
+    assert loader.persistent_workers
+    firsts = []
+    for epoch, total in ((0, 20), (15, 20)):  # epoch 15 of 20: mosaic closed (close_mosaic=10)
+        loader.set_epoch(epoch, total)
+        batch = next(iter(loader))
+        ref = ds[(0, epoch, total)]
+        assert torch.equal(batch["images"][0], ref["image"])
+        assert bool(batch["mosaic"][0]) == ref["mosaic"]
+        firsts.append(batch["images"][0])
+    assert not torch.equal(firsts[0], firsts[1])
+    assert not ds[(0, 15, 20)]["mosaic"]  # closed for the last 10 of 20 epochs

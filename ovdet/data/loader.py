@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, get_worker_info
 
 from ovdet.data.images import ImageReadError, decode_image
 from ovdet.data.letterbox import LetterboxInfo
@@ -107,9 +107,12 @@ class DetectionDataset(torch.utils.data.Dataset):
     @property
     def mosaic_enabled(self) -> bool:
         """Whether mosaic can be drawn in the current epoch."""
+        return self._mosaic_on(self.epoch, self.total_epochs)
+
+    def _mosaic_on(self, epoch: int, total_epochs: int | None) -> bool:
         if not self.train or self.augment.mosaic <= 0:
             return False
-        return self.total_epochs is None or self.epoch < self.total_epochs - self.augment.close_mosaic
+        return total_epochs is None or epoch < total_epochs - self.augment.close_mosaic
 
     def fill_cache(self) -> int:
         """Decode every readable image into the RAM cache (``cache="ram"`` only).
@@ -185,8 +188,13 @@ class DetectionDataset(torch.utils.data.Dataset):
     # Items
     # ---------------------------------------------------------------------------------------
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | tuple[int, int, int | None]) -> dict[str, Any]:
         """One sample.
+
+        Args:
+            index: a record index (the epoch set by :meth:`set_epoch` applies), or
+                ``(index, epoch, total_epochs)`` as :class:`EpochSampler` yields them, so
+                persistent worker processes need no state from the main process.
 
         Returns:
             dict with ``image`` (3, s, s) uint8 RGB tensor; ``boxes`` (N, 4) float32 xyxy pixels,
@@ -199,12 +207,15 @@ class DetectionDataset(torch.utils.data.Dataset):
             over ``max_texts``; ``box_source`` (N, 2) int64 (record index, box index in the
             record) of each box; ``letterbox`` (validation: its LetterboxInfo, else None).
         """
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        epoch, total = self.epoch, self.total_epochs
+        if isinstance(index, tuple):
+            index, epoch, total = index
+        rng = np.random.default_rng([self.seed, int(epoch), int(index)])
         skipped: list[str] = []
         index, main, orig = self._load_replacing(int(index), rng, skipped)
         used = [index]
         info: LetterboxInfo | None = None
-        use_mosaic = bool(rng.random() < self.augment.mosaic) and self.mosaic_enabled
+        use_mosaic = bool(rng.random() < self.augment.mosaic) and self._mosaic_on(epoch, total)
         flipped = False
         if not self.train:
             sample, info = letterbox_sample(main, self.imgsz, scaleup=True)
@@ -319,18 +330,41 @@ def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+class EpochSampler(Sampler):
+    """Yields ``(index, epoch, total_epochs)``: the epoch travels with each index.
+
+    Persistent worker processes keep their own copy of the dataset; passing the epoch with the
+    index (rather than setting it on the dataset) makes every sample a pure function of
+    (seed, epoch, index), whichever process builds it.
+    """
+
+    def __init__(self, order: DistributedSampler) -> None:
+        self.order = order
+        self.epoch, self.total_epochs = 0, None
+
+    def set_epoch(self, epoch: int, total_epochs: int | None = None) -> None:
+        self.epoch, self.total_epochs = int(epoch), total_epochs
+        self.order.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int, int | None]]:
+        for i in self.order:
+            yield int(i), self.epoch, self.total_epochs
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
 class DetectionLoader(DataLoader):
     """A DataLoader over a :class:`DetectionDataset` that keeps the dataset's counters right.
 
     Worker processes count skipped images and dropped boxes in their own copies of the dataset;
-    this loader adds each batch's counts to the main process's dataset instead. Workers are not
-    persistent, so :meth:`set_epoch` (epoch seed, close_mosaic) reaches them at the next epoch.
+    this loader adds each batch's counts to the main process's dataset instead. Workers persist
+    across epochs; the epoch reaches them through :class:`EpochSampler`.
     """
 
     def set_epoch(self, epoch: int, total_epochs: int | None = None) -> None:
         """Select the epoch for the shuffle order and the dataset (augmentation, close_mosaic)."""
-        if isinstance(self.sampler, DistributedSampler):
-            self.sampler.set_epoch(epoch)
+        self.sampler.set_epoch(epoch, total_epochs)
         self.dataset.set_epoch(epoch, total_epochs)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -385,18 +419,18 @@ def build_loader(
         raise ValueError("distributed=True without a process group needs num_replicas and rank "
                          "(or call torch.distributed.init_process_group first, e.g. under torchrun)")
     if distributed or initialized:
-        sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
-                                     seed=seed, drop_last=drop_last)
+        order = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+                                   seed=seed, drop_last=drop_last)
     else:
-        sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=shuffle, seed=seed)
+        order = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=shuffle, seed=seed)
     return DetectionLoader(
         dataset,
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=EpochSampler(order),
         num_workers=workers,
         collate_fn=collate,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=drop_last,
         worker_init_fn=_worker_init,
-        persistent_workers=False,
+        persistent_workers=workers > 0,
     )
