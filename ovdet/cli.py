@@ -1,4 +1,4 @@
-"""The ``ovdet`` command line: ``ovdet predict|embed|convert``.
+"""The ``ovdet`` command line: ``ovdet predict|embed|convert|check-data|val``.
 
 Each sub-command is argparse → Detector → a summary; ``tools/*.py`` call :func:`main`.
 """
