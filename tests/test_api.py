@@ -374,3 +374,15 @@ def test_predict_streams_a_video(det: Detector, coco128_images: list[Path], tmp_
     assert main(["predict", "--model", str(ckpt), "--classes", "person", "--source", str(path),
                  "--save-dir", str(out), "--imgsz", "160", "--quiet"]) == 0
     assert sorted(p.name for p in out.glob("*.jpg")) == [f"clip_frame{i}.jpg" for i in range(5)]
+
+
+@pytest.mark.parametrize("tool,command", [("predict", "predict"), ("embed", "embed"), ("convert", "convert"),
+                                          ("val", "val"), ("check_data", "check-data")])
+def test_tools_are_thin_wrappers(tool: str, command: str) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "tools" / f"{tool}.py"
+    assert len(script.read_text().splitlines()) < 100
+    out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and f"ovdet {command}" in out.stdout
