@@ -203,14 +203,15 @@ class Detector:
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{meta_path}: 'format' is {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
         cfg = from_dict(ModelConfig, meta["model"], "model.")
-        model = OVDetector(cfg).eval()
-        if meta.get("fused"):
-            model.fuse()
+        with torch.device("meta"):  # shapes only: every tensor comes from the file
+            model = OVDetector(cfg).eval()
+            if meta.get("fused"):
+                model.fuse()
         try:
             state = load_file(str(weights_path))
         except Exception as e:  # safetensors raises its own error types
             raise ValueError(f"{weights_path}: unreadable safetensors file ({e})") from e
-        result = model.load_state_dict(state, strict=False)
+        result = model.load_state_dict(state, strict=False, assign=True)
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(f"{weights_path} does not match its config: missing {result.missing_keys[:5]}, "
                              f"unexpected {result.unexpected_keys[:5]}")

@@ -214,6 +214,9 @@ def test_save_load_round_trip(tmp_path: Path, coco128_images: list[Path], monkey
                                                          "model.safetensors"]
     loaded = Detector.load(out_dir, device="cpu")
     assert loaded.names == NAMES and loaded.model.is_fused == fused
+    state = loaded.model.state_dict()
+    assert all(t.device.type == "cpu" for t in state.values())  # nothing left on the meta device
+    assert all(torch.equal(t, det.model.state_dict()[k]) for k, t in state.items())
     got = loaded.predict(img, conf=0.05, imgsz=320)[0]
     assert torch.equal(got.boxes, ref.boxes) and torch.equal(got.scores, ref.scores)
     assert torch.equal(got.labels, ref.labels)
