@@ -10,24 +10,25 @@ import pytest
 _DEFAULT_DATA = Path(__file__).resolve().parents[1] / "../shared/data"
 
 
+def require_data(path: Path, what: str = "real test data") -> Path:
+    """``path`` if it exists; otherwise fail in CI (the data is required there) or skip locally."""
+    if not path.exists():
+        if os.environ.get("CI") or os.environ.get("OVDET_REQUIRE_DATA"):
+            pytest.fail(f"{what} is required in CI but missing at {path} (set OVDET_DATA)")
+        pytest.skip(f"{what} not found at {path}; set OVDET_DATA to the shared data folder")
+    return path
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The shared real-data folder; skips the test when it is absent."""
-    path = Path(os.environ.get("OVDET_DATA", _DEFAULT_DATA)).resolve()
-    if not path.is_dir():
-        if os.environ.get("CI") or os.environ.get("OVDET_REQUIRE_DATA"):
-            pytest.fail(f"real test data is required in CI but missing at {path} (set OVDET_DATA)")
-        pytest.skip(f"real test data not found at {path}; set OVDET_DATA to the shared data folder")
-    return path
+    """The shared real-data folder; skips the test when it is absent (fails in CI)."""
+    return require_data(Path(os.environ.get("OVDET_DATA", _DEFAULT_DATA)).resolve())
 
 
 @pytest.fixture(scope="session")
 def coco128_images(data_dir: Path) -> list[Path]:
     """Sorted paths of the 128 coco128 JPEGs (longest side 640)."""
-    images = sorted((data_dir / "coco128" / "images" / "train2017").glob("*.jpg"))
-    if not images:
-        pytest.skip(f"no coco128 images under {data_dir / 'coco128/images/train2017'}")
-    return images
+    return sorted(require_data(data_dir / "coco128" / "images" / "train2017", "coco128 images").glob("*.jpg"))
 
 
 @pytest.fixture(autouse=True)

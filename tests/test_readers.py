@@ -26,6 +26,8 @@ from ovdet.data.readers import (
 )
 from ovdet.data.records import Dataset, ImageRecord
 
+from conftest import require_data
+
 
 # ------------------------------------------------------------------------------------------
 # Fixtures
@@ -34,26 +36,17 @@ from ovdet.data.records import Dataset, ImageRecord
 
 @pytest.fixture(scope="module")
 def coco128_yaml(data_dir: Path) -> Path:
-    path = data_dir / "coco128" / "coco128.yaml"
-    if not path.is_file():
-        pytest.skip(f"missing {path}")
-    return path
+    return require_data(data_dir / "coco128" / "coco128.yaml")
 
 
 @pytest.fixture(scope="module")
 def coco128_json(data_dir: Path) -> Path:
-    path = data_dir / "coco128-coco" / "annotations" / "instances_train2017.json"
-    if not path.is_file():
-        pytest.skip(f"missing {path}")
-    return path
+    return require_data(data_dir / "coco128-coco" / "annotations" / "instances_train2017.json")
 
 
 @pytest.fixture(scope="module")
 def lvis_json(data_dir: Path) -> Path:
-    path = data_dir / "coco-eval-vectors" / "lvis_val_100" / "lvis_val_100.json"
-    if not path.is_file():
-        pytest.skip(f"missing {path}")
-    return path
+    return require_data(data_dir / "coco-eval-vectors" / "lvis_val_100" / "lvis_val_100.json")
 
 
 @pytest.fixture(scope="module")
@@ -186,10 +179,7 @@ def test_yolo_and_coco_readers_agree(yolo_ds: Dataset, coco_ds: Dataset) -> None
 
 
 def test_tiny_coco16_finds_images_beside_the_json(data_dir: Path) -> None:
-    path = data_dir / "tiny-coco16" / "small_coco" / "instances_train2017_small.json"
-    if not path.is_file():
-        pytest.skip(f"missing {path}")
-    ds = read_dataset(path)
+    ds = read_dataset(require_data(data_dir / "tiny-coco16" / "small_coco" / "instances_train2017_small.json"))
     r = ds.report
     assert r.images == 16 and len(ds.records) == 16 and r.problems == []
     assert r.boxes + r.ignored == 197
