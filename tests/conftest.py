@@ -7,16 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import require_data
+
 _DEFAULT_DATA = Path(__file__).resolve().parents[1] / "../shared/data"
-
-
-def require_data(path: Path, what: str = "real test data") -> Path:
-    """``path`` if it exists; otherwise fail in CI (the data is required there) or skip locally."""
-    if not path.exists():
-        if os.environ.get("CI") or os.environ.get("OVDET_REQUIRE_DATA"):
-            pytest.fail(f"{what} is required in CI but missing at {path} (set OVDET_DATA)")
-        pytest.skip(f"{what} not found at {path}; set OVDET_DATA to the shared data folder")
-    return path
 
 
 @pytest.fixture(scope="session")

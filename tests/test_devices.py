@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ovdet import Detector
-from test_api import NAMES, assert_same_detections, make_detector
+from tests.helpers import NAMES, assert_same_detections, make_detector
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -26,7 +26,7 @@ from ovdet.data.readers import (
 )
 from ovdet.data.records import Dataset, ImageRecord
 
-from conftest import require_data
+from tests.helpers import require_data
 
 
 # ------------------------------------------------------------------------------------------

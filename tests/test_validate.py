@@ -11,7 +11,7 @@ import pytest
 from ovdet.cli import main
 from ovdet.data.readers import read_coco
 from ovdet.engine.validate import dataset_to_coco
-from test_api import make_detector
+from tests.helpers import make_detector
 
 
 def test_dataset_to_coco_keeps_every_box(data_dir: Path) -> None:

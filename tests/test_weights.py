@@ -35,17 +35,11 @@ from ultralytics.utils import downloads as ul_downloads  # noqa: E402
 from ovdet import Detector  # noqa: E402
 from ovdet import weights as ow  # noqa: E402
 from ovdet.cli import load_detector, main  # noqa: E402
+from tests.helpers import save_like_ultralytics  # noqa: E402
 from ovdet.weights import (DEFAULT_WEIGHTS_URL, PRETRAINED, UntrustedCheckpointError, WeightsUnavailable,  # noqa: E402
                            fetch_pretrained, pretrained_url, ultralytics_name)
 
 WORLD_NAME, WORLD_FILE = "yolo-world-v2-s", "yolov8s-worldv2.pt"
-
-
-def save_like_ultralytics(model: torch.nn.Module, path: Path) -> Path:
-    """The layout of ultralytics' final checkpoints (``strip_optimizer``): fp16 module under 'model'."""
-    torch.save({"model": copy.deepcopy(model).half(), "ema": None, "optimizer": None, "epoch": -1,
-                "train_args": {}, "date": "2026-11-23"}, path)
-    return path
 
 
 @dataclass
