@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import re
 import shutil
@@ -24,7 +25,7 @@ from urllib.request import getproxies, url2pathname
 
 import torch
 
-from ovdet.config import ModelConfig, TextConfig
+from ovdet.config import SCALES, ModelConfig, TextConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from ovdet.models.detector import OVDetector
@@ -159,24 +160,88 @@ def _world_version(model: torch.nn.Module) -> int | None:
     return 1 if "ImagePoolingAttn" in kinds else 2
 
 
-def _scale_of(model: torch.nn.Module, state: Mapping[str, torch.Tensor], version: int) -> str:
-    """The scale letter of an ultralytics model: from its yaml, else the one whose shapes fit."""
+def _yaml_multiples(cfg: Mapping) -> tuple[float, float, int | None] | None:
+    """(depth, width, max_channels or None) an ultralytics model yaml was built with; None if it states none.
+
+    A ``scales:`` table wins, as in ultralytics' ``parse_model``: its row named by ``scale``, and
+    None when ``scale`` is unset (the table lists every scale, not which one was built). Otherwise
+    the top-level ``depth_multiple``/``width_multiple`` (default 1.0 each) and ``max_channels`` when
+    written (``parse_model`` itself ignores a top-level ``max_channels``).
+    """
+    scales = cfg.get("scales")
+    if isinstance(scales, Mapping) and scales:
+        if cfg.get("scale") not in scales:
+            return None
+        depth, width, max_ch = scales[cfg["scale"]]
+        return float(depth), float(width), int(max_ch)
+    if "depth_multiple" not in cfg and "width_multiple" not in cfg:
+        return None
+    max_ch = cfg.get("max_channels")
+    return (float(cfg.get("depth_multiple", 1.0)), float(cfg.get("width_multiple", 1.0)),
+            None if max_ch is None else int(max_ch))
+
+
+def _backbone_mismatch(state: Mapping[str, torch.Tensor], version: int, scale: str) -> str | None:
+    """None when the checkpoint's backbone (layers 0-9) has exactly the tensor names and shapes of
+    ``scale``; otherwise the first difference, for an error message.
+
+    Only the backbone is compared: it is the same in YOLOv8 and YOLO-World v1/v2 of one scale,
+    while the necks differ (C2f vs. text-guided C2fAttn) and the heads depend on the class count.
+    """
     from ovdet.models.detector import OVDetector
 
-    scale = (getattr(model, "yaml", None) or {}).get("scale")
-    if scale in ("n", "s", "m", "l", "x"):
+    with torch.device("meta"):
+        ours = OVDetector(ModelConfig.scaled(version, scale)).state_dict()
+    want = {ultralytics_name(k, version): tuple(v.shape) for k, v in ours.items() if k.startswith("backbone.")}
+    layers = tuple(f"model.{i}." for i in _BACKBONE.values())
+    have = {k: tuple(v.shape) for k, v in state.items() if k.startswith(layers)}
+    for name in [*want, *(k for k in have if k not in want)]:
+        if want.get(name) != have.get(name):
+            return (f"{name} is {have.get(name, 'absent')} in the checkpoint, "
+                    f"{want.get(name, 'absent')} in scale {scale!r}")
+    return None
+
+
+def _scale_of(model: torch.nn.Module, state: Mapping[str, torch.Tensor], version: int) -> str:
+    """The scale letter (n/s/m/l/x) of an ultralytics YOLOv8 or YOLO-World model.
+
+    From the yaml's ``scale`` key; else from its multiples (a ``scales:`` table, or
+    ``depth_multiple``/``width_multiple`` and ``max_channels`` if written, as in hand-written
+    YOLOv5-style yamls) matched against :data:`ovdet.config.SCALES` and confirmed by the backbone
+    tensor shapes; else, with no multiples in the yaml, the one scale whose backbone shapes fit.
+
+    Raises:
+        ConversionError: no official scale fits; the message names the yaml's values or the tensor.
+    """
+    cfg = getattr(model, "yaml", None) or {}
+    scale = cfg.get("scale")
+    if scale in SCALES:
         return scale
-    probe = {"backbone.stem.conv.weight", "backbone.stages.3.c2f.project.conv.weight",
-             "neck.bottom_up_p5.project.conv.weight", "backbone.stages.3.c2f.blocks.1.conv1.conv.weight"}
-    for cand in ("n", "s", "m", "l", "x"):
-        with torch.device("meta"):
-            ours = OVDetector(ModelConfig.scaled(version, cand)).state_dict()
-        ok = all((k not in ours and ultralytics_name(k, version) not in state) or
-                 (k in ours and ultralytics_name(k, version) in state and
-                  tuple(state[ultralytics_name(k, version)].shape) == tuple(ours[k].shape)) for k in probe)
-        if ok:
-            return cand
-    raise ConversionError("could not infer the model scale (n/s/m/l/x) from the checkpoint's tensor shapes")
+    multiples = _yaml_multiples(cfg)
+    if multiples is None:
+        fits = [s for s in SCALES if _backbone_mismatch(state, version, s) is None]
+        if len(fits) == 1:
+            return fits[0]
+        raise ConversionError("could not infer the model scale (n/s/m/l/x): the model yaml states no scale, "
+                              "depth_multiple or width_multiple, and the backbone tensor shapes "
+                              f"{'fit several scales ' + str(fits) if fits else 'fit no official scale'}")
+    depth, width, max_ch = multiples
+    stated = (f"depth_multiple={depth}, width_multiple={width}, "
+              f"max_channels={'not set' if max_ch is None else max_ch}")
+    # The yamls write the multiples to two decimals (0.33 for 1/3); the scales differ by >= 0.25.
+    fits = [s for s, (d, w, c) in SCALES.items() if math.isclose(d, depth, abs_tol=0.01)
+            and math.isclose(w, width, abs_tol=0.01) and max_ch in (None, c)]
+    if not fits:
+        raise ConversionError(f"could not infer the model scale (n/s/m/l/x): the model yaml has {stated}, which "
+                              "matches none of the official scales' (depth_multiple, width_multiple, max_channels) "
+                              f"{dict(SCALES)}; ovdet converts only these architectures")
+    problem = _backbone_mismatch(state, version, fits[0])
+    if problem:
+        hint = ("; ultralytics caps channel counts at max_channels only through a 'scales:' table, so a yaml "
+                f"without one must write them already capped at {SCALES[fits[0]][2]}") if "scales" not in cfg else ""
+        raise ConversionError(f"the model yaml's {stated} match scale {fits[0]!r}, but the checkpoint's backbone "
+                              f"is not that scale's: {problem}{hint}")
+    return fits[0]
 
 
 def read_ultralytics_checkpoint(path: str | Path, trust: bool = False) -> tuple[torch.nn.Module, dict]:
