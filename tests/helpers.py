@@ -11,6 +11,7 @@ import functools
 import math
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import cv2
 import pytest
@@ -30,12 +31,17 @@ WORLD_YAML = {1: "yolov8{}-world.yaml", 2: "yolov8{}-worldv2.yaml"}
 
 
 # ---------------------------------------------------------------------------------------- data
+def missing(what: str, how: str) -> NoReturn:
+    """Fail in CI (everything is required there), skip elsewhere; ``how`` says how to supply it."""
+    if os.environ.get("CI") or os.environ.get("OVDET_REQUIRE_DATA"):
+        pytest.fail(f"{what} is required in CI but missing; {how}")
+    pytest.skip(f"{what} not found; {how}")
+
+
 def require_data(path: Path, what: str = "real test data") -> Path:
     """``path`` if it exists; otherwise fail in CI (the data is required there) or skip locally."""
     if not path.exists():
-        if os.environ.get("CI") or os.environ.get("OVDET_REQUIRE_DATA"):
-            pytest.fail(f"{what} is required in CI but missing at {path} (set OVDET_DATA)")
-        pytest.skip(f"{what} not found at {path}; set OVDET_DATA to the shared data folder")
+        missing(f"{what} at {path}", "set OVDET_DATA to the shared data folder")
     return path
 
 

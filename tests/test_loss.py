@@ -7,7 +7,6 @@ random ultralytics YOLO-World n model on real coco128 images with their real lab
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,6 +21,7 @@ from ovdet.models.assigner import complete_iou, task_aligned_assign
 from ovdet.models.detector import RawOutputs
 from ovdet.models.layers import make_anchors
 from ovdet.models.loss import LossConfig, detection_loss, distribution_focal_loss, pad_targets
+from tests.helpers import perturbed_world_model, save_like_ultralytics
 
 REG_MAX = 16
 STRIDES = (8, 16, 32)
@@ -364,44 +364,9 @@ def test_loss_config_validates() -> None:
 # Parity with ultralytics on a real model, real images and their real labels
 # --------------------------------------------------------------------------------------------
 
-YAML = {1: "yolov8n-world.yaml", 2: "yolov8n-worldv2.yaml"}
 SIZE = (256, 320)  # (H, W): non-square so a width/height swap shows
 PICKS = (0, 6, 42, 3)  # 8 boxes, 9 boxes, none (000000000250), 1 box
 NUM_TEXTS = 12
-
-
-def perturbed_world_model(version: int, calib: torch.Tensor, seed: int = 0):
-    """A random ultralytics WorldModel with BN statistics of real images and spread-out scores.
-
-    Copied from tests/test_parity.py (to be shared in tests/helpers.py).
-    """
-    from ultralytics.nn.tasks import WorldModel
-
-    torch.manual_seed(seed)
-    model = WorldModel(YAML[version], verbose=False)
-    text = F.normalize(torch.randn(1, 9, 512, generator=torch.Generator().manual_seed(seed)), dim=-1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the calibration batch
-    model.train()
-    model.model[-1].nc = text.shape[1]
-    with torch.no_grad():
-        model.predict(calib, txt_feats=text.expand(len(calib), -1, -1))
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = 0.03
-        for head in model.model[-1].cv4:
-            head.bias.fill_(-6.0)
-            head.logit_scale.fill_(0.0 if version == 2 else 4.0)
-    return model.eval()
-
-
-def save_like_ultralytics(model, path: Path) -> Path:
-    """The layout of ultralytics' final checkpoints: the fp16 module under 'model'."""
-    torch.save({"model": copy.deepcopy(model).half(), "ema": None, "optimizer": None, "epoch": -1,
-                "train_args": {}, "date": "2026-11-23"}, path)
-    return path
 
 
 def yolo_labels(image: Path) -> np.ndarray:
@@ -467,7 +432,7 @@ def test_loss_and_gradients_equal_ultralytics(version: int, real_batch, calib, t
     from ovdet import Detector
     from ovdet.weights import ultralytics_name
 
-    pt = save_like_ultralytics(perturbed_world_model(version, calib), tmp_path / f"v{version}.pt")
+    pt = save_like_ultralytics(perturbed_world_model(version, "n", calib), tmp_path / f"v{version}.pt")
     ours = Detector.from_ultralytics(pt, trust=True, device="cpu").model.train()
     theirs = torch.load(pt, weights_only=False)["model"].float().train()  # the same fp16-rounded weights
     b = len(real_batch["img"])
