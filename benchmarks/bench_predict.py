@@ -49,7 +49,7 @@ def main() -> None:
 
     from ovdet import Detector
     from ovdet.data.letterbox import letterbox, to_tensor
-    from ovdet.models.detector import NMSConfig
+    from ovdet.config import NMSConfig
 
     device = torch.device(args.device)
     yaml = f"yolov8{args.scale}-world{'v2' if args.version == 2 else ''}.yaml"

@@ -7,7 +7,8 @@ Public API: :class:`Detector` (build, set a vocabulary, predict, save/load) and
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ovdet._version import __version__
+
 __all__ = ["Detector", "Detections", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover

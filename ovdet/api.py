@@ -18,8 +18,9 @@ from ovdet import __version__
 from ovdet.config import ModelConfig, TextConfig, from_dict, load_model_config, to_dict
 from ovdet.data.images import ImageReadError, SourceItem, iter_sources
 from ovdet.data.letterbox import LetterboxInfo, letterbox, to_tensor, unletterbox_boxes
-from ovdet.models.detector import NMSConfig, OVDetector
-from ovdet.models.text import (EmbeddingCache, TextEncoder, build_text_encoder, load_embeddings, save_embeddings,
+from ovdet.config import NMSConfig
+from ovdet.models.detector import OVDetector
+from ovdet.text import (EmbeddingCache, TextEncoder, build_text_encoder, load_embeddings, save_embeddings,
                                text_encoder_id, validate_class_names)
 from ovdet.structures import Detections
 

@@ -55,7 +55,7 @@ def load_detector(model: str, device: str = "auto"):
 
 def _set_vocabulary(det, classes: str | None, embeddings: str | None) -> None:
     if embeddings:
-        from ovdet.models.text import load_embeddings
+        from ovdet.text import load_embeddings
 
         names, emb, _ = load_embeddings(embeddings)
         if classes:
@@ -128,7 +128,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from ovdet.config import TextConfig, load_model_config
-    from ovdet.models.text import EmbeddingCache, build_text_encoder, save_embeddings, validate_class_names
+    from ovdet.text import EmbeddingCache, build_text_encoder, save_embeddings, validate_class_names
 
     text_cfg = load_model_config(args.model).text if args.model else TextConfig()
     if args.text_weights:
@@ -190,7 +190,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def cmd_val(args: argparse.Namespace) -> int:
-    from ovdet.engine.evaluator import build_evaluator, write_report
+    from ovdet.evaluation import build_evaluator, write_report
 
     if args.results:  # re-score saved results; no model involved
         evaluator = build_evaluator(args.data, lvis=args.lvis or args.fixed_ap, fixed_ap=args.fixed_ap,

@@ -159,6 +159,300 @@ class ModelConfig:
         )
 
 
+@dataclass(frozen=True)
+class NMSConfig:
+    """Post-processing settings.
+
+    Attributes:
+        conf: minimum class score kept.
+        iou: IoU above which a lower-scored box of the same class is suppressed.
+        max_det: boxes kept per image after NMS.
+        agnostic: suppress across classes too.
+        max_nms: candidates entering NMS (the highest scored).
+    """
+
+    conf: float = 0.25
+    iou: float = 0.7
+    max_det: int = 300
+    agnostic: bool = False
+    max_nms: int = 30000
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.conf <= 1.0:
+            raise ConfigError(f"nms.conf must be in [0, 1], got {self.conf}")
+        if not 0.0 <= self.iou <= 1.0:
+            raise ConfigError(f"nms.iou must be in [0, 1], got {self.iou}")
+        if self.max_det < 1:
+            raise ConfigError(f"nms.max_det must be >= 1, got {self.max_det}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation settings (defaults follow ultralytics' YOLOv8 training recipe).
+
+    Attributes:
+        mosaic: probability of building an image as a 4-image mosaic.
+        close_mosaic: mosaic is switched off for the last this-many epochs.
+        scale: (min, max) zoom of the random affine.
+        translate: max shift of the affine as a fraction of the output size.
+        degrees: max rotation, degrees (0 keeps boxes tight).
+        shear: max shear, degrees.
+        hsv_h: max hue shift, OpenCV hue units (0..180 is the full circle); albumentations'
+            additive ``HueSaturationValue`` limits, not ultralytics' multiplicative gains.
+        hsv_s: max saturation shift (0..255 scale).
+        hsv_v: max value (brightness) shift (0..255 scale).
+        fliplr: probability of a horizontal flip.
+        min_area: boxes smaller than this many pixels after a geometric step are dropped.
+        min_visibility: boxes with less than this fraction of their area inside the image after
+            a geometric step are dropped.
+        min_size: boxes narrower or shorter than this many pixels are dropped.
+        max_aspect_ratio: boxes longer than this ratio (either way) are dropped.
+    """
+
+    mosaic: float = 1.0
+    close_mosaic: int = 10
+    scale: tuple[float, float] = (0.5, 1.5)
+    translate: float = 0.1
+    degrees: float = 0.0
+    shear: float = 0.0
+    hsv_h: float = 3.0
+    hsv_s: float = 50.0
+    hsv_v: float = 40.0
+    fliplr: float = 0.5
+    min_area: float = 4.0
+    min_visibility: float = 0.1
+    min_size: float = 2.0
+    max_aspect_ratio: float = 100.0
+
+    def __post_init__(self) -> None:
+        for name in ("mosaic", "fliplr", "min_visibility"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"augment.{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("close_mosaic", "translate", "degrees", "shear", "hsv_h", "hsv_s", "hsv_v", "min_area",
+                     "min_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ConfigError(f"augment.scale must be (min, max) with 0 < min <= max, got {self.scale}")
+        if self.max_aspect_ratio < 1:
+            raise ConfigError(f"augment.max_aspect_ratio must be >= 1, got {self.max_aspect_ratio}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss gains and assigner settings (ultralytics' defaults).
+
+    Attributes:
+        box: gain of the CIoU box loss.
+        cls: gain of the classification (BCE) loss.
+        dfl: gain of the distribution focal loss.
+        topk: anchors each ground-truth box keeps.
+        alpha: exponent of the score in the alignment metric.
+        beta: exponent of the CIoU in the alignment metric.
+        min_size: box sides shorter than this (input pixels) are widened to it when looking for
+            candidate anchors (ultralytics uses its middle stride, 16); 0 disables.
+    """
+
+    box: float = 7.5
+    cls: float = 0.5
+    dfl: float = 1.5
+    topk: int = 10
+    alpha: float = 0.5
+    beta: float = 6.0
+    min_size: float = 16.0
+
+    def __post_init__(self) -> None:
+        for name in ("box", "cls", "dfl", "alpha", "beta", "min_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if self.topk < 1:
+            raise ConfigError(f"loss.topk must be >= 1, got {self.topk}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Zero-shot evaluation settings (``Detector.val``, ``ovdet val``).
+
+    Attributes:
+        split: split of an ultralytics data yaml to evaluate.
+        imgsz: letterbox size.
+        conf: minimum score kept (low, so the precision-recall curve is complete).
+        iou: NMS IoU threshold.
+        max_det: boxes kept per image; None: 300 (1000 for LVIS Fixed AP).
+        batch: images per forward pass.
+        lvis: score with LVIS metrics (APr/APc/APf); None: when the json is LVIS.
+        fixed_ap: LVIS Fixed AP (no per-image cap; top 10,000 per class).
+        backend: COCO scorer, ``"pycocotools"`` or ``"faster_coco_eval"`` (same numbers).
+        image_dir: image folder of a json (default: found next to it).
+        save_dir: where ``metrics.json``, ``results.json``, ``pr_curve.png`` and ``samples/`` go;
+            None writes nothing.
+        samples: annotated sample images written to ``save_dir/samples``.
+        progress: show a progress bar.
+    """
+
+    split: str = "val"
+    imgsz: int = 640
+    conf: float = 0.001
+    iou: float = 0.7
+    max_det: int | None = None
+    batch: int = 8
+    lvis: bool | None = None
+    fixed_ap: bool = False
+    backend: str = "pycocotools"
+    image_dir: str | None = None
+    save_dir: str | None = None
+    samples: int = 4
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.imgsz < 32 or self.imgsz % 32:
+            raise ConfigError(f"eval.imgsz must be a positive multiple of 32, got {self.imgsz}")
+        if not 0.0 <= self.conf <= 1.0 or not 0.0 <= self.iou <= 1.0:
+            raise ConfigError(f"eval.conf and eval.iou must be in [0, 1], got {self.conf}, {self.iou}")
+        if self.max_det is not None and self.max_det < 1:
+            raise ConfigError(f"eval.max_det must be >= 1, got {self.max_det}")
+        if self.batch < 1:
+            raise ConfigError(f"eval.batch must be >= 1, got {self.batch}")
+        if self.backend not in ("pycocotools", "faster_coco_eval"):
+            raise ConfigError(f"eval.backend must be 'pycocotools' or 'faster_coco_eval', got {self.backend!r}")
+        if self.fixed_ap and self.lvis is False:
+            raise ConfigError("eval.fixed_ap is an LVIS metric; it cannot be combined with lvis=False")
+
+    @property
+    def max_detections(self) -> int:
+        """``max_det``, or its default: 300, 1000 for Fixed AP."""
+        return self.max_det if self.max_det is not None else (1000 if self.fixed_ap else 300)
+
+
+#: fine-tuning modes: which parameters train (see :class:`TrainConfig`).
+TRAIN_MODES = ("full", "freeze_backbone", "prompt_tuning", "linear_probe")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run (``Detector.train``, ``ovdet train``); names follow ultralytics' where they exist.
+
+    Attributes:
+        data: the training set: an ultralytics data yaml, a COCO/LVIS instances json or an ODVG jsonl.
+        val_data: the validation set (same formats); None: the yaml's ``val`` split when ``data``
+            is a yaml, else no periodic validation.
+        epochs: passes over the training set.
+        imgsz: training image side (a multiple of 32).
+        batch: images per step on each process.
+        nbs: nominal batch size: gradients accumulate over ``max(round(nbs / (batch × world)), 1)``
+            steps before each optimizer update, and weight decay scales by the effective batch / nbs.
+        workers: data-loading worker processes per training process.
+        device: ``"auto"``, ``"cpu"``, ``"cuda:N"`` (under torchrun each rank takes its local GPU).
+        mode: ``full`` (everything trains), ``freeze_backbone``, ``prompt_tuning`` (only the class
+            embeddings train, initialised from the text encoder; everything else is frozen) or
+            ``linear_probe`` (embedding branches and contrastive heads only).
+        optimizer: ``AdamW`` or ``SGD``.
+        lr0: initial learning rate; None: 2e-3 for AdamW, 1e-2 for SGD.
+        lrf: final learning rate as a fraction of ``lr0``.
+        momentum: SGD momentum / AdamW beta1.
+        weight_decay: on weights only (never norms, biases or logit scales/biases); None: 0.025
+            for AdamW, 5e-4 for SGD.
+        warmup_epochs: length of the linear warmup, in epochs (at least 100 steps, never past the run's half).
+        warmup_bias_lr: biases start warmup at this learning rate and fall to lr0.
+        warmup_momentum: momentum at the start of warmup.
+        schedule: ``cosine`` or ``linear`` decay from lr0 to lr0 × lrf.
+        amp: ``auto`` (bf16 on GPUs that support it, else fp16; off on CPU), ``off``, ``bf16``, ``fp16``.
+        grad_clip: max gradient norm (0 disables).
+        ema: keep an exponential moving average of the weights; it is what is evaluated and saved.
+        ema_decay: EMA decay; ramps up as ``decay × (1 - exp(-updates / ema_tau))``.
+        ema_tau: EMA ramp length in updates.
+        max_texts: texts per image (positives + sampled negatives, padded).
+        text_lr_mult: > 0 fine-tunes the text encoder at ``lr0 × text_lr_mult`` (needs its weights).
+        keep_vocab: a general vocabulary mixed into negative sampling to keep the open
+            vocabulary: ``lvis``, ``coco`` or a text file of names; None: the dataset's names only.
+        val_interval: validate every this many epochs (and after the last).
+        project: runs folder.
+        name: run name; the run writes ``project/name`` (``name2``, ``name3``… when taken).
+        seed: seed of initialisation order, sampling and augmentation.
+        deterministic: deterministic kernels (slower); resuming then reproduces an uninterrupted run.
+        cache: ``"ram"`` keeps decoded images in memory.
+        sync_bn: synchronise BatchNorm statistics across processes (distributed only).
+        max_bad_steps: non-finite losses skipped before the run stops with an error.
+        loss: loss gains and assigner.
+        augment: augmentation.
+    """
+
+    data: str = ""
+    val_data: str | None = None
+    epochs: int = 100
+    imgsz: int = 640
+    batch: int = 16
+    nbs: int = 64
+    workers: int = 2
+    device: str = "auto"
+    mode: str = "full"
+    optimizer: str = "AdamW"
+    lr0: float | None = None
+    lrf: float = 0.01
+    momentum: float = 0.937
+    weight_decay: float | None = None
+    warmup_epochs: float = 3.0
+    warmup_bias_lr: float = 0.1
+    warmup_momentum: float = 0.8
+    schedule: str = "cosine"
+    amp: str = "auto"
+    grad_clip: float = 10.0
+    ema: bool = True
+    ema_decay: float = 0.9999
+    ema_tau: float = 2000.0
+    max_texts: int = 80
+    text_lr_mult: float = 0.0
+    keep_vocab: str | None = None
+    val_interval: int = 1
+    project: str = "runs/train"
+    name: str = "exp"
+    seed: int = 0
+    deterministic: bool = False
+    cache: str | None = None
+    sync_bn: bool = False
+    max_bad_steps: int = 20
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.imgsz < 32 or self.imgsz % 32:
+            raise ConfigError(f"train.imgsz must be a positive multiple of 32, got {self.imgsz}")
+        for name in ("batch", "nbs", "max_texts", "val_interval"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0 or self.max_bad_steps < 0:
+            raise ConfigError("train.workers and train.max_bad_steps must be >= 0")
+        choices = {"mode": TRAIN_MODES, "optimizer": ("AdamW", "SGD"), "schedule": ("cosine", "linear"),
+                   "amp": ("auto", "off", "bf16", "fp16")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"train.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if self.cache not in (None, "ram"):
+            raise ConfigError(f"train.cache must be null or 'ram', got {self.cache!r}")
+        for name in ("lrf", "momentum", "warmup_epochs", "warmup_bias_lr", "warmup_momentum", "grad_clip",
+                     "text_lr_mult", "ema_tau"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr0 is not None and self.lr0 <= 0:
+            raise ConfigError(f"train.lr0 must be > 0, got {self.lr0}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    @property
+    def learning_rate(self) -> float:
+        """``lr0``, or the optimizer's default."""
+        return self.lr0 if self.lr0 is not None else (2e-3 if self.optimizer == "AdamW" else 1e-2)
+
+    @property
+    def decay(self) -> float:
+        """``weight_decay``, or the optimizer's default."""
+        return self.weight_decay if self.weight_decay is not None else (0.025 if self.optimizer == "AdamW" else 5e-4)
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A dataclass config as plain YAML/JSON-ready data (tuples become lists)."""
 

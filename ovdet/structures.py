@@ -10,13 +10,35 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeVar
 
 import cv2
 import numpy as np
 import torch
 
-__all__ = ["Detections"]
+__all__ = ["Detections", "xywh_to_xyxy", "xyxy_to_xywh"]
+
+BoxArray = TypeVar("BoxArray", np.ndarray, torch.Tensor)
+
+
+def xyxy_to_xywh(boxes: BoxArray | Sequence[Sequence[float]]) -> BoxArray:
+    """Corner boxes ``(N, 4)`` x1, y1, x2, y2 → COCO boxes x, y, w, h (a new array or tensor).
+
+    Lists become float64 numpy arrays; arrays and tensors keep their type and dtype. Boxes are
+    xyxy everywhere inside ovdet: this is for the edges (COCO json, results files).
+    """
+    out = boxes.clone() if isinstance(boxes, torch.Tensor) else np.array(boxes, dtype=np.float64, copy=True)
+    out = out.reshape(-1, 4)
+    out[:, 2:] -= out[:, :2]
+    return out
+
+
+def xywh_to_xyxy(boxes: BoxArray | Sequence[Sequence[float]]) -> BoxArray:
+    """COCO boxes ``(N, 4)`` x, y, w, h → corner boxes x1, y1, x2, y2 (a new array or tensor)."""
+    out = boxes.clone() if isinstance(boxes, torch.Tensor) else np.array(boxes, dtype=np.float64, copy=True)
+    out = out.reshape(-1, 4)
+    out[:, 2:] += out[:, :2]
+    return out
 
 # A fixed palette of 20 well-separated colours, RGB hex; label i uses entry i % 20.
 _PALETTE_HEX = (
@@ -287,8 +309,7 @@ class Detections:
                 f"category_ids has {len(category_ids)} entries but there are {len(self.names)} names; "
                 f"give one COCO category id per class"
             )
-        xywh = self.boxes.to(torch.float64).clone()  # (N, 4)
-        xywh[:, 2:] -= xywh[:, :2]
+        xywh = xyxy_to_xywh(self.boxes.to(torch.float64))  # (N, 4)
         results = []
         for box, score, label in zip(xywh.tolist(), self.scores.tolist(), self.labels.tolist()):
             results.append(

@@ -21,7 +21,7 @@ from torchvision.ops import box_iou
 from ovdet import Detections, Detector
 from ovdet.data.letterbox import letterbox, to_tensor
 from ovdet.models.detector import OVDetector
-from ovdet.models.text import EmbeddingCache
+from ovdet.text import EmbeddingCache
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
 TINY = CONFIGS / "yolo-world-tiny.yaml"

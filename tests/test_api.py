@@ -12,7 +12,6 @@ import torch
 
 from ovdet import Detections, Detector
 from ovdet.data.images import ImageReadError
-from ovdet.models.text import EmbeddingCache
 from tests.helpers import (NAMES, TINY, assert_close_scaled, assert_same_detections, make_detector,
                            nms_ambiguities)
 
@@ -62,7 +61,7 @@ def test_predict_contract_on_real_image(det: Detector, coco128_images: list[Path
 def test_predict_equals_manual_pipeline(det: Detector, coco128_images: list[Path]) -> None:
     """predict == letterbox → forward → NMS → inverse letterbox, done by hand."""
     from ovdet.data.letterbox import letterbox, to_tensor, unletterbox_boxes
-    from ovdet.models.detector import NMSConfig
+    from ovdet.config import NMSConfig
 
     img = cv2.imread(str(coco128_images[3]))
     arr, info = letterbox(img, 320, stride=32)
@@ -332,7 +331,7 @@ def test_cli_predict_writes_outputs_and_summary(det: Detector, coco128_images: l
 def test_cli_embed_then_predict_without_text_encoder(det: Detector, coco128_images: list[Path],
                                                      tmp_path: Path) -> None:
     from ovdet.cli import main
-    from ovdet.models.text import load_embeddings
+    from ovdet.text import load_embeddings
 
     classes = tmp_path / "classes.txt"
     classes.write_text("person\n# a comment\nbus\n\ndog\n")

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ovdet.engine.evaluator import (COCOEvaluator, LVISEvaluator, evaluate_results_file, plot_pr_curves,
+from ovdet.evaluation import (COCOEvaluator, LVISEvaluator, evaluate_results_file, plot_pr_curves,
                                     save_results)
 from ovdet.structures import Detections
 

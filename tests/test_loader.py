@@ -17,7 +17,8 @@ from ovdet.data.letterbox import letterbox
 from ovdet.data.loader import DetectionDataset, build_loader, collate
 from ovdet.data.readers import read_yolo
 from ovdet.data.records import DataReport, Dataset, ImageRecord
-from ovdet.data.transforms import AugmentConfig, swap_left_right
+from ovdet.config import AugmentConfig
+from ovdet.data.transforms import swap_left_right
 
 IMGSZ = 320
 #: Augmentation that changes nothing: isolates letterbox / flip / mosaic in exact checks.

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from ovdet.models.assigner import complete_iou, task_aligned_assign
 from ovdet.models.detector import RawOutputs
 from ovdet.models.layers import make_anchors
-from ovdet.models.loss import LossConfig, detection_loss, distribution_focal_loss, pad_targets
+from ovdet.config import LossConfig
+from ovdet.models.loss import detection_loss, distribution_focal_loss, pad_targets
 from tests.helpers import perturbed_world_model, save_like_ultralytics
 
 REG_MAX = 16

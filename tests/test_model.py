@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ovdet.config import ConfigError, ModelConfig, load_model_config, save_model_config
-from ovdet.models.detector import NMSConfig, OVDetector
+from ovdet.config import NMSConfig
+from ovdet.models.detector import OVDetector
 from tests.helpers import CONFIGS, TINY, assert_close_scaled, calibrate, calibration_batch
 
 def tiny(version: int = 2) -> OVDetector:

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-import ovdet.models.text as text_mod
+import ovdet.text.openclip as text_mod
 from ovdet.config import TextConfig
-from ovdet.models.text import (EmbeddingCache, OpenCLIPTextEncoder, TextEncoder, TextEncoderUnavailable,
+from ovdet.text import (EmbeddingCache, OpenCLIPTextEncoder, TextEncoder, TextEncoderUnavailable,
                                build_text_encoder, load_embeddings, save_embeddings, text_encoder_id,
                                validate_class_names, validate_templates)
 
@@ -361,7 +361,7 @@ def test_offline_fails_fast_with_instructions(monkeypatch: pytest.MonkeyPatch) -
     import open_clip.pretrained
 
     monkeypatch.setattr(text_mod, "_find_cached_pretrained", lambda pcfg, cache_dir: None)
-    monkeypatch.setattr(text_mod, "_can_reach", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(text_mod, "can_reach", lambda url, timeout=3.0: False)
     monkeypatch.setattr(open_clip.pretrained, "download_pretrained", _no_download)
     with pytest.raises(TextEncoderUnavailable) as info:
         build_text_encoder(TextConfig(model="ViT-B-32", pretrained="openai"))
@@ -380,7 +380,7 @@ def test_failed_download_becomes_unavailable(monkeypatch: pytest.MonkeyPatch) ->
         raise OSError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(text_mod, "_find_cached_pretrained", lambda pcfg, cache_dir: None)
-    monkeypatch.setattr(text_mod, "_can_reach", lambda url, timeout=3.0: True)
+    monkeypatch.setattr(text_mod, "can_reach", lambda url, timeout=3.0: True)
     monkeypatch.setattr(open_clip.pretrained, "download_pretrained", fail)
     with pytest.raises(TextEncoderUnavailable, match="Name or service not known") as info:
         build_text_encoder(TextConfig(model="ViT-B-32", pretrained="laion2b_s34b_b79k"))

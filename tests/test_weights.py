@@ -11,7 +11,6 @@ There is no official ``yolov8n-worldv2.pt``, so the n-scale fake is served under
 
 from __future__ import annotations
 
-import copy
 import http.server
 import inspect
 import json
@@ -315,7 +314,7 @@ def test_cli_predict_accepts_pretrained_name(official: Official, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     import cv2
 
-    from ovdet.models.text import save_embeddings
+    from ovdet.text import save_embeddings
 
     monkeypatch.setenv("OVDET_WEIGHTS_URL", official.file_url)
     emb = torch.nn.functional.normalize(torch.randn(2, 512, generator=torch.Generator().manual_seed(0)), dim=-1)

@@ -30,7 +30,9 @@ __all__ = [
     "count_sources",
     "decode_image",
     "iter_sources",
+    "probe_image_size",
     "to_bgr_array",
+    "truncation_reason",
 ]
 
 #: File extensions read as still images (decoded by OpenCV; a GIF gives its first frame).
@@ -118,7 +120,7 @@ def decode_image(path: PathLike) -> np.ndarray:
         raise ImageReadError(f"{path}: empty file (0 bytes)")
 
     head = data[:8].tobytes()
-    reason = _truncation_reason(data, head)
+    reason = truncation_reason(data, head)
     if reason is not None:
         raise ImageReadError(f"{path}: {reason}")
     try:
@@ -139,7 +141,7 @@ def decode_image(path: PathLike) -> np.ndarray:
     return np.ascontiguousarray(_apply_orientation(image, _exif_orientation(data, head)))
 
 
-def _truncation_reason(data: np.ndarray, head: bytes) -> str | None:
+def truncation_reason(data: np.ndarray, head: bytes) -> str | None:
     """Detect truncated JPEG/PNG files, which OpenCV may silently decode into a partial image.
 
     Args:
@@ -164,6 +166,47 @@ def _truncation_reason(data: np.ndarray, head: bytes) -> str | None:
         if data.tobytes().rfind(_PNG_IEND) < 0:
             return "truncated PNG (IEND chunk missing)"
     return None
+
+
+def probe_image_size(path: PathLike, verify: bool = False) -> tuple[int, int]:
+    """Display-orientation ``(width, height)`` of an image file, from its header.
+
+    Only the header is read (no pixels are decoded). EXIF orientations 5-8 swap width and
+    height, as :func:`decode_image` rotates those images (ultralytics ``exif_size`` does the same).
+
+    Args:
+        path: Image file.
+        verify: Also run PIL ``Image.verify()`` and the truncation check of :func:`decode_image`.
+
+    Returns:
+        ``(width, height)`` in pixels.
+
+    Raises:
+        OSError / ValueError / SyntaxError: the file is not a readable image (message says why).
+    """
+    with Image.open(path) as im:
+        w, h = im.size
+        orientation = 1
+        # A PNG's exif is only in info when its eXIf chunk precedes the pixels; asking PNG for
+        # getexif() otherwise decodes the whole image, which a size probe must not do.
+        if im.format != "PNG" or "exif" in im.info:
+            try:
+                orientation = im.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+            except Exception:  # noqa: BLE001 - bad metadata must not make a good image unreadable
+                orientation = 1
+        if verify:
+            im.verify()
+    if verify:
+        data = np.fromfile(path, dtype=np.uint8)
+        reason = truncation_reason(data, data[:8].tobytes())
+        if reason is not None:
+            raise ValueError(reason)
+    if w <= 0 or h <= 0:
+        raise ValueError(f"image has no pixels ({w}x{h})")
+    if orientation in (5, 6, 7, 8):
+        w, h = h, w
+    return int(w), int(h)
+
 
 
 def _exif_orientation(data: np.ndarray, head: bytes) -> int:

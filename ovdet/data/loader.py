@@ -23,8 +23,8 @@ from ovdet.data.images import ImageReadError, decode_image
 from ovdet.data.letterbox import LetterboxInfo
 from ovdet.data.records import Dataset
 from ovdet.data.sampling import sample_texts
+from ovdet.config import AugmentConfig
 from ovdet.data.transforms import (
-    AugmentConfig,
     Sample,
     TrainAugment,
     letterbox_sample,

@@ -34,11 +34,11 @@ import numpy as np
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 
+from ovdet.config import AugmentConfig
 from ovdet.data.letterbox import PAD_VALUE, LetterboxInfo, letterbox
 from ovdet.data.records import ImageRecord
 
 __all__ = [
-    "AugmentConfig",
     "Sample",
     "AffineCenterCrop",
     "TrainAugment",
@@ -46,45 +46,6 @@ __all__ = [
     "mosaic4",
     "swap_left_right",
 ]
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Training augmentation settings (defaults follow ultralytics' YOLOv8 training recipe).
-
-    Attributes:
-        mosaic: probability of building an image as a 4-image mosaic.
-        close_mosaic: mosaic is switched off for the last this-many epochs.
-        scale: (min, max) zoom of the random affine.
-        translate: max shift of the affine as a fraction of the output size.
-        degrees: max rotation, degrees (0 keeps boxes tight).
-        shear: max shear, degrees.
-        hsv_h: max hue shift, OpenCV hue units (0..180 is the full circle); albumentations'
-            additive ``HueSaturationValue`` limits, not ultralytics' multiplicative gains.
-        hsv_s: max saturation shift (0..255 scale).
-        hsv_v: max value (brightness) shift (0..255 scale).
-        fliplr: probability of a horizontal flip.
-        min_area: boxes smaller than this many pixels after a geometric step are dropped.
-        min_visibility: boxes with less than this fraction of their area inside the image after
-            a geometric step are dropped.
-        min_size: boxes narrower or shorter than this many pixels are dropped.
-        max_aspect_ratio: boxes longer than this ratio (either way) are dropped.
-    """
-
-    mosaic: float = 1.0
-    close_mosaic: int = 10
-    scale: tuple[float, float] = (0.5, 1.5)
-    translate: float = 0.1
-    degrees: float = 0.0
-    shear: float = 0.0
-    hsv_h: float = 3.0
-    hsv_s: float = 50.0
-    hsv_v: float = 40.0
-    fliplr: float = 0.5
-    min_area: float = 4.0
-    min_visibility: float = 0.1
-    min_size: float = 2.0
-    max_aspect_ratio: float = 100.0
 
 
 @dataclass

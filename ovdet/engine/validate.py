@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ovdet.data.images import decode_image
 from ovdet.data.readers import read_dataset
 from ovdet.data.records import Dataset
-from ovdet.engine.evaluator import build_evaluator, save_results, write_report
+from ovdet.evaluation import build_evaluator, save_results, write_report
 
 if TYPE_CHECKING:  # pragma: no cover
     from ovdet.api import Detector

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torchvision
 from torch import nn
 
-from ovdet.config import ModelConfig
+from ovdet.config import ModelConfig, NMSConfig
 from ovdet.models.backbone import Backbone
 from ovdet.models.head import WorldHead
 from ovdet.models.layers import ConvBNAct, dfl_decode, make_anchors
@@ -30,33 +29,6 @@ class RawOutputs(NamedTuple):
     cls_logits: torch.Tensor
     anchors: torch.Tensor
     strides: torch.Tensor
-
-
-@dataclass(frozen=True)
-class NMSConfig:
-    """Post-processing settings.
-
-    Attributes:
-        conf: minimum class score kept.
-        iou: IoU above which a lower-scored box of the same class is suppressed.
-        max_det: boxes kept per image after NMS.
-        agnostic: suppress across classes too.
-        max_nms: candidates entering NMS (the highest scored).
-    """
-
-    conf: float = 0.25
-    iou: float = 0.7
-    max_det: int = 300
-    agnostic: bool = False
-    max_nms: int = 30000
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.conf <= 1.0:
-            raise ValueError(f"conf must be in [0, 1], got {self.conf}")
-        if not 0.0 <= self.iou <= 1.0:
-            raise ValueError(f"iou must be in [0, 1], got {self.iou}")
-        if self.max_det < 1:
-            raise ValueError(f"max_det must be >= 1, got {self.max_det}")
 
 
 class OVDetector(nn.Module):

@@ -15,45 +15,14 @@ inside one get no classification loss.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from ovdet.config import LossConfig
 from ovdet.models.assigner import candidates_inside, complete_iou, task_aligned_assign
 from ovdet.models.detector import RawOutputs
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Loss gains and assigner settings (ultralytics' defaults).
-
-    Attributes:
-        box: gain of the CIoU box loss.
-        cls: gain of the classification (BCE) loss.
-        dfl: gain of the distribution focal loss.
-        topk: anchors each ground-truth box keeps.
-        alpha: exponent of the score in the alignment metric.
-        beta: exponent of the CIoU in the alignment metric.
-        min_size: box sides shorter than this (input pixels) are widened to it when looking for
-            candidate anchors (ultralytics uses its middle stride, 16); 0 disables.
-    """
-
-    box: float = 7.5
-    cls: float = 0.5
-    dfl: float = 1.5
-    topk: int = 10
-    alpha: float = 0.5
-    beta: float = 6.0
-    min_size: float = 16.0
-
-    def __post_init__(self) -> None:
-        for name in ("box", "cls", "dfl", "alpha", "beta", "min_size"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
-        if self.topk < 1:
-            raise ValueError(f"loss.topk must be >= 1, got {self.topk}")
 
 
 class LossOutput(NamedTuple):

@@ -1,0 +1,78 @@
+"""Dataset readers: COCO json, YOLO txt + data yaml, LVIS json and ODVG jsonl → :class:`~ovdet.data.records.Dataset`.
+
+One module per format (:mod:`.coco` for COCO and LVIS, :mod:`.yolo`, :mod:`.odvg`) over a common
+part (:mod:`.common`: prompt names, image and box checks, records). Whole-dataset errors
+(unparsable JSON/YAML, a missing split, a vocabulary that is not 0..K-1) raise ``ValueError`` or
+``FileNotFoundError`` naming the file; bad items are skipped, counted and named in the report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ovdet.data.readers.coco import read_coco, read_instances, read_lvis
+from ovdet.data.readers.common import CLIP_TOLERANCE, PathLike, clean_name, load_json, prompt_names
+from ovdet.data.readers.odvg import read_odvg
+from ovdet.data.readers.yolo import read_yolo
+from ovdet.data.records import DataReport, Dataset
+
+__all__ = ["CLIP_TOLERANCE", "check_data", "clean_name", "prompt_names", "read_coco", "read_dataset", "read_lvis",
+           "read_odvg", "read_yolo"]
+
+
+def read_dataset(spec: PathLike, split: str = "train", *, image_dir: PathLike | None = None,
+                 verify_images: bool = False, require_images: bool = True) -> Dataset:
+    """Read any supported dataset, chosen by the spec's file type.
+
+    ``.yaml``/``.yml`` → :func:`read_yolo` (``split`` picks the split); ``.json`` → :func:`read_lvis`
+    when its images carry ``neg_category_ids``, else :func:`read_coco`; ``.jsonl`` →
+    :func:`read_odvg`.
+
+    Args:
+        spec: The data yaml, instances json or ODVG jsonl.
+        split: YOLO split to read (ignored for json/jsonl, whose file is the split).
+        image_dir: Image folder for json/jsonl (default: found next to the file); not for YOLO.
+        verify_images: Verify every image file (see :func:`read_coco`).
+        require_images: json/jsonl only: False reads annotations without looking for images.
+
+    Raises:
+        ValueError: Unsupported file type, ``image_dir`` given for a YOLO yaml, or an unreadable file.
+        FileNotFoundError: The spec does not exist.
+    """
+    path = Path(spec)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file not found: {path}")
+    if suffix in {".yaml", ".yml"}:
+        if image_dir is not None:
+            raise ValueError(f"{path}: image_dir does not apply to a YOLO data yaml (its splits name the images)")
+        return read_yolo(path, split, verify_images=verify_images)
+    if suffix == ".json":
+        data = load_json(path)
+        images = data.get("images") if isinstance(data, dict) else None
+        lvis = isinstance(images, list) and any(isinstance(i, dict) and "neg_category_ids" in i for i in images)
+        return read_instances(data, path, image_dir, lvis=lvis, verify_images=verify_images,
+                               require_images=require_images)
+    if suffix == ".jsonl":
+        return read_odvg(path, image_dir, verify_images=verify_images, require_images=require_images)
+    raise ValueError(f"{path}: unsupported dataset file type {suffix!r}; expected a data .yaml (YOLO), "
+                     f"an instances .json (COCO/LVIS) or an ODVG .jsonl")
+
+
+def check_data(spec: PathLike, split: str = "train", *, image_dir: PathLike | None = None,
+               verify_images: bool = False, require_images: bool = True) -> DataReport:
+    """Read a dataset and return what the reader found (the body of ``ovdet check-data``).
+
+    Args:
+        spec: As in :func:`read_dataset`.
+        split: As in :func:`read_dataset`.
+        image_dir: As in :func:`read_dataset`.
+        verify_images: As in :func:`read_dataset`.
+        require_images: As in :func:`read_dataset`.
+
+    Returns:
+        The dataset's report: counts, per-class positives and every problem with its file.
+    """
+    return read_dataset(spec, split, image_dir=image_dir, verify_images=verify_images,
+                        require_images=require_images).report
+

@@ -1,0 +1,106 @@
+"""Files and the network at the lowest layer: ovdet's cache folder, atomic writes, host probes.
+
+Every file ovdet writes for later reading (checkpoints, embedding caches, results, downloads)
+goes through :func:`atomic_write`: a unique temporary file in the destination's folder, renamed
+over the destination only once complete, so a crash or a kill never leaves a half-written file
+under the real name, and two writers never share a temporary file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["atomic_write", "atomic_write_text", "can_reach", "ovdet_home", "publish_dir"]
+
+#: Seconds to wait for a TCP connection before a host counts as unreachable (offline).
+CONNECT_TIMEOUT_S = 3.0
+
+
+def ovdet_home() -> Path:
+    """ovdet's cache folder: ``$OVDET_HOME``, default ``~/.cache/ovdet`` (not created here)."""
+    return Path(os.environ.get("OVDET_HOME", Path.home() / ".cache" / "ovdet")).expanduser()
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Write ``path`` through a unique temporary sibling renamed into place when complete.
+
+    Args:
+        path: the destination; its folder is created when missing.
+        write: called with the temporary path; it must create that file (any writer: safetensors,
+            json, a download). When it raises, the temporary file is removed and the error
+            propagates; the destination is untouched.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        if not tmp.is_file():
+            raise OSError(f"nothing was written for {path}")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write` of a UTF-8 text file."""
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def publish_dir(tmp: Path, out: Path, complete: Callable[[Path], bool]) -> Path:
+    """Rename a finished folder ``tmp`` to ``out`` (same parent folder).
+
+    A complete ``out`` already there (written by a concurrent process) wins and ``tmp`` is left
+    for the caller to remove; an incomplete leftover is replaced.
+
+    Args:
+        tmp: the finished folder.
+        out: its final name.
+        complete: whether a folder holds a complete result.
+    """
+    try:
+        os.rename(tmp, out)
+        return out
+    except OSError:
+        if complete(out):
+            return out
+    if out.exists():
+        shutil.rmtree(out)
+    os.rename(tmp, out)
+    return out
+
+
+def can_reach(url: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds.
+
+    Download libraries wait 30 s or more per attempt on a network that silently drops packets;
+    this answers within ``timeout``. Behind a proxy for the URL's scheme a direct probe says
+    nothing (direct connections may be blocked), so the answer is True and the download itself
+    decides. A URL without a host (``file://``) is reachable.
+    """
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies()
+    if parts.scheme in proxies or "all" in proxies:
+        return True
+    if not parts.hostname:
+        return True
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,140 @@
+"""The text-encoder contract: the :class:`TextEncoder` protocol, vocabulary checks, prompt templates.
+
+Every encoder family (open_clip, sentence-transformers) implements :class:`TextEncoder`; the
+detector, the embedding cache and the files depend only on this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+
+__all__ = ["TextEncoder", "TextEncoderUnavailable", "apply_template", "check_texts", "validate_class_names",
+           "validate_templates"]
+
+
+class TextEncoderUnavailable(RuntimeError):
+    """The text encoder's weights cannot be obtained (typically: offline and not cached).
+
+    The message names the model and tag and says how to supply the weights locally.
+    """
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """Turns texts into L2-normalised embeddings.
+
+    Attributes:
+        id: stable identifier of the weights (cache key), e.g. ``"open_clip:ViT-B-32:openai"``;
+            two encoders with the same id must produce the same embeddings.
+        dim: embedding size D.
+        context_length: tokens per text, start and end tokens included; longer texts are
+            truncated (with a warning).
+        templates: prompt templates applied by :meth:`encode` when none are given.
+    """
+
+    id: str
+    dim: int
+    context_length: int
+    templates: tuple[str, ...]
+
+    def encode(self, texts: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
+        """Embed ``texts``.
+
+        Args:
+            texts: K strings.
+            templates: prompt templates, each with exactly one ``{}``; ``None`` uses
+                ``self.templates``. With several templates the per-template embeddings are
+                averaged and re-normalised.
+
+        Returns:
+            (K, D) float32 on CPU, rows of unit L2 norm.
+        """
+        ...
+
+
+
+def validate_class_names(names: Sequence[str]) -> list[str]:
+    """Check a vocabulary and return it as a new list.
+
+    Args:
+        names: class names or phrases (any language; compared exactly, case-sensitive).
+
+    Returns:
+        A copy of ``names`` as a list.
+
+    Raises:
+        TypeError: ``names`` is a single string or not a sequence, or an element is not a
+            string (the index and type are named).
+        ValueError: the list is empty, a name is empty or whitespace only (index named), or
+            names repeat (the duplicates are named).
+    """
+    if isinstance(names, (str, bytes)):
+        raise TypeError(f"class names must be a list of strings, got a single string {names!r}; "
+                        f"wrap it in a list: [{names!r}]")
+    try:
+        out = list(names)
+    except TypeError as e:
+        raise TypeError(f"class names must be a list of strings, got {type(names).__name__}") from e
+    if not out:
+        raise ValueError("no class names: the vocabulary needs at least one name")
+    for i, name in enumerate(out):
+        if not isinstance(name, str):
+            raise TypeError(f"class name at index {i} must be a string, got {type(name).__name__} ({name!r})")
+        if not name.strip():
+            raise ValueError(f"class name at index {i} is empty or whitespace only ({name!r})")
+    seen: set[str] = set()
+    dups: list[str] = []
+    for name in out:
+        if name in seen and name not in dups:
+            dups.append(name)
+        seen.add(name)
+    if dups:
+        raise ValueError(f"duplicate class names {dups}; each name must appear once")
+    return out
+
+
+def validate_templates(templates: Sequence[str]) -> tuple[str, ...]:
+    """Check prompt templates and return them as a tuple.
+
+    Raises:
+        TypeError: ``templates`` is a single string or holds a non-string.
+        ValueError: no templates, or a template without exactly one ``{}`` (named).
+    """
+    if isinstance(templates, str):
+        raise TypeError(f"templates must be a list of strings, got a single string {templates!r}; "
+                        f"wrap it in a list: [{templates!r}]")
+    out = tuple(templates)
+    if not out:
+        raise ValueError("no prompt templates: use ('{}',) to feed names as they are")
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise TypeError(f"template at index {i} must be a string, got {type(t).__name__} ({t!r})")
+        if t.count("{}") != 1:
+            raise ValueError(f"template {t!r} (index {i}) must contain exactly one '{{}}' where the "
+                             f"class name goes, found {t.count('{}')}")
+    return out
+
+
+def apply_template(template: str, text: str) -> str:
+    """``template`` with its ``{}`` replaced by ``text`` (other braces are kept literally)."""
+    return template.replace("{}", text, 1)
+
+
+
+def check_texts(texts: Sequence[str]) -> list[str]:
+    """``texts`` as a new list of strings.
+
+    Raises:
+        TypeError: a single string instead of a list, or an element that is not a string (named).
+    """
+    if isinstance(texts, str):
+        raise TypeError(f"texts must be a list of strings, got a single string {texts!r}")
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise TypeError(f"text at index {i} must be a string, got {type(t).__name__} ({t!r})")
+    return out
+

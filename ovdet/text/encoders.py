@@ -1,0 +1,31 @@
+"""Which encoder a :class:`~ovdet.config.TextConfig` describes: build it, or name it without building."""
+
+from __future__ import annotations
+
+import torch
+
+from ovdet.config import TextConfig
+from ovdet.text.base import TextEncoder
+from ovdet.text.openclip import OpenCLIPTextEncoder, openclip_encoder_id
+
+__all__ = ["build_text_encoder", "text_encoder_id"]
+
+
+def text_encoder_id(cfg: TextConfig) -> str:
+    """The ``id`` that :func:`build_text_encoder` gives ``cfg``, without building it.
+
+    Lets a caller look embeddings up in an :class:`~ovdet.text.EmbeddingCache` before paying
+    for (or downloading) the encoder.
+    """
+    return openclip_encoder_id(cfg)
+
+
+def build_text_encoder(cfg: TextConfig, device: str | torch.device = "cpu") -> TextEncoder:
+    """The text encoder ``cfg`` describes (see :meth:`OpenCLIPTextEncoder.from_config`).
+
+    Raises:
+        ValueError: bad config or checkpoint (named).
+        TextEncoderUnavailable: pretrained weights cannot be obtained (offline); the message says
+            how to supply them locally.
+    """
+    return OpenCLIPTextEncoder.from_config(cfg, device=device)
