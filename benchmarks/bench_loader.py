@@ -29,7 +29,7 @@ def _epoch(loader) -> tuple[float, int]:
     t = time.perf_counter()
     n = 0
     for batch in loader:
-        n += len(batch["images"] if "images" in batch else batch["img"])
+        n += len(batch.images) if hasattr(batch, "images") else len(batch["img"])
     return time.perf_counter() - t, n
 
 

@@ -1,89 +1,31 @@
-"""``Detector``: the one public object — constructors, vocabulary, predict, save/load."""
+"""``Detector``: the user's facade — constructors, vocabulary, predict, val, save/load.
+
+Thin by design: the checkpoint format lives in :mod:`ovdet.checkpoint`, conversion and downloads
+in :mod:`ovdet.weights`, inference in :mod:`ovdet.engine.predict`, validation in
+:mod:`ovdet.engine.validate`, text in :mod:`ovdet.text`.
+"""
 
 from __future__ import annotations
 
-import json
-import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import nullcontext
+from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from ovdet import __version__
-from ovdet.config import ModelConfig, TextConfig, from_dict, load_model_config, to_dict
-from ovdet.data.images import ImageReadError, SourceItem, iter_sources
-from ovdet.data.letterbox import LetterboxInfo, letterbox, to_tensor, unletterbox_boxes
-from ovdet.config import NMSConfig
+from ovdet.checkpoint import load_checkpoint, save_checkpoint
+from ovdet.config import EvalConfig, ModelConfig, NMSConfig, TextConfig, load_model_config
+from ovdet.data.images import ImageReadError
+from ovdet.device import resolve_device, resolve_precision
+from ovdet.engine.predict import PredictionStream, Predictor
+from ovdet.io import ovdet_home
 from ovdet.models.detector import OVDetector
-from ovdet.text import (EmbeddingCache, TextEncoder, build_text_encoder, load_embeddings, save_embeddings,
-                               text_encoder_id, validate_class_names)
 from ovdet.structures import Detections
+from ovdet.text import EmbeddingCache, TextEncoder, build_text_encoder, text_encoder_id, validate_class_names
 
-CHECKPOINT_FORMAT = "ovdet-checkpoint"
-CHECKPOINT_FORMAT_VERSION = 1
-
-
-def ovdet_home() -> Path:
-    """ovdet's cache directory: ``$OVDET_HOME``, default ``~/.cache/ovdet``."""
-    return Path(os.environ.get("OVDET_HOME", Path.home() / ".cache" / "ovdet")).expanduser()
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → the first CUDA device when available, else CPU; anything else as given.
-
-    Raises:
-        ValueError: a CUDA device is asked for but none is available.
-    """
-    if str(device) == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} requested but CUDA is not available; use device='cpu' or 'auto'")
-    return dev
-
-
-_PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-class PredictionStream(Iterable[Detections]):
-    """Lazy predictions over a source; iterating runs the model batch by batch.
-
-    Attributes:
-        skipped: (source name, reason) of every item that could not be read, filled during
-            iteration; a bad item never stops the run.
-        seen: items read successfully so far.
-    """
-
-    def __init__(self, detector: "Detector", source: Any, nms: NMSConfig, imgsz: int | tuple[int, int], batch: int,
-                 precision: str, keep_images: bool, video_stride: int) -> None:
-        self._det, self._source, self._nms, self._imgsz = detector, source, nms, imgsz
-        self._batch, self._precision, self._keep, self._vid_stride = batch, precision, keep_images, video_stride
-        self.skipped: list[tuple[str, str]] = []
-        self.seen = 0
-
-    def __iter__(self) -> Iterator[Detections]:
-        pending: list[SourceItem] = []
-        for item in iter_sources(self._source, video_stride=self._vid_stride):
-            if item.error is not None or item.image is None:
-                self.skipped.append((item.name, item.error or f"{item.name}: no image"))
-                warnings.warn(f"skipped: {self.skipped[-1][1]}", stacklevel=2)
-                continue
-            pending.append(item)
-            if len(pending) == self._batch:
-                yield from self._run(pending)
-                pending = []
-        if pending:
-            yield from self._run(pending)
-
-    def _run(self, items: list[SourceItem]) -> list[Detections]:
-        self.seen += len(items)
-        return self._det._predict_images([it.image for it in items], [it.name for it in items], self._nms,
-                                         self._imgsz, self._precision, self._keep)
+__all__ = ["Detector"]
 
 
 class Detector:
@@ -111,14 +53,15 @@ class Detector:
         self._encoder: TextEncoder | None = None
         self._names: list[str] = []
         self._embeddings: torch.Tensor | None = None  # (K, D) float32 on self.device
+        self._encoder_id = "precomputed"  # the encoder the current embeddings came from
         self.conversion_report = None  # set by from_ultralytics: what was loaded / left random
 
-    # ------------------------------------------------------------------ constructors
     @property
     def cfg(self) -> ModelConfig:
         """The model's architecture and text-encoder config."""
         return self.model.cfg
 
+    # ------------------------------------------------------------------ constructors
     @classmethod
     def from_config(cls, config: str | Path | ModelConfig, device: str | torch.device = "auto",
                     overrides: list[str] | None = None, seed: int | None = 0) -> "Detector":
@@ -145,18 +88,23 @@ class Detector:
 
         ``.pt`` files are pickles, so ``trust=True`` is required; save the result with
         :meth:`save` to get ovdet's safe format. A plain YOLOv8 detector initialises a v2
-        YOLO-World network (see :attr:`conversion_report` for what stayed random).
+        YOLO-World network (see :attr:`conversion_report` for what stayed random). A
+        YOLO-World checkpoint that carries its classes (names and text features) keeps them
+        as the vocabulary, as ultralytics does.
 
         Raises:
             UntrustedCheckpointError: ``trust`` is not True (the file is not read).
             ConversionError: the checkpoint does not map onto the architecture (tensors named).
         """
-        from ovdet.weights import convert_ultralytics_model, read_ultralytics_checkpoint
+        from ovdet.weights import checkpoint_vocabulary, convert_ultralytics_model, read_ultralytics_checkpoint
 
         model, _ = read_ultralytics_checkpoint(path, trust=trust)
         net, report = convert_ultralytics_model(model, text)
         det = cls(net, device)
         det.conversion_report = report
+        vocabulary = checkpoint_vocabulary(model)
+        if vocabulary is not None:
+            det.set_class_embeddings(*vocabulary)
         return det
 
     @classmethod
@@ -192,36 +140,10 @@ class Detector:
             FileNotFoundError: the directory or one of its files is missing (named).
             ValueError: the files are not an ovdet checkpoint or do not match (named).
         """
-        path = Path(path)
-        meta_path, weights_path = path / "config.json", path / "model.safetensors"
-        for p in (meta_path, weights_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"not an ovdet checkpoint directory: {p} is missing")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{meta_path}: not valid JSON ({e})") from e
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{meta_path}: 'format' is {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
-        cfg = from_dict(ModelConfig, meta["model"], "model.")
-        with torch.device("meta"):  # shapes only: every tensor comes from the file
-            model = OVDetector(cfg).eval()
-            if meta.get("fused"):
-                model.fuse()
-        try:
-            state = load_file(str(weights_path))
-        except Exception as e:  # safetensors raises its own error types
-            raise ValueError(f"{weights_path}: unreadable safetensors file ({e})") from e
-        result = model.load_state_dict(state, strict=False, assign=True)
-        if result.missing_keys or result.unexpected_keys:
-            raise ValueError(f"{weights_path} does not match its config: missing {result.missing_keys[:5]}, "
-                             f"unexpected {result.unexpected_keys[:5]}")
-        det = cls(model, device)
-        emb_path = path / "class_embeddings.safetensors"
-        if emb_path.is_file():
-            names, emb, _ = load_embeddings(emb_path)
-            det.set_class_embeddings(names, emb)
-            det._set(det.names, emb)  # bit-exact: the saved rows are already normalised
+        ckpt = load_checkpoint(path)
+        det = cls(ckpt.model, device)
+        if ckpt.embeddings is not None:
+            det._set(validate_class_names(ckpt.names), ckpt.embeddings, ckpt.encoder_id or "precomputed")
         return det
 
     def save(self, path: str | Path) -> Path:
@@ -230,21 +152,7 @@ class Detector:
         Returns:
             The directory written.
         """
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
-        _atomic(path / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": CHECKPOINT_FORMAT}))
-        meta = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "ovdet": __version__,
-                "fused": self.model.is_fused, "model": to_dict(self.cfg), "names": list(self._names)}
-        _atomic(path / "config.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
-        emb_path = path / "class_embeddings.safetensors"
-        if self._embeddings is not None:
-            encoder_id = self._encoder.id if self._encoder is not None else "precomputed"
-            _atomic(emb_path, lambda p: save_embeddings(p, self._names, self._embeddings.cpu(), encoder_id,
-                                                        self.cfg.text.templates))
-        elif emb_path.exists():
-            emb_path.unlink()
-        return path
+        return save_checkpoint(path, self.model, self._names, self._embeddings, self._encoder_id)
 
     # ------------------------------------------------------------------ vocabulary
     @property
@@ -264,6 +172,34 @@ class Detector:
             self._encoder = build_text_encoder(self.cfg.text, device=self.device)
         return self._encoder
 
+    def encode(self, names: Sequence[str]) -> torch.Tensor:
+        """Embeddings of ``names`` from the cache, or the text encoder; the vocabulary is unchanged.
+
+        Known names cost no encoder call: when all are cached the encoder is never even built.
+        New embeddings are added to the cache file.
+
+        Returns:
+            (K, D) float32 on CPU, rows of unit norm.
+
+        Raises:
+            ValueError / TypeError: an invalid vocabulary (see :func:`~ovdet.text.validate_class_names`).
+            TextEncoderUnavailable: the encoder's weights cannot be fetched (offline); the
+                message says how to supply local files or precomputed embeddings.
+        """
+        names = validate_class_names(names)
+        templates = self.cfg.text.templates
+        if self._encoder is None:
+            emb = self.cache.lookup(text_encoder_id(self.cfg.text), names, templates)
+            if emb is not None:
+                return emb
+        emb = self.cache.get_or_encode(self.text_encoder, names, templates)
+        if self.cache.path is not None:
+            try:
+                self.cache.save()
+            except OSError as e:
+                warnings.warn(f"could not write the embedding cache {self.cache.path}: {e}", stacklevel=3)
+        return emb
+
     def set_classes(self, names: Sequence[str]) -> "Detector":
         """Set the vocabulary from natural-language names.
 
@@ -278,18 +214,7 @@ class Detector:
                 message says how to supply local files or precomputed embeddings.
         """
         names = validate_class_names(names)
-        templates = self.cfg.text.templates
-        emb = None
-        if self._encoder is None:  # all names cached → the encoder is never even built
-            emb = self.cache.lookup(text_encoder_id(self.cfg.text), names, templates)
-        if emb is None:
-            emb = self.cache.get_or_encode(self.text_encoder, names, templates)
-            if self.cache.path is not None:
-                try:
-                    self.cache.save()
-                except OSError as e:
-                    warnings.warn(f"could not write the embedding cache {self.cache.path}: {e}", stacklevel=2)
-        return self._set(names, emb)
+        return self._set(names, self.encode(names), text_encoder_id(self.cfg.text))
 
     def set_class_embeddings(self, names: Sequence[str], embeddings: torch.Tensor) -> "Detector":
         """Set the vocabulary from precomputed embeddings (no text encoder needed).
@@ -309,11 +234,12 @@ class Detector:
                              f"got {tuple(emb.shape)}")
         if not torch.isfinite(emb).all():
             raise ValueError("embeddings contain NaN or infinite values")
-        return self._set(names, torch.nn.functional.normalize(emb.float(), dim=-1))
+        return self._set(names, torch.nn.functional.normalize(emb.float(), dim=-1), "precomputed")
 
-    def _set(self, names: list[str], emb: torch.Tensor) -> "Detector":
+    def _set(self, names: list[str], emb: torch.Tensor, encoder_id: str) -> "Detector":
         self._names = list(names)
         self._embeddings = emb.detach().to(self.device, torch.float32).clone()
+        self._encoder_id = encoder_id
         return self
 
     # ------------------------------------------------------------------ inference
@@ -337,12 +263,13 @@ class Detector:
             batch: images per forward pass.
             precision: ``"fp32"``, ``"fp16"`` (CUDA only) or ``"bf16"``.
             stream: return a lazy :class:`PredictionStream` (bounded memory for videos and
-                large folders) instead of a list.
+                large folders; its ``skipped`` lists unreadable items) instead of a list.
             keep_images: keep each original image on its Detections (for ``plot``/``save``).
             video_stride: use every n-th video frame.
 
         Returns:
-            One :class:`Detections` per readable image, in source order.
+            One :class:`Detections` per readable image, in source order. Unreadable items of a
+            multi-item source are skipped with one warning naming them.
 
         Raises:
             RuntimeError: no vocabulary set.
@@ -350,68 +277,44 @@ class Detector:
         """
         if self._embeddings is None:
             raise RuntimeError("no vocabulary: call set_classes([...]) or set_class_embeddings(...) first")
-        if precision not in _PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
-        if precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("precision='fp16' needs a CUDA device; use 'fp32' or 'bf16' on CPU")
-        if batch < 1:
-            raise ValueError(f"batch must be >= 1, got {batch}")
+        dtype = resolve_precision(precision, self.device)
         nms = NMSConfig(conf=conf, iou=iou, max_det=max_det, agnostic=agnostic_nms)
-        run = PredictionStream(self, source, nms, imgsz, batch, precision, keep_images, video_stride)
+        predictor = Predictor(self.model, self._names, self._embeddings, nms, imgsz, dtype)
+        run = PredictionStream(predictor, source, batch=batch, keep_images=keep_images, video_stride=video_stride)
         if stream:
             return run
         results = list(run)
-        if not results and run.skipped:
-            reason = run.skipped[0][1]  # reasons start with the file name
-            raise ImageReadError(reason if len(run.skipped) == 1 else
-                                 f"none of the {len(run.skipped)} sources could be read; first: {reason}")
+        if run.skipped:
+            first = run.skipped[0][1]  # reasons start with the file name
+            if not results:
+                raise ImageReadError(first if len(run.skipped) == 1 else
+                                     f"none of the {len(run.skipped)} sources could be read; first: {first}")
+            warnings.warn(f"skipped {len(run.skipped)} unreadable source(s): "
+                          + "; ".join(r for _, r in run.skipped[:5]) + (" ..." if len(run.skipped) > 5 else ""),
+                          stacklevel=2)
         return results
 
     def val(self, data: str | Path, **kwargs: Any) -> dict[str, Any]:
-        """Zero-shot COCO/LVIS evaluation; the vocabulary becomes the dataset's class names.
+        """Zero-shot COCO/LVIS evaluation with the dataset's class names as the vocabulary.
+
+        The detector is left as it was: its vocabulary and its train/eval mode are unchanged.
 
         Args:
-            data: COCO/LVIS instances json or an ultralytics data yaml.
-            **kwargs: see :func:`ovdet.engine.validate.validate` (split, imgsz, conf, iou,
-                max_det, batch, lvis, fixed_ap, backend, save_dir, …).
+            data: COCO/LVIS instances json, an ultralytics data yaml or an ODVG jsonl.
+            **kwargs: :class:`~ovdet.config.EvalConfig` fields (split, imgsz, conf, iou, max_det,
+                batch, lvis, fixed_ap, backend, image_dir, save_dir, samples, progress).
 
         Returns:
             ``{"AP": …, "AP50": …, …, "per_class": [...]}``.
+
+        Raises:
+            TypeError: an unknown keyword (the valid ones are named).
         """
         from ovdet.engine.validate import validate
 
-        return validate(self, data, **kwargs)
-
-    @torch.inference_mode()
-    def _predict_images(self, images: list[np.ndarray], names: list[str], nms: NMSConfig,
-                        imgsz: int | tuple[int, int], precision: str, keep: bool) -> list[Detections]:
-        """Letterbox, run and un-letterbox a batch of BGR uint8 images.
-
-        Images whose letterboxed shapes differ run as separate sub-batches, so a batched
-        prediction equals the one-by-one predictions.
-        """
-        stride = max(self.cfg.strides)
-        boxed = [letterbox(im, imgsz, stride=stride) for im in images]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, (arr, _) in enumerate(boxed):
-            groups.setdefault(arr.shape[:2], []).append(i)
-        out: list[Detections | None] = [None] * len(images)
-        dtype = _PRECISIONS[precision]
-        amp = (torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext())
-        for idx in groups.values():
-            x = to_tensor([boxed[i][0] for i in idx]).to(self.device)  # (b, 3, H, W)
-            with amp:
-                raw = self.model(x, self._embeddings)
-            for i, (boxes, scores, labels) in zip(idx, self.model.postprocess(raw, nms)):
-                info: LetterboxInfo = boxed[i][1]
-                out[i] = Detections(boxes=unletterbox_boxes(boxes.cpu(), info), scores=scores.cpu(),
-                                    labels=labels.cpu(), names=list(self._names), image_size=info.orig_shape,
-                                    path=names[i], image=images[i] if keep else None)
-        return out  # type: ignore[return-value]
-
-
-def _atomic(path: Path, write) -> None:
-    """Write through a temporary sibling then rename, so a crash never leaves a half file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+        valid = {f.name for f in fields(EvalConfig)}
+        unknown = sorted(set(kwargs) - valid)
+        if unknown:
+            raise TypeError(f"Detector.val() got unknown argument(s) {unknown}; valid: {sorted(valid)}")
+        kwargs = {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()}
+        return validate(self.model, data, self.encode, EvalConfig(**kwargs), self.device)

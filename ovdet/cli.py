@@ -6,7 +6,6 @@ Each sub-command is argparse → Detector → a summary; ``tools/*.py`` call :fu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
@@ -85,6 +84,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ovdet.data.images import count_sources
+    from ovdet.evaluation.predictions import write_predictions
 
     det = load_detector(args.model, args.device)
     _set_vocabulary(det, args.classes, args.embeddings)
@@ -108,9 +108,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             records.append(rec)
             bar.update(1)
     elapsed = time.perf_counter() - start
-    out_json = save_dir / "predictions.json"
-    out_json.write_text(json.dumps({"names": det.names, "skipped": [{"source": s, "reason": r} for s, r in run.skipped],
-                                    "images": records}, indent=1))
+    out_json = write_predictions(save_dir / "predictions.json", det.names, records, run.skipped)
     n = len(records)
     print(f"\n{n} images, {sum(per_class.values())} detections, {len(run.skipped)} skipped, "
           f"{n / elapsed if elapsed > 0 else 0:.1f} images/s ({det.device})")

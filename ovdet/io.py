@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import tempfile
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text", "can_reach", "ovdet_home", "publish_dir"]
+__all__ = ["atomic_write", "atomic_write_text", "can_reach", "ovdet_home", "publish_dir", "unreachable_reason"]
 
 #: Seconds to wait for a TCP connection before a host counts as unreachable (offline).
 CONNECT_TIMEOUT_S = 3.0
@@ -33,8 +33,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
 
     Args:
         path: the destination; its folder is created when missing.
-        write: called with the temporary path; it must create that file (any writer: safetensors,
-            json, a download). When it raises, the temporary file is removed and the error
+        write: called with the temporary path (which does not exist yet); it must create that
+            file (any writer: safetensors, json, a download). When it raises, the temporary file is removed and the error
             propagates; the destination is untouched.
 
     Returns:
@@ -42,9 +42,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # unique; created by ``write`` itself
     try:
         write(tmp)
         if not tmp.is_file():
@@ -84,23 +82,26 @@ def publish_dir(tmp: Path, out: Path, complete: Callable[[Path], bool]) -> Path:
     return out
 
 
-def can_reach(url: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
-    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds.
+def unreachable_reason(url: str, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
+    """Why ``url``'s host does not accept a TCP connection within ``timeout`` seconds, or None.
 
     Download libraries wait 30 s or more per attempt on a network that silently drops packets;
     this answers within ``timeout``. Behind a proxy for the URL's scheme a direct probe says
-    nothing (direct connections may be blocked), so the answer is True and the download itself
+    nothing (direct connections may be blocked), so the answer is None and the download itself
     decides. A URL without a host (``file://``) is reachable.
     """
     parts = urllib.parse.urlsplit(url)
     proxies = urllib.request.getproxies()
-    if parts.scheme in proxies or "all" in proxies:
-        return True
-    if not parts.hostname:
-        return True
+    if parts.scheme in proxies or "all" in proxies or not parts.hostname:
+        return None
     port = parts.port or (80 if parts.scheme == "http" else 443)
     try:
         with socket.create_connection((parts.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+            return None
+    except OSError as e:
+        return f"cannot connect to {parts.hostname}:{port} ({e})"
+
+
+def can_reach(url: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
+    """Whether ``url``'s host accepts a TCP connection within ``timeout`` s (see :func:`unreachable_reason`)."""
+    return unreachable_reason(url, timeout) is None

@@ -8,27 +8,25 @@ loudly on any tensor that is unmapped, missing or mis-shaped.
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import os
 import re
 import shutil
-import socket
 import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 from urllib.parse import urlsplit
-from urllib.request import getproxies, url2pathname
+from urllib.request import url2pathname
 
 import torch
 
+from ovdet.checkpoint import is_checkpoint_dir, save_checkpoint
 from ovdet.config import SCALES, ModelConfig, TextConfig
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ovdet.models.detector import OVDetector
+from ovdet.io import atomic_write, ovdet_home, publish_dir, unreachable_reason
+from ovdet.models.detector import OVDetector
 
 #: ovdet module path → ultralytics layer index, per version (v1 has image-pooling attention at 16).
 _LAYERS: dict[int, dict[str, int]] = {
@@ -188,8 +186,6 @@ def _backbone_mismatch(state: Mapping[str, torch.Tensor], version: int, scale: s
     Only the backbone is compared: it is the same in YOLOv8 and YOLO-World v1/v2 of one scale,
     while the necks differ (C2f vs. text-guided C2fAttn) and the heads depend on the class count.
     """
-    from ovdet.models.detector import OVDetector
-
     with torch.device("meta"):
         ours = OVDetector(ModelConfig.scaled(version, scale)).state_dict()
     want = {ultralytics_name(k, version): tuple(v.shape) for k, v in ours.items() if k.startswith("backbone.")}
@@ -284,8 +280,33 @@ def read_ultralytics_checkpoint(path: str | Path, trust: bool = False) -> tuple[
     return model.float().eval(), extra
 
 
+def checkpoint_vocabulary(model: torch.nn.Module) -> tuple[list[str], torch.Tensor] | None:
+    """The classes an ultralytics YOLO-World model carries: its names and (K, D) text features.
+
+    ultralytics' ``set_classes`` stores L2-normalised text features (``txt_feats``, (1, K, D))
+    and the names; a model saved after it predicts those classes by default (the official
+    files: the 80 COCO names). A freshly built model holds a random, un-normalised placeholder
+    instead, and a plain YOLOv8 has none: both give None.
+    """
+    feats = getattr(model, "txt_feats", None)
+    names = getattr(model, "names", None)
+    if not isinstance(feats, torch.Tensor) or feats.ndim != 3 or feats.shape[0] != 1:
+        return None
+    feats = feats[0].detach().float()  # (K, D)
+    if isinstance(names, dict):
+        names = [names.get(i) for i in range(len(names))]
+    if not isinstance(names, (list, tuple)) or len(names) != len(feats) or not all(isinstance(n, str) for n in names):
+        return None
+    norms = feats.norm(dim=-1)  # (K,)
+    if not torch.isfinite(feats).all() or not bool(((norms - 1).abs() < 1e-2).all()):
+        return None  # the placeholder of a model that never had set_classes
+    if len(set(names)) != len(names):
+        return None
+    return list(names), feats
+
+
 def convert_ultralytics_model(model: torch.nn.Module,
-                              text: TextConfig | None = None) -> tuple["OVDetector", ConversionReport]:
+                              text: TextConfig | None = None) -> tuple[OVDetector, ConversionReport]:
     """An ovdet network with the weights of an ultralytics YOLO-World or YOLOv8 detection model.
 
     YOLO-World v1/v2 map one-to-one (any unmapped or mis-shaped tensor is an error). A plain
@@ -298,8 +319,6 @@ def convert_ultralytics_model(model: torch.nn.Module,
         text: text encoder config for the result (default open_clip ViT-B-32 ``openai``,
             whose embeddings are what ultralytics feeds YOLO-World).
     """
-    from ovdet.models.detector import OVDetector
-
     state = model.state_dict()
     version = _world_version(model)
     world = version is not None
@@ -371,29 +390,7 @@ def pretrained_url(name: str, base_url: str | None = None) -> str:
 
 
 def _cache_root(cache_dir: str | Path | None) -> Path:
-    from ovdet.api import ovdet_home  # api imports this module lazily; keep the cycle one-way at import
-
     return Path(cache_dir).expanduser() if cache_dir is not None else ovdet_home()
-
-
-def _is_checkpoint_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
-
-
-def _probe(url: str) -> None:
-    """Fail within seconds when the URL's host does not accept TCP connections.
-
-    requests (inside safe_download) waits 30 s per connect attempt on a silently dropping
-    network; this check bounds that. Skipped behind a proxy, where direct connects may be blocked.
-    """
-    parts = urlsplit(url)
-    if getproxies().get(parts.scheme):
-        return
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        socket.create_connection((parts.hostname, port), timeout=_PROBE_TIMEOUT_S).close()
-    except OSError as e:
-        raise ConnectionError(f"cannot connect to {parts.hostname}:{port} ({e})") from e
 
 
 def _fetch(url: str, dest: Path) -> None:
@@ -402,7 +399,11 @@ def _fetch(url: str, dest: Path) -> None:
     if scheme == "file":
         shutil.copyfile(Path(url2pathname(urlsplit(url).path)), dest)
     elif scheme in ("http", "https"):
-        _probe(url)
+        # requests (inside safe_download) waits 30 s per connect attempt on a network that drops
+        # packets silently; a short probe answers "offline" within seconds instead.
+        reason = unreachable_reason(url, timeout=_PROBE_TIMEOUT_S)
+        if reason is not None:
+            raise ConnectionError(reason)
         try:
             from ultralytics.utils.downloads import safe_download
         except ImportError as e:
@@ -426,7 +427,7 @@ def download_pretrained(name: str, cache_dir: str | Path | None = None, base_url
 
     Args:
         name: a key of :data:`PRETRAINED`.
-        cache_dir: cache root (default :func:`ovdet.api.ovdet_home`).
+        cache_dir: cache root (default :func:`ovdet.io.ovdet_home`).
         base_url: download base URL (default ``$OVDET_WEIGHTS_URL``, else :data:`DEFAULT_WEIGHTS_URL`).
 
     Raises:
@@ -435,18 +436,18 @@ def download_pretrained(name: str, cache_dir: str | Path | None = None, base_url
             place, where, and the URL to fetch it from.
     """
     filename = pretrained_file(name)
-    downloads = _cache_root(cache_dir) / "downloads"
-    target = downloads / filename
+    target = _cache_root(cache_dir) / "downloads" / filename
     if target.is_file():
         return target
     url = pretrained_url(name, base_url)
-    tmp = downloads / f".{filename}.{uuid.uuid4().hex}.tmp"
-    try:
-        downloads.mkdir(parents=True, exist_ok=True)
+
+    def download(tmp: Path) -> None:
         _fetch(url, tmp)
         if not zipfile.is_zipfile(tmp):  # torch.save writes zip archives; an HTML page or junk is not one
             raise ConnectionError(f"the body of {url} is not a torch checkpoint (not a zip archive)")
-        os.replace(tmp, target)
+
+    try:
+        atomic_write(target, download)
     except OSError as e:  # ConnectionError, requests' errors and file errors are all OSErrors
         raise WeightsUnavailable(
             f"pretrained weights {name!r} are not available: {target} does not exist and fetching {url} failed "
@@ -454,8 +455,6 @@ def download_pretrained(name: str, cache_dir: str | Path | None = None, base_url
             f"it without network. Or convert it yourself: Detector.from_ultralytics('{filename}', trust=True)"
             f".save('<dir>') (CLI: ovdet convert {filename} <dir> --trust) and use Detector.load('<dir>'). "
             f"A mirror can be set with ${WEIGHTS_URL_ENV}.") from e
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 
@@ -475,7 +474,7 @@ def fetch_pretrained(name: str, cache_dir: str | Path | None = None, base_url: s
 
     Args:
         name: a key of :data:`PRETRAINED`, e.g. ``"yolo-world-v2-s"``.
-        cache_dir: cache root (default :func:`ovdet.api.ovdet_home`, i.e. ``$OVDET_HOME``).
+        cache_dir: cache root (default :func:`ovdet.io.ovdet_home`, i.e. ``$OVDET_HOME``).
         base_url: download base URL (default ``$OVDET_WEIGHTS_URL``, else :data:`DEFAULT_WEIGHTS_URL`).
 
     Returns:
@@ -489,40 +488,24 @@ def fetch_pretrained(name: str, cache_dir: str | Path | None = None, base_url: s
     pretrained_file(name)  # validate before touching the disk
     root = _cache_root(cache_dir)
     out = root / "models" / name
-    if _is_checkpoint_dir(out):
+    if is_checkpoint_dir(out):
         return out
     pt = download_pretrained(name, root, base_url)
-    from ovdet.api import Detector
-
     try:
-        det = Detector.from_ultralytics(pt, trust=True, device="cpu")
+        model, _ = read_ultralytics_checkpoint(pt, trust=True)
+        net, report = convert_ultralytics_model(model)
     except (ConversionError, UntrustedCheckpointError, ImportError):
         raise
     except Exception as e:  # torch.load's errors on a truncated or foreign file are of many types
         raise ConversionError(f"{pt} could not be read as an ultralytics checkpoint ({type(e).__name__}: {e}); "
                               f"delete it so it is downloaded again, or replace it with "
                               f"{pretrained_url(name, None)}") from e
+    names, emb = checkpoint_vocabulary(model) or ([], None)
     tmp = out.with_name(f".{name}.{uuid.uuid4().hex}.tmp")
     try:
-        det.save(tmp)
-        report = det.conversion_report
-        provenance = {"name": name, "source_file": pt.name,
-                      "missing_modules": report.missing_modules() if report is not None else []}
-        (tmp / "conversion.json").write_text(json.dumps(provenance, indent=2))
-        _publish_dir(tmp, out)
+        save_checkpoint(tmp, net, names, emb, extra={"converted_from": {
+            "name": name, "source_file": pt.name, "missing_modules": report.missing_modules()}})
+        publish_dir(tmp, out, is_checkpoint_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def _publish_dir(tmp: Path, out: Path) -> None:
-    """Rename a finished directory into place; a complete one already there (a concurrent run) wins."""
-    try:
-        os.rename(tmp, out)
-        return
-    except OSError:
-        if _is_checkpoint_dir(out):
-            return
-    if out.exists():  # an incomplete leftover in ovdet's own cache (this code's rename never makes one)
-        shutil.rmtree(out)
-    os.rename(tmp, out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,21 @@ def coco128_images(data_dir: Path) -> list[Path]:
 def _isolated_ovdet_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never read or write the user's ~/.cache/ovdet (tests may override it again)."""
     monkeypatch.setenv("OVDET_HOME", str(tmp_path_factory.getbasetemp() / "ovdet_home"))
+
+
+
+try:  # ultralytics is a dev dependency; tests that need it import it themselves
+    from ultralytics.nn.modules.head import Detect as _Detect
+except ImportError:  # pragma: no cover
+    _Detect = None
+_DETECT_LEGACY = None if _Detect is None else _Detect.legacy
+
+
+@pytest.fixture(autouse=True)
+def _restore_ultralytics_globals() -> Iterator[None]:
+    """Undo ultralytics' class-level mutation: building a model sets ``Detect.legacy`` for the
+    whole process, which changes how later models (WorldDetect inherits it) draw their random
+    weights. Every test starts from the value at import, whatever ran before it."""
+    yield
+    if _Detect is not None:
+        _Detect.legacy = _DETECT_LEGACY

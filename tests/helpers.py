@@ -228,8 +228,9 @@ def nms_ambiguities(boxes: torch.Tensor, scores: torch.Tensor, conf: float, iou:
 
 
 def clear_thresholds(boxes: torch.Tensor, scores: torch.Tensor, ref_boxes: torch.Tensor | None = None,
-                     confs: tuple[float, ...] = (0.25, 0.3, 0.35, 0.4, 0.5),
-                     ious: tuple[float, ...] = (0.7, 0.65, 0.6, 0.55, 0.5, 0.45)) -> tuple[float, float]:
+                     confs: tuple[float, ...] = (0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6),
+                     ious: tuple[float, ...] = (0.7, 0.675, 0.65, 0.625, 0.6, 0.575, 0.55, 0.525, 0.5, 0.475, 0.45),
+                     ) -> tuple[float, float]:
     """The first (conf, iou) pair, in preference order, at which no NMS decision is a near-tie
     (see :func:`nms_ambiguities`).
 

@@ -14,7 +14,8 @@ import torch
 
 from ovdet.data.images import decode_image
 from ovdet.data.letterbox import letterbox
-from ovdet.data.loader import DetectionDataset, build_loader, collate
+from ovdet.data.batch import collate
+from ovdet.data.loader import DetectionDataset, build_loader
 from ovdet.data.readers import read_yolo
 from ovdet.data.records import DataReport, Dataset, ImageRecord
 from ovdet.config import AugmentConfig
@@ -43,43 +44,43 @@ def _bgr(image: torch.Tensor) -> np.ndarray:
 
 def _check_batch(batch: dict, data: Dataset, imgsz: int, max_texts: int) -> None:
     """Every invariant of a collated training batch."""
-    b = len(batch["paths"])
-    m = len(batch["labels"])
-    assert batch["images"].shape == (b, 3, imgsz, imgsz) and batch["images"].dtype == torch.uint8
-    assert batch["batch_idx"].shape == (m,) and batch["batch_idx"].dtype == torch.int64
-    assert batch["labels"].dtype == torch.int64
-    assert batch["boxes"].shape == (m, 4) and batch["boxes"].dtype == torch.float32
-    assert batch["ignore"].shape == (m,) and batch["ignore"].dtype == torch.bool
-    assert batch["text_mask"].shape == (b, max_texts) and batch["text_mask"].dtype == torch.bool
-    assert len(batch["texts"]) == b and all(len(t) == max_texts for t in batch["texts"])
-    assert batch["box_source"].shape == (m, 2)
+    b = len(batch.paths)
+    m = len(batch.labels)
+    assert batch.images.shape == (b, 3, imgsz, imgsz) and batch.images.dtype == torch.uint8
+    assert batch.batch_idx.shape == (m,) and batch.batch_idx.dtype == torch.int64
+    assert batch.labels.dtype == torch.int64
+    assert batch.boxes.shape == (m, 4) and batch.boxes.dtype == torch.float32
+    assert batch.ignore.shape == (m,) and batch.ignore.dtype == torch.bool
+    assert batch.text_mask.shape == (b, max_texts) and batch.text_mask.dtype == torch.bool
+    assert len(batch.texts) == b and all(len(t) == max_texts for t in batch.texts)
+    assert batch.box_source.shape == (m, 2)
     if m:
-        assert bool(torch.all(batch["batch_idx"][1:] >= batch["batch_idx"][:-1]))
-        x1, y1, x2, y2 = batch["boxes"].unbind(1)
-        assert bool(torch.all((0 <= x1) & (x1 < x2) & (x2 <= imgsz))), batch["boxes"]
-        assert bool(torch.all((0 <= y1) & (y1 < y2) & (y2 <= imgsz))), batch["boxes"]
-        assert int(batch["labels"].min()) >= 0 and int(batch["labels"].max()) < max_texts
+        assert bool(torch.all(batch.batch_idx[1:] >= batch.batch_idx[:-1]))
+        x1, y1, x2, y2 = batch.boxes.unbind(1)
+        assert bool(torch.all((0 <= x1) & (x1 < x2) & (x2 <= imgsz))), batch.boxes
+        assert bool(torch.all((0 <= y1) & (y1 < y2) & (y2 <= imgsz))), batch.boxes
+        assert int(batch.labels.min()) >= 0 and int(batch.labels.max()) < max_texts
     for i in range(b):
-        texts, mask = batch["texts"][i], batch["text_mask"][i]
+        texts, mask = batch.texts[i], batch.text_mask[i]
         real = [t for t, keep in zip(texts, mask.tolist()) if keep]
         assert len(set(real)) == len(real) and all(t == "" for t, keep in zip(texts, mask.tolist()) if not keep)
-        sel = batch["batch_idx"] == i
-        for label, ignore, (rec, box) in zip(batch["labels"][sel].tolist(), batch["ignore"][sel].tolist(),
-                                             batch["box_source"][sel].tolist()):
+        sel = batch.batch_idx == i
+        for label, ignore, (rec, box) in zip(batch.labels[sel].tolist(), batch.ignore[sel].tolist(),
+                                             batch.box_source[sel].tolist()):
             assert ignore == bool(data.records[rec].ignore[box])  # crowd flags travel with their box
             # The box's original class text, followed through the flip, is its text in the list.
             original = data.records[rec].texts[box]
-            expected = swap_left_right(original) if batch["flipped"][i] else original
+            expected = swap_left_right(original) if batch.flipped[i] else original
             assert mask[label] and texts[label] == expected
-        positives = {texts[label] for label in batch["labels"][sel].tolist()}
+        positives = {texts[label] for label in batch.labels[sel].tolist()}
         assert positives <= set(real)
         # A negative is never a class of any image the sample was built from (a box the crop
         # cut away may still be partly visible).
-        present = {t for r in batch["sources"][i] for t in data.records[r].texts}
-        if batch["flipped"][i]:
+        present = {t for r in batch.sources[i] for t in data.records[r].texts}
+        if batch.flipped[i]:
             present |= {swap_left_right(t) for t in present}
         assert not (set(real) - positives) & present
-        assert len(batch["sources"][i]) == (4 if batch["mosaic"][i] else 1)
+        assert len(batch.sources[i]) == (4 if batch.mosaic[i] else 1)
 
 
 def test_one_epoch_with_mosaic_over_coco128(coco128: Dataset):
@@ -93,11 +94,11 @@ def test_one_epoch_with_mosaic_over_coco128(coco128: Dataset):
     ignored = 0
     for batch in loader:
         _check_batch(batch, data, IMGSZ, 80)
-        ignored += int(batch["ignore"].sum())
-        seen += batch["indices"]
-        boxes += len(batch["labels"])
-        mosaics += int(batch["mosaic"].sum())
-        flips += int(batch["flipped"].sum())
+        ignored += int(batch.ignore.sum())
+        seen += batch.indices
+        boxes += len(batch.labels)
+        mosaics += int(batch.mosaic.sum())
+        flips += int(batch.flipped.sum())
     assert sorted(seen) == list(range(128))  # one full epoch, each image once
     assert mosaics == 128 and 30 < flips < 98  # mosaic p=1, flip p=0.5
     assert boxes > 900  # mosaics carry ~4 images' boxes each, minus what the crop cuts away
@@ -122,8 +123,8 @@ def test_sample_fields(coco128: Dataset):
         ds = DetectionDataset(coco128, imgsz=IMGSZ, train=train, augment=dataclasses.replace(IDENTITY, fliplr=0.5))
         batch = collate([ds[i] for i in background])
         _check_batch(batch, coco128, IMGSZ, 80)
-        assert batch["boxes"].shape == (0, 4) and batch["batch_idx"].shape == (0,)
-        assert batch["text_mask"].all()  # 80 negatives each
+        assert batch.boxes.shape == (0, 4) and batch.batch_idx.shape == (0,)
+        assert batch.text_mask.all()  # 80 negatives each
 
 
 def test_same_seed_same_batch_different_seed_differs(coco128: Dataset):
@@ -132,9 +133,9 @@ def test_same_seed_same_batch_different_seed_differs(coco128: Dataset):
         return next(iter(build_loader(ds, batch_size=4, workers=0, shuffle=True, seed=seed)))
 
     a, b, c = first(7), first(7), first(8)
-    assert torch.equal(a["images"], b["images"]) and torch.equal(a["boxes"], b["boxes"])
-    assert torch.equal(a["labels"], b["labels"]) and a["texts"] == b["texts"] and a["paths"] == b["paths"]
-    assert a["paths"] != c["paths"] or not torch.equal(a["images"], c["images"])
+    assert torch.equal(a.images, b.images) and torch.equal(a.boxes, b.boxes)
+    assert torch.equal(a.labels, b.labels) and a.texts == b.texts and a.paths == b.paths
+    assert a.paths != c.paths or not torch.equal(a.images, c.images)
 
 
 def test_items_do_not_depend_on_workers_or_order(coco128: Dataset):
@@ -142,9 +143,9 @@ def test_items_do_not_depend_on_workers_or_order(coco128: Dataset):
     ds = DetectionDataset(data, imgsz=IMGSZ, seed=1)
     single = [ds[i] for i in reversed(range(8))][::-1]
     batches = list(build_loader(ds, batch_size=4, workers=2, shuffle=False))
-    assert torch.equal(torch.cat([b["images"] for b in batches]), torch.stack([s["image"] for s in single]))
-    assert torch.equal(torch.cat([b["boxes"] for b in batches]), torch.cat([s["boxes"] for s in single]))
-    assert [t for b in batches for t in b["texts"]] == [s["texts"] for s in single]
+    assert torch.equal(torch.cat([b.images for b in batches]), torch.stack([s["image"] for s in single]))
+    assert torch.equal(torch.cat([b.boxes for b in batches]), torch.cat([s["boxes"] for s in single]))
+    assert [t for b in batches for t in b.texts] == [s["texts"] for s in single]
 
 
 def test_epoch_changes_augmentation(coco128: Dataset):
@@ -199,11 +200,11 @@ def test_corrupt_and_missing_images_are_skipped_and_counted(tmp_path: Path, coco
         batches = list(build_loader(ds, batch_size=4, workers=0, shuffle=False))
     messages = " ".join(str(w.message) for w in caught if issubclass(w.category, RuntimeWarning))
     assert "truncated.jpg" in messages and "missing.jpg" in messages
-    events = sum(len(b["skipped"]) for b in batches)
-    assert sum(len(b["paths"]) for b in batches) == 8  # the epoch completes at full length
+    events = sum(len(b.skipped) for b in batches)
+    assert sum(len(b.paths) for b in batches) == 8  # the epoch completes at full length
     assert events >= 2 and ds.skipped == events  # both bad images were the main image once
-    assert {p for b in batches for p in b["skipped"]} == bad_paths
-    assert not bad_paths & {p for b in batches for p in b["paths"]}
+    assert {p for b in batches for p in b.skipped} == bad_paths
+    assert not bad_paths & {p for b in batches for p in b.paths}
     for b in batches:
         _check_batch(b, data, IMGSZ, 80)
 
@@ -212,7 +213,7 @@ def test_corrupt_and_missing_images_are_skipped_and_counted(tmp_path: Path, coco
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         batches2 = list(build_loader(ds2, batch_size=4, workers=2, shuffle=False))
-    assert ds2.skipped == events == sum(len(b["skipped"]) for b in batches2)
+    assert ds2.skipped == events == sum(len(b.skipped) for b in batches2)
 
 
 def test_close_mosaic_switches_mosaic_off(coco128: Dataset):
@@ -338,8 +339,8 @@ def test_persistent_workers_follow_the_epoch(coco128: Dataset):
         loader.set_epoch(epoch, total)
         batch = next(iter(loader))
         ref = ds[(0, epoch, total)]
-        assert torch.equal(batch["images"][0], ref["image"])
-        assert bool(batch["mosaic"][0]) == ref["mosaic"]
-        firsts.append(batch["images"][0])
+        assert torch.equal(batch.images[0], ref["image"])
+        assert bool(batch.mosaic[0]) == ref["mosaic"]
+        firsts.append(batch.images[0])
     assert not torch.equal(firsts[0], firsts[1])
     assert not ds[(0, 15, 20)]["mosaic"]  # closed for the last 10 of 20 epochs

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ovdet.models.assigner import complete_iou, task_aligned_assign
-from ovdet.models.detector import RawOutputs
+from ovdet.models.outputs import RawOutputs
 from ovdet.models.layers import make_anchors
 from ovdet.config import LossConfig
 from ovdet.models.loss import detection_loss, distribution_focal_loss, pad_targets

@@ -74,7 +74,7 @@ def test_near_tie_checks_catch_the_fresh_machine_failure() -> None:
     scores = torch.tensor([[0.9, 0.0], [0.8, 0.0]])
     assert nms_ambiguities(boxes, scores, conf=0.25, iou=0.7)
     assert not nms_ambiguities(boxes, scores, conf=0.25, iou=0.65)
-    assert clear_thresholds(boxes, scores) == (0.25, 0.65)
+    assert clear_thresholds(boxes, scores) == (0.25, 0.675)
     assert nms_ambiguities(boxes, torch.tensor([[0.9, 0.0], [0.250001, 0.0]]), conf=0.25, iou=0.65)
     far = torch.tensor([[0.0, 0.0, 100.0, 100.0], [0.0, 0.0, 100.0, 70.2]])  # IoU 0.702
     assert not nms_ambiguities(far, scores, conf=0.25, iou=0.7)

@@ -280,7 +280,8 @@ def test_file_url_plain_yolov8_init_and_incomplete_cache_dir(official: Official,
     det = Detector.load(out, device="cpu")
     backbone = [k for k in det.model.state_dict() if k.startswith("backbone.")]
     assert_matches_source(det, official.det_state, backbone + ["head.box_branches.0.0.conv.weight"])
-    report = json.loads((out / "conversion.json").read_text())
+    report = json.loads((out / "config.json").read_text())["converted_from"]
+    assert report["name"] == "yolov8n" and report["source_file"] == "yolov8n.pt"
     assert {"head.contrast.0", "head.contrast.1", "head.contrast.2"} <= set(report["missing_modules"])
     assert not any(m.startswith("backbone") for m in report["missing_modules"])
 

@@ -24,6 +24,7 @@ from ovdet.data.letterbox import LetterboxInfo
 from ovdet.data.records import Dataset
 from ovdet.data.sampling import sample_texts
 from ovdet.config import AugmentConfig
+from ovdet.data.batch import Batch, collate
 from ovdet.data.transforms import (
     Sample,
     TrainAugment,
@@ -32,7 +33,7 @@ from ovdet.data.transforms import (
     swap_left_right,
 )
 
-__all__ = ["DetectionDataset", "DetectionLoader", "build_loader", "collate"]
+__all__ = ["DetectionDataset", "DetectionLoader", "EpochSampler", "build_loader"]
 
 #: Replacement images tried for one unreadable image before giving up on the whole dataset.
 MAX_REPLACEMENTS = 100
@@ -294,42 +295,6 @@ class DetectionDataset(torch.utils.data.Dataset):
         return sorted(self._cat_to_index[c] for c in (common or ()) if c in self._cat_to_index)
 
 
-def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack samples into a batch; boxes of all images are concatenated.
-
-    Returns:
-        dict with ``images`` (B, 3, s, s) uint8 RGB; ``batch_idx`` (M,) int64 image of each
-        box; ``labels`` (M,) int64 index into that image's texts; ``boxes`` (M, 4) float32 xyxy
-        pixels; ``ignore`` (M,) bool; ``texts`` B lists of T strings; ``text_mask`` (B, T) bool;
-        ``paths`` B strings; ``orig_sizes`` B (h, w); ``indices`` and ``sources`` (records used);
-        ``mosaic`` (B,) bool;
-        ``flipped`` (B,) bool; ``skipped`` every path replaced in the batch; ``dropped`` int;
-        ``box_source`` (M, 2) int64; ``letterbox`` B LetterboxInfo-or-None.
-    """
-    if not batch:
-        raise ValueError("collate got an empty batch")
-    counts = torch.tensor([len(b["labels"]) for b in batch], dtype=torch.int64)  # (B,)
-    return {
-        "images": torch.stack([b["image"] for b in batch]),  # (B, 3, s, s)
-        "batch_idx": torch.repeat_interleave(torch.arange(len(batch), dtype=torch.int64), counts),  # (M,)
-        "labels": torch.cat([b["labels"] for b in batch]),  # (M,)
-        "boxes": torch.cat([b["boxes"] for b in batch]).reshape(-1, 4),  # (M, 4)
-        "ignore": torch.cat([b["ignore"] for b in batch]),  # (M,)
-        "texts": [b["texts"] for b in batch],
-        "text_mask": torch.stack([b["text_mask"] for b in batch]),  # (B, T)
-        "paths": [b["path"] for b in batch],
-        "orig_sizes": [b["orig_size"] for b in batch],
-        "indices": [b["index"] for b in batch],
-        "sources": [b["sources"] for b in batch],
-        "mosaic": torch.tensor([b["mosaic"] for b in batch], dtype=torch.bool),  # (B,)
-        "flipped": torch.tensor([b["flipped"] for b in batch], dtype=torch.bool),  # (B,)
-        "skipped": [p for b in batch for p in b["skipped"]],
-        "dropped": sum(b["dropped"] for b in batch),
-        "box_source": torch.cat([b["box_source"] for b in batch]).reshape(-1, 2),  # (M, 2)
-        "letterbox": [b["letterbox"] for b in batch],
-    }
-
-
 class EpochSampler(Sampler):
     """Yields ``(index, epoch, total_epochs)``: the epoch travels with each index.
 
@@ -367,11 +332,11 @@ class DetectionLoader(DataLoader):
         self.sampler.set_epoch(epoch, total_epochs)
         self.dataset.set_epoch(epoch, total_epochs)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Batch]:
         for batch in super().__iter__():
             if self.num_workers > 0:
-                self.dataset.skipped += len(batch["skipped"])
-                self.dataset.dropped += batch["dropped"]
+                self.dataset.skipped += len(batch.skipped)
+                self.dataset.dropped += batch.dropped
             yield batch
 
 

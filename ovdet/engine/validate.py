@@ -1,18 +1,29 @@
-"""Zero-shot validation: dataset → vocabulary → predictions → COCO/LVIS metrics and artefacts."""
+"""Zero-shot validation: dataset → vocabulary → predictions → COCO/LVIS metrics and artefacts.
+
+:func:`validate` works on a network and a way to embed class names; it changes neither (the
+network's train/eval mode is restored), so a :class:`~ovdet.api.Detector` keeps its vocabulary
+and a trainer can validate its EMA weights mid-run.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+
+from ovdet.config import EvalConfig, NMSConfig
 from ovdet.data.images import decode_image
 from ovdet.data.readers import read_dataset
 from ovdet.data.records import Dataset
+from ovdet.engine.predict import PredictionStream, Predictor
 from ovdet.evaluation import build_evaluator, save_results, write_report
+from ovdet.models.detector import OVDetector
+from ovdet.structures import xyxy_to_xywh
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ovdet.api import Detector
+__all__ = ["dataset_to_coco", "validate"]
 
 
 def dataset_to_coco(dataset: Dataset) -> tuple[dict[str, Any], list[int]]:
@@ -26,67 +37,65 @@ def dataset_to_coco(dataset: Dataset) -> tuple[dict[str, Any], list[int]]:
         image_id = rec.image_id if isinstance(rec.image_id, int) else i + 1
         ids.append(image_id)
         images.append({"id": image_id, "file_name": Path(rec.path).name, "height": rec.height, "width": rec.width})
-        for box, label, ignore in zip(rec.boxes.tolist(), rec.labels.tolist(), rec.ignore.tolist()):
-            if label < 0:
-                continue  # free grounding phrases have no category to score
-            w, h = box[2] - box[0], box[3] - box[1]
+        keep = rec.labels >= 0  # free grounding phrases have no category to score
+        for xywh, label, ignore in zip(xyxy_to_xywh(rec.boxes[keep].astype("float64")).tolist(),
+                                       rec.labels[keep].tolist(), rec.ignore[keep].tolist()):
             annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": dataset.category_ids[label], "bbox": [box[0], box[1], w, h],
-                                "area": w * h, "iscrowd": int(ignore)})
+                                "category_id": dataset.category_ids[label], "bbox": xywh,
+                                "area": xywh[2] * xywh[3], "iscrowd": int(ignore)})
     categories = [{"id": c, "name": n} for c, n in zip(dataset.category_ids, dataset.raw_names)]
     return {"images": images, "annotations": annotations, "categories": categories}, ids
 
 
-def validate(det: "Detector", data: str | Path, *, split: str = "val", imgsz: int = 640, conf: float = 0.001,
-             iou: float = 0.7, max_det: int | None = None, batch: int = 8, lvis: bool | None = None,
-             fixed_ap: bool = False, backend: str = "pycocotools", image_dir: str | Path | None = None,
-             save_dir: str | Path | None = None, samples: int = 4, progress: bool = True) -> dict[str, Any]:
-    """Evaluate ``det`` zero-shot on a dataset: its vocabulary is the dataset's class names.
+def validate(model: OVDetector, data: str | Path | Dataset, embed: Callable[[Sequence[str]], torch.Tensor],
+             cfg: EvalConfig | None = None, device: torch.device | str | None = None) -> dict[str, Any]:
+    """Evaluate ``model`` zero-shot on a dataset: its vocabulary is the dataset's class names.
 
     Args:
-        det: the detector; its vocabulary is replaced by the dataset's (cleaned) class names,
-            whose embeddings are computed once and cached.
-        data: COCO/LVIS instances json or an ultralytics data yaml (``split`` selects train/val).
-        lvis: score with LVIS metrics (APr/APc/APf); default: when the json is LVIS.
-        fixed_ap: LVIS Fixed AP (no per-image cap; top 10,000 per class).
-        max_det: boxes kept per image; default 300 (1000 for Fixed AP).
-        save_dir: when set, writes ``metrics.json``, ``results.json`` (COCO results, re-scorable
-            with ``ovdet val --results``), ``pr_curve.png`` and ``samples/`` annotated images.
+        model: the network; it runs in eval mode and is left in the mode it was in.
+        data: COCO/LVIS instances json, an ultralytics data yaml (``cfg.split``), an ODVG jsonl,
+            or a dataset already read.
+        embed: K names → (K, D) float32 embeddings (e.g. ``Detector.encode``; a trainer passes
+            its precomputed vocabulary); called once, with the dataset's prompt names.
+        cfg: thresholds, image size, scorer, output folder (default :class:`~ovdet.config.EvalConfig`).
+        device: where to run (default: the model's device).
 
     Returns:
         The metrics dict (AP, AP50, …, per_class, dropped, plus ``images``, ``skipped``,
-        ``images_per_s``).
+        ``images_per_s``). With ``cfg.save_dir``: ``metrics.json``, ``results.json`` (COCO
+        results, re-scorable with ``ovdet val --results``), ``pr_curve.png`` and ``samples/``.
 
     Raises:
         ValueError: the dataset has no usable image.
     """
     from tqdm import tqdm
 
-    dataset = read_dataset(data, split=split, image_dir=image_dir)
+    cfg = cfg if cfg is not None else EvalConfig()
+    dataset = data if isinstance(data, Dataset) else read_dataset(data, split=cfg.split, image_dir=cfg.image_dir)
     if not dataset.records:
         raise ValueError(f"{data}: empty dataset (no usable images); run `ovdet check-data {data}` for details")
     is_lvis = any(r.neg_category_ids or r.not_exhaustive_category_ids for r in dataset.records)
-    lvis = is_lvis if lvis is None else lvis
-    if max_det is None:
-        max_det = 1000 if fixed_ap else 300
-    if str(data).endswith(".json"):  # the official GT file: crowd regions and ids exactly as published
-        gt: Any = data
+    lvis = is_lvis if cfg.lvis is None else cfg.lvis
+    if isinstance(data, (str, Path)) and str(data).endswith(".json"):
+        gt: Any = data  # the official GT file: crowd regions and ids exactly as published
         ids = [r.image_id for r in dataset.records]
     else:
         gt, ids = dataset_to_coco(dataset)
-    evaluator = build_evaluator(gt, lvis=lvis or fixed_ap, fixed_ap=fixed_ap, backend=backend,
+    evaluator = build_evaluator(gt, lvis=lvis or cfg.fixed_ap, fixed_ap=cfg.fixed_ap, backend=cfg.backend,
                                 category_ids=dataset.category_ids)
 
-    det.set_classes(dataset.names)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    emb = embed(dataset.names).to(device, torch.float32)  # (K, D)
+    nms = NMSConfig(conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_detections)
+    run = PredictionStream(Predictor(model, dataset.names, emb, nms, cfg.imgsz),
+                           [str(r.path) for r in dataset.records], batch=cfg.batch, keep_images=False)
     id_of = {str(r.path): i for r, i in zip(dataset.records, ids)}
-    run = det.predict([str(r.path) for r in dataset.records], conf=conf, iou=iou, imgsz=imgsz, max_det=max_det,
-                      batch=batch, stream=True, keep_images=False)
-    sample_dir = Path(save_dir) / "samples" if save_dir is not None and samples > 0 else None
+    sample_dir = Path(cfg.save_dir) / "samples" if cfg.save_dir is not None and cfg.samples > 0 else None
     start, n = time.perf_counter(), 0
-    with tqdm(total=len(dataset.records), unit="img", desc="val", disable=not progress) as bar:
+    with tqdm(total=len(dataset.records), unit="img", desc="val", disable=not cfg.progress) as bar:
         for d in run:
             evaluator.process([id_of[str(d.path)]], [d])
-            if sample_dir is not None and n < samples:
+            if sample_dir is not None and n < cfg.samples:
                 sample_dir.mkdir(parents=True, exist_ok=True)
                 d.save(sample_dir / (Path(str(d.path)).stem + ".jpg"), image=decode_image(d.path))
             n += 1
@@ -95,7 +104,7 @@ def validate(det: "Detector", data: str | Path, *, split: str = "val", imgsz: in
     metrics = evaluator.evaluate()
     metrics.update(images=n, skipped=[{"source": s, "reason": r} for s, r in run.skipped],
                    images_per_s=n / elapsed if elapsed > 0 else 0.0)
-    if save_dir is not None:
-        save_results(Path(save_dir) / "results.json", evaluator.results)
-        write_report(metrics, save_dir, evaluator.precision, evaluator.names)
+    if cfg.save_dir is not None:
+        save_results(Path(cfg.save_dir) / "results.json", evaluator.results)
+        write_report(metrics, cfg.save_dir, evaluator.precision, evaluator.names)
     return metrics

@@ -2,40 +2,30 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING
 
 import torch
 import torchvision
 from torch import nn
 
-from ovdet.config import ModelConfig, NMSConfig
+from ovdet.config import LossConfig, ModelConfig, NMSConfig
 from ovdet.models.backbone import Backbone
 from ovdet.models.head import WorldHead
 from ovdet.models.layers import ConvBNAct, dfl_decode, make_anchors
+from ovdet.models.loss import LossOutput, detection_loss
 from ovdet.models.neck import TextGuidedPAN
+from ovdet.models.outputs import NMSOutput, RawOutputs
 
-
-class RawOutputs(NamedTuple):
-    """What :meth:`OVDetector.forward` returns, in training and in eval alike.
-
-    Attributes:
-        box_logits: (B, 4·reg_max, A) DFL bin logits per side (left, top, right, bottom).
-        cls_logits: (B, K, A) region-text logits (before sigmoid).
-        anchors: (A, 2) anchor centres in grid units of their level.
-        strides: (A, 1) stride of each anchor's level, in input pixels.
-    """
-
-    box_logits: torch.Tensor
-    cls_logits: torch.Tensor
-    anchors: torch.Tensor
-    strides: torch.Tensor
+if TYPE_CHECKING:  # pragma: no cover
+    from ovdet.data.batch import Batch
 
 
 class OVDetector(nn.Module):
     """YOLO-World-style detector: backbone → text-guided PAN → head.
 
     The class embeddings are an input, never state: ``forward(images, text)`` is a pure
-    function of its arguments and the weights.
+    function of its arguments and the weights, in training and in eval alike; ``loss`` and
+    ``postprocess`` take its outputs.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -90,14 +80,13 @@ class OVDetector(nn.Module):
         boxes = torch.cat((anchors - dist[..., :2], anchors + dist[..., 2:]), -1) * raw.strides
         return boxes, raw.cls_logits.sigmoid().transpose(1, 2)
 
-    def postprocess(self, raw: RawOutputs, nms: NMSConfig) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def postprocess(self, raw: RawOutputs, nms: NMSConfig) -> list[NMSOutput]:
         """Decode and run per-class (or agnostic) NMS.
 
         Each anchor keeps its best class (as ultralytics' default ``multi_label=False``).
 
         Returns:
-            One (boxes (N, 4) xyxy input pixels float32, scores (N,) descending float32,
-            labels (N,) int64) triple per image, N ≤ ``nms.max_det``.
+            One :class:`NMSOutput` per image (boxes in input pixels), N ≤ ``nms.max_det``.
         """
         boxes, scores = self.decode(raw)
         out = []
@@ -113,8 +102,23 @@ class OVDetector(nn.Module):
             else:
                 idx = torchvision.ops.batched_nms(bx, best, label, nms.iou)
             idx = idx[: nms.max_det]
-            out.append((bx[idx], best[idx], label[idx].long()))
+            out.append(NMSOutput(bx[idx], best[idx], label[idx].long()))
         return out
+
+    def loss(self, raw: RawOutputs, batch: "Batch", cfg: LossConfig | None = None) -> LossOutput:
+        """The YOLOv8 detection loss of ``forward(batch images, batch texts)``'s outputs.
+
+        Task-aligned assignment, then BCE over region-text logits (padded texts masked out,
+        ignore regions never negatives), CIoU and DFL; equal to ultralytics' loss on the same
+        inputs (see :func:`ovdet.models.loss.detection_loss`).
+
+        Args:
+            raw: the outputs for ``batch`` (B images, T texts each).
+            batch: targets: boxes in input pixels, labels indexing each image's texts.
+            cfg: gains and assigner settings (default :class:`~ovdet.config.LossConfig`).
+        """
+        return detection_loss(raw, batch.boxes, batch.labels, batch.batch_idx, batch.ignore, batch.text_mask,
+                              self.cfg.reg_max, cfg if cfg is not None else LossConfig())
 
     @torch.no_grad()
     def fuse(self) -> "OVDetector":

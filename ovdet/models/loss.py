@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ovdet.config import LossConfig
 from ovdet.models.assigner import candidates_inside, complete_iou, task_aligned_assign
-from ovdet.models.detector import RawOutputs
+from ovdet.models.outputs import RawOutputs
 
 
 class LossOutput(NamedTuple):

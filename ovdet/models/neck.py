@@ -115,7 +115,9 @@ class TextGuidedPAN(nn.Module):
 
     Shapes:
         feats [P3 (B, c3, H/8, W/8), P4 (B, c4, H/16, W/16), P5 (B, c5, H/32, W/32)],
-        text (B, K, D) → ([N3, N4, N5] with ``cfg.neck_channels[1:]`` channels, text for the head).
+        text (B, K, D), text_mask (B, K) bool or None → [N3, N4, N5] with ``cfg.neck_channels[1:]``
+        channels at strides 8, 16, 32. The head scores against the original ``text`` (v1's
+        image-pooling refinement feeds only the bottom-up blocks, as in YOLO-World).
     """
 
     def __init__(self, cfg: ModelConfig, in_channels: tuple[int, int, int]) -> None:

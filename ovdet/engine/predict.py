@@ -1,0 +1,123 @@
+"""Inference: images → letterbox → network → decode + NMS → boxes in original pixels → Detections.
+
+:class:`Predictor` runs one network with one fixed vocabulary; :class:`PredictionStream` feeds
+it any source (files, folders, globs, videos, arrays) batch by batch and keeps going past items
+that cannot be read, counting them. ``Detector.predict`` and validation both run through here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ovdet.config import NMSConfig
+from ovdet.data.images import SourceItem, iter_sources
+from ovdet.data.letterbox import letterbox, to_tensor, unletterbox_boxes
+from ovdet.device import autocast
+from ovdet.models.detector import OVDetector
+from ovdet.structures import Detections
+
+__all__ = ["PredictionStream", "Predictor"]
+
+
+class Predictor:
+    """Detect a fixed vocabulary in batches of decoded images.
+
+    Args:
+        model: the network; it runs in eval mode (its previous mode is restored after each call).
+        names: K class names.
+        embeddings: (K, D) class embeddings on the model's device.
+        nms: post-processing thresholds.
+        imgsz: letterbox target (int or (h, w)); images are padded only to a multiple of 32.
+        dtype: autocast dtype (None: float32).
+    """
+
+    def __init__(self, model: OVDetector, names: Sequence[str], embeddings: torch.Tensor, nms: NMSConfig,
+                 imgsz: int | tuple[int, int] = 640, dtype: torch.dtype | None = None) -> None:
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(names):
+            raise ValueError(f"embeddings must be ({len(names)}, D) for {len(names)} names, got "
+                             f"{tuple(embeddings.shape)}")
+        self.model, self.names, self.embeddings = model, list(names), embeddings
+        self.nms, self.imgsz, self.dtype = nms, imgsz, dtype
+
+    @torch.inference_mode()
+    def __call__(self, images: Sequence[np.ndarray], sources: Sequence[str | None],
+                 keep_images: bool = True) -> list[Detections]:
+        """Detections of ``images``, in order.
+
+        Images whose letterboxed shapes differ run as separate sub-batches, so a batched
+        prediction equals the one-by-one predictions.
+
+        Args:
+            images: B (H, W, 3) uint8 BGR arrays.
+            sources: B names stored as ``Detections.path``.
+            keep_images: keep each image on its Detections (for ``plot``/``save``).
+        """
+        device = self.embeddings.device
+        boxed = [letterbox(im, self.imgsz, stride=max(self.model.cfg.strides)) for im in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (arr, _) in enumerate(boxed):
+            groups.setdefault(arr.shape[:2], []).append(i)
+        out: list[Detections | None] = [None] * len(images)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for idx in groups.values():
+                x = to_tensor([boxed[i][0] for i in idx]).to(device)  # (b, 3, H, W)
+                with autocast(device, self.dtype):
+                    raw = self.model(x, self.embeddings)
+                for i, result in zip(idx, self.model.postprocess(raw, self.nms)):
+                    info = boxed[i][1]
+                    out[i] = Detections(boxes=unletterbox_boxes(result.boxes.cpu(), info), scores=result.scores.cpu(),
+                                        labels=result.labels.cpu(), names=list(self.names),
+                                        image_size=info.orig_shape, path=sources[i],
+                                        image=images[i] if keep_images else None)
+        finally:
+            self.model.train(was_training)
+        return out  # type: ignore[return-value]
+
+
+class PredictionStream(Iterable[Detections]):
+    """Lazy predictions over a source; iterating runs the model batch by batch.
+
+    Args:
+        predictor: runs each batch.
+        source: anything :func:`~ovdet.data.images.iter_sources` accepts.
+        batch: images per forward pass.
+        keep_images: keep each original image on its Detections.
+        video_stride: use every n-th video frame.
+
+    Attributes:
+        skipped: (source name, reason) of every item that could not be read, filled during
+            iteration; a bad item never stops the run.
+        seen: items read successfully so far.
+    """
+
+    def __init__(self, predictor: Predictor, source: Any, batch: int = 1, keep_images: bool = True,
+                 video_stride: int = 1) -> None:
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.predictor, self.batch, self.keep_images = predictor, batch, keep_images
+        self.items = iter_sources(source, video_stride=video_stride)  # resolves now: a missing path raises here
+        self.skipped: list[tuple[str, str]] = []
+        self.seen = 0
+
+    def __iter__(self) -> Iterator[Detections]:
+        pending: list[SourceItem] = []
+        for item in self.items:
+            if item.error is not None or item.image is None:
+                self.skipped.append((item.name, item.error or f"{item.name}: no image"))
+                continue
+            pending.append(item)
+            if len(pending) == self.batch:
+                yield from self._run(pending)
+                pending = []
+        if pending:
+            yield from self._run(pending)
+
+    def _run(self, items: list[SourceItem]) -> list[Detections]:
+        self.seen += len(items)
+        return self.predictor([it.image for it in items], [it.name for it in items], self.keep_images)
