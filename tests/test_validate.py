@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+import torch
 
 from ovdet.cli import main
 from ovdet.data.readers import read_coco
@@ -67,3 +68,89 @@ def test_val_on_yolo_yaml_and_empty_dataset(data_dir: Path, tmp_path: Path, monk
     (tmp_path / "empty.yaml").write_text(f"path: {empty}\ntrain: images\nval: images\nnames: ['a']\n")
     with pytest.raises((ValueError, FileNotFoundError), match="empty|no .*image|not found"):
         det.val(tmp_path / "empty.yaml", progress=False)
+
+
+class GroundTruthPredictor:
+    """Stands in for the network inside ``validate``: returns each image's ground truth as
+    detections (scores descending), so everything around the model is exercised for real."""
+
+    def __init__(self, dataset) -> None:
+        self.by_path = {str(r.path): r for r in dataset.records}
+
+    def __call__(self, model, names, embeddings, nms, imgsz, dtype=None):
+        self.names = list(names)
+        return self
+
+    def predict(self, images, sources, keep_images=True):
+        from ovdet import Detections
+
+        out = []
+        for image, source in zip(images, sources):
+            rec = self.by_path[source]
+            keep = ~rec.ignore & (rec.labels >= 0)
+            n = int(keep.sum())
+            out.append(Detections(boxes=torch.from_numpy(rec.boxes[keep]), scores=torch.linspace(1.0, 0.5, n),
+                                  labels=torch.from_numpy(rec.labels[keep]), names=self.names,
+                                  image_size=image.shape[:2], path=source))
+        return out
+
+
+@pytest.mark.parametrize("kind", ["coco-json", "yolo-yaml"])
+def test_perfect_detections_score_ap_one_through_val(kind: str, data_dir: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ground-truth boxes fed through Detector.val's whole path (dataset reading, vocabulary,
+    image ids, label → category mapping, xyxy → xywh, crowd handling, scorer) score AP 1.0;
+    dropping a fifth of them lowers recall, so the number can fail."""
+    import ovdet.engine.validate as validate_mod
+    from ovdet.data.readers import read_dataset
+
+    data = (data_dir / "coco128-coco/annotations/instances_train2017.json" if kind == "coco-json"
+            else data_dir / "coco128/coco128.yaml")
+    dataset = read_dataset(data, split="train")
+    fake = GroundTruthPredictor(dataset)
+    monkeypatch.setattr(validate_mod, "Predictor", lambda *a, **k: fake(*a, **k).predict)
+    det = make_detector()
+    metrics = det.val(data, split="train", imgsz=256, progress=False)
+    assert metrics["images"] == 128 and metrics["dropped"]["total"] == 0
+    assert metrics["AP"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0)
+    assert metrics["AR100"] == pytest.approx(1.0)
+
+    full = fake.predict
+    monkeypatch.setattr(fake, "predict", lambda images, sources, keep_images=True: [
+        d[: max(0, len(d) - len(d) // 5 - 1)] if i % 2 == 0 else d
+        for i, d in enumerate(full(images, sources, keep_images))])
+    worse = det.val(data, split="train", imgsz=256, progress=False)
+    assert worse["AR100"] < 0.95 and worse["AP"] < metrics["AP"]
+
+
+def test_val_leaves_vocabulary_and_mode_as_they_were(data_dir: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OVDET_HOME", str(tmp_path / "home"))
+    images = sorted((data_dir / "coco128/images/train2017").glob("*.jpg"))[:4]
+    listing = tmp_path / "subset.txt"
+    listing.write_text("\n".join(str(p) for p in images) + "\n")
+    data = tmp_path / "data.yaml"
+    data.write_text(f"path: {tmp_path}\nval: subset.txt\nnames: ['person', 'bicycle', 'car']\n")
+    det = make_detector()
+    det.set_classes(["zebra", "kite"])
+    emb = det.class_embeddings
+    for training in (True, False):
+        det.model.train(training)
+        before = {k: v.clone() for k, v in det.model.state_dict().items()}
+        det.val(data, imgsz=256, progress=False)
+        assert det.names == ["zebra", "kite"] and torch.equal(det.class_embeddings, emb)
+        assert det.model.training is training and all(m.training is training for m in det.model.modules())
+        after = det.model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before), "validation must not update BN statistics"
+
+
+def test_predict_runs_in_eval_mode_and_restores_train_mode(coco128_images: list[Path]) -> None:
+    det = make_detector()
+    det.set_classes(["person", "dog"])
+    ref = det.predict(str(coco128_images[0]), conf=0.05, imgsz=256)[0]
+    det.model.train()
+    stats = det.model.backbone.stem.bn.running_mean.clone()
+    got = det.predict(str(coco128_images[0]), conf=0.05, imgsz=256)[0]
+    assert det.model.training
+    assert torch.equal(det.model.backbone.stem.bn.running_mean, stats)  # BN ran with its running statistics
+    assert len(got) == len(ref) > 0 and torch.equal(got.scores, ref.scores) and torch.equal(got.boxes, ref.boxes)
