@@ -48,8 +48,8 @@ def main() -> None:
     from ultralytics.utils.nms import non_max_suppression
 
     from ovdet import Detector
-    from ovdet.data.letterbox import letterbox, to_tensor
     from ovdet.config import NMSConfig
+    from ovdet.data.letterbox import letterbox, to_tensor
 
     device = torch.device(args.device)
     yaml = f"yolov8{args.scale}-world{'v2' if args.version == 2 else ''}.yaml"

@@ -64,7 +64,7 @@ class Detector:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_config(cls, config: str | Path | ModelConfig, device: str | torch.device = "auto",
-                    overrides: list[str] | None = None, seed: int | None = 0) -> "Detector":
+                    overrides: list[str] | None = None, seed: int | None = 0) -> Detector:
         """A randomly initialised detector from a model YAML (or a :class:`ModelConfig`).
 
         Args:
@@ -83,7 +83,7 @@ class Detector:
 
     @classmethod
     def from_ultralytics(cls, path: str | Path, trust: bool = False, device: str | torch.device = "auto",
-                         text: TextConfig | None = None) -> "Detector":
+                         text: TextConfig | None = None) -> Detector:
         """Convert an official ultralytics YOLO-World (v1/v2, any scale) or YOLOv8 checkpoint.
 
         ``.pt`` files are pickles, so ``trust=True`` is required; save the result with
@@ -109,7 +109,7 @@ class Detector:
 
     @classmethod
     def from_pretrained(cls, name: str, device: str | torch.device = "auto",
-                        base_url: str | None = None) -> "Detector":
+                        base_url: str | None = None) -> Detector:
         """A detector with official weights, by name (e.g. ``"yolo-world-v2-s"``).
 
         The first call downloads the official ultralytics file into ``$OVDET_HOME/downloads/``
@@ -133,7 +133,7 @@ class Detector:
         return cls.load(fetch_pretrained(name, base_url=base_url), device)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "auto") -> "Detector":
+    def load(cls, path: str | Path, device: str | torch.device = "auto") -> Detector:
         """Restore a detector written by :meth:`save` (safetensors + JSON; nothing is unpickled).
 
         Raises:
@@ -200,7 +200,7 @@ class Detector:
                 warnings.warn(f"could not write the embedding cache {self.cache.path}: {e}", stacklevel=3)
         return emb
 
-    def set_classes(self, names: Sequence[str]) -> "Detector":
+    def set_classes(self, names: Sequence[str]) -> Detector:
         """Set the vocabulary from natural-language names.
 
         Embeddings come from the cache when known (no encoder call), else from the text
@@ -216,7 +216,7 @@ class Detector:
         names = validate_class_names(names)
         return self._set(names, self.encode(names), text_encoder_id(self.cfg.text))
 
-    def set_class_embeddings(self, names: Sequence[str], embeddings: torch.Tensor) -> "Detector":
+    def set_class_embeddings(self, names: Sequence[str], embeddings: torch.Tensor) -> Detector:
         """Set the vocabulary from precomputed embeddings (no text encoder needed).
 
         Args:
@@ -236,14 +236,14 @@ class Detector:
             raise ValueError("embeddings contain NaN or infinite values")
         return self._set(names, torch.nn.functional.normalize(emb.float(), dim=-1), "precomputed")
 
-    def _set(self, names: list[str], emb: torch.Tensor, encoder_id: str) -> "Detector":
+    def _set(self, names: list[str], emb: torch.Tensor, encoder_id: str) -> Detector:
         self._names = list(names)
         self._embeddings = emb.detach().to(self.device, torch.float32).clone()
         self._encoder_id = encoder_id
         return self
 
     # ------------------------------------------------------------------ inference
-    def fuse(self) -> "Detector":
+    def fuse(self) -> Detector:
         """Fold BatchNorms into convolutions for faster inference (outputs unchanged)."""
         self.model.eval().fuse()
         return self

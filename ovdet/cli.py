@@ -9,8 +9,8 @@ import argparse
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ovdet.config import ConfigError
 
@@ -115,7 +115,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for name in det.names:
         if per_class[name]:
             print(f"  {name:<30} {per_class[name]}")
-    for s, r in run.skipped:
+    for _, r in run.skipped:
         print(f"  skipped: {r}")
     print(f"results: {out_json}" + ("" if args.no_save_images else f", annotated images in {save_dir}"))
     if n == 0:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -118,7 +119,7 @@ class ModelConfig:
                               f"model.pool_channels={self.pool_channels}")
 
     @classmethod
-    def scaled(cls, version: int, scale: str, text: TextConfig | None = None) -> "ModelConfig":
+    def scaled(cls, version: int, scale: str, text: TextConfig | None = None) -> ModelConfig:
         """The official YOLO-World v1/v2 architecture at one scale.
 
         Follows ultralytics' YAML scaling of ``yolov8-world.yaml`` / ``yolov8-worldv2.yaml``

@@ -14,10 +14,10 @@ import re
 import shutil
 import uuid
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 

@@ -13,8 +13,8 @@ import torch
 
 from ovdet import Detections, Detector
 from ovdet.data.images import ImageReadError
-from tests.helpers import (NAMES, TINY, assert_close_scaled, assert_same_detections, make_detector,
-                           nms_ambiguities)
+from tests.helpers import NAMES, TINY, assert_close_scaled, assert_same_detections, make_detector, nms_ambiguities
+
 
 class CountingEncoder:
     """Wraps a text encoder and records every text it is asked to encode."""
@@ -58,7 +58,7 @@ def test_predict_contract_on_real_image(det: Detector, coco128_images: list[Path
     assert out.scores.dtype == torch.float32 and out.labels.dtype == torch.int64
     assert bool((out.scores[:-1] >= out.scores[1:]).all()), "NMS output must come sorted by score"
     assert bool((out.scores > 0.05).all() & (out.scores <= 1).all())
-    assert 0 <= int(out.labels.min()) and int(out.labels.max()) < len(NAMES)
+    assert int(out.labels.min()) >= 0 and int(out.labels.max()) < len(NAMES)
     assert bool((out.boxes[:, 2:] >= out.boxes[:, :2]).all())
     unboxed = unletterbox_boxes(out.boxes, info)
     assert bool((unboxed[:, [0, 2]] >= 0).all() and (unboxed[:, [0, 2]] <= w).all())

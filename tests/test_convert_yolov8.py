@@ -35,7 +35,6 @@ from ovdet import Detector  # noqa: E402
 from ovdet.config import SCALES, ModelConfig  # noqa: E402
 from ovdet.data.letterbox import letterbox, to_tensor  # noqa: E402
 from ovdet.weights import ConversionError, ConversionReport, convert_ultralytics_model, ultralytics_name  # noqa: E402
-
 from tests.helpers import missing, save_like_ultralytics  # noqa: E402
 
 #: ultralytics' ``yolov8.yaml`` layers: (from, repeats, module, args); channel counts before scaling.
@@ -186,17 +185,15 @@ def test_multiples_of_m_without_channel_cap_is_not_m(monkeypatch: pytest.MonkeyP
     model = build_meta(hand_written_yaml(0.67, 0.75, None), monkeypatch)
     assert model.state_dict()["model.7.conv.weight"].shape[0] == 768
     with pytest.raises(ConversionError, match=r"depth_multiple=0\.67, width_multiple=0\.75, max_channels=not set "
-                                              r"match scale 'm'.*model\.7\.conv\.weight.*scales"):
-        with torch.device("meta"):
-            convert_ultralytics_model(model)
+                                              r"match scale 'm'.*model\.7\.conv\.weight.*scales"), torch.device("meta"):
+        convert_ultralytics_model(model)
 
 
 def test_multiples_of_no_scale_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     model = build_meta(hand_written_yaml(0.5, 0.5, None), monkeypatch)
     with pytest.raises(ConversionError, match=r"depth_multiple=0\.5, width_multiple=0\.5, max_channels=not set, "
-                                              r"which matches none"):
-        with torch.device("meta"):
-            convert_ultralytics_model(model)
+                                              r"which matches none"), torch.device("meta"):
+        convert_ultralytics_model(model)
 
 
 def test_yaml_without_multiples_falls_back_to_backbone_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -207,9 +204,8 @@ def test_yaml_without_multiples_falls_back_to_backbone_shapes(monkeypatch: pytes
     assert net.cfg == ModelConfig.scaled(2, "s")
 
     model.model[0].conv.weight = torch.nn.Parameter(torch.empty(24, 3, 3, 3, device="meta"))  # no scale is 24 wide
-    with pytest.raises(ConversionError, match="states no scale.*fit no official scale"):
-        with torch.device("meta"):
-            convert_ultralytics_model(model)
+    with pytest.raises(ConversionError, match="states no scale.*fit no official scale"), torch.device("meta"):
+        convert_ultralytics_model(model)
 
 
 @pytest.mark.parametrize("version, scale", [(1, "x"), (2, "s")])

@@ -240,7 +240,7 @@ def test_pil_modes(bgr: np.ndarray) -> None:
     assert pal.mode == "P"
     np.testing.assert_array_equal(to_bgr_array(pal), np.asarray(pal.convert("RGB"))[:, :, ::-1])
 
-    deep = Image.fromarray((np.asarray(gray).astype(np.uint16) * 257))
+    deep = Image.fromarray(np.asarray(gray).astype(np.uint16) * 257)
     assert deep.mode.startswith("I;16")
     np.testing.assert_array_equal(to_bgr_array(deep)[:, :, 0], np.asarray(gray))
 

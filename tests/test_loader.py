@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from ovdet.config import AugmentConfig
+from ovdet.data.batch import collate
 from ovdet.data.images import decode_image
 from ovdet.data.letterbox import letterbox
-from ovdet.data.batch import collate
 from ovdet.data.loader import DetectionDataset, build_loader
 from ovdet.data.readers import read_yolo
 from ovdet.data.records import DataReport, Dataset, ImageRecord
-from ovdet.config import AugmentConfig
 from ovdet.data.transforms import swap_left_right
 
 IMGSZ = 320
@@ -57,8 +57,8 @@ def _check_batch(batch: dict, data: Dataset, imgsz: int, max_texts: int) -> None
     if m:
         assert bool(torch.all(batch.batch_idx[1:] >= batch.batch_idx[:-1]))
         x1, y1, x2, y2 = batch.boxes.unbind(1)
-        assert bool(torch.all((0 <= x1) & (x1 < x2) & (x2 <= imgsz))), batch.boxes
-        assert bool(torch.all((0 <= y1) & (y1 < y2) & (y2 <= imgsz))), batch.boxes
+        assert bool(torch.all((x1 >= 0) & (x1 < x2) & (x2 <= imgsz))), batch.boxes
+        assert bool(torch.all((y1 >= 0) & (y1 < y2) & (y2 <= imgsz))), batch.boxes
         assert int(batch.labels.min()) >= 0 and int(batch.labels.max()) < max_texts
     for i in range(b):
         texts, mask = batch.texts[i], batch.text_mask[i]

@@ -17,11 +17,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovdet.models.assigner import complete_iou, task_aligned_assign
-from ovdet.models.outputs import RawOutputs
-from ovdet.models.layers import make_anchors
 from ovdet.config import LossConfig
+from ovdet.models.assigner import complete_iou, task_aligned_assign
+from ovdet.models.layers import make_anchors
 from ovdet.models.loss import detection_loss, distribution_focal_loss, pad_targets
+from ovdet.models.outputs import RawOutputs
 from tests.helpers import perturbed_world_model, save_like_ultralytics
 
 REG_MAX = 16
@@ -399,7 +399,7 @@ def real_batch(coco128_images: list[Path]) -> dict[str, torch.Tensor]:
         h0, w0 = image.shape[:2]
         xyxy = letterbox_boxes(xywh2xyxy(rows[:, 1:] * torch.tensor([w0, h0, w0, h0])), info)  # (n, 4) input px
         bboxes.append(xyxy2xywh(xyxy) / torch.tensor([w, h, w, h]))
-        cls.append((rows[:, :1] % NUM_TEXTS))
+        cls.append(rows[:, :1] % NUM_TEXTS)
         batch_idx.append(torch.full((len(rows),), float(i)))
     return {"img": to_tensor(arrays), "batch_idx": torch.cat(batch_idx), "cls": torch.cat(cls),
             "bboxes": torch.cat(bboxes)}

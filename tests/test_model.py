@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ovdet.config import ConfigError, ModelConfig, load_model_config, save_model_config
-from ovdet.config import NMSConfig
+from ovdet.config import ConfigError, ModelConfig, NMSConfig, load_model_config, save_model_config
 from ovdet.models.detector import OVDetector
 from tests.helpers import CONFIGS, TINY, assert_close_scaled, calibrate, calibration_batch
+
 
 def tiny(version: int = 2) -> OVDetector:
     torch.manual_seed(0)

@@ -25,10 +25,16 @@ from ultralytics.nn.tasks import WorldModel  # noqa: E402
 from ultralytics.utils.nms import non_max_suppression  # noqa: E402
 
 from ovdet import Detector  # noqa: E402
-from ovdet.data.letterbox import letterbox, to_tensor  # noqa: E402
 from ovdet.config import NMSConfig  # noqa: E402
-from tests.helpers import (assert_same_set, calibration_batch, clear_thresholds, nms_ambiguities,  # noqa: E402
-                           perturbed_world_model, save_like_ultralytics)
+from ovdet.data.letterbox import letterbox, to_tensor  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    assert_same_set,
+    calibration_batch,
+    clear_thresholds,
+    nms_ambiguities,
+    perturbed_world_model,
+    save_like_ultralytics,
+)
 
 SCALES = os.environ.get("OVDET_PARITY_SCALES", "n,s").split(",")
 

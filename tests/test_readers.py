@@ -25,9 +25,7 @@ from ovdet.data.readers import (
     read_yolo,
 )
 from ovdet.data.records import Dataset, ImageRecord
-
 from tests.helpers import require_data
-
 
 # ------------------------------------------------------------------------------------------
 # Fixtures

@@ -144,7 +144,7 @@ def test_plot_draws_inside_boxes_and_does_not_mutate(image: np.ndarray) -> None:
     assert not np.shares_memory(out, image)
     np.testing.assert_array_equal(image, before)  # stored image untouched
     # Box edges are drawn: pixels along each box's left edge changed.
-    for x1, y1, x2, y2 in d.boxes.round().int().tolist():
+    for x1, y1, _x2, y2 in d.boxes.round().int().tolist():
         edge_out = out[y1 + 10 : y2 - 10, x1].astype(int)
         edge_in = image[y1 + 10 : y2 - 10, x1].astype(int)
         assert np.abs(edge_out - edge_in).sum(axis=1).mean() > 20

@@ -14,9 +14,18 @@ from safetensors.torch import save_file
 
 import ovdet.text.openclip as text_mod
 from ovdet.config import TextConfig
-from ovdet.text import (EmbeddingCache, OpenCLIPTextEncoder, TextEncoder, TextEncoderUnavailable,
-                               build_text_encoder, load_embeddings, save_embeddings, text_encoder_id,
-                               validate_class_names, validate_templates)
+from ovdet.text import (
+    EmbeddingCache,
+    OpenCLIPTextEncoder,
+    TextEncoder,
+    TextEncoderUnavailable,
+    build_text_encoder,
+    load_embeddings,
+    save_embeddings,
+    text_encoder_id,
+    validate_class_names,
+    validate_templates,
+)
 
 TINY = dict(embed_dim=32, context_length=77, vocab_size=49408, width=32, heads=2, layers=1)
 NAMES = ["person", "red backpack", "dog", "person wearing a hat"]

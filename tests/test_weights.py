@@ -19,9 +19,9 @@ import pickle
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -34,9 +34,16 @@ from ultralytics.utils import downloads as ul_downloads  # noqa: E402
 from ovdet import Detector  # noqa: E402
 from ovdet import weights as ow  # noqa: E402
 from ovdet.cli import load_detector, main  # noqa: E402
+from ovdet.weights import (  # noqa: E402
+    DEFAULT_WEIGHTS_URL,
+    PRETRAINED,
+    UntrustedCheckpointError,
+    WeightsUnavailable,
+    fetch_pretrained,
+    pretrained_url,
+    ultralytics_name,
+)
 from tests.helpers import save_like_ultralytics  # noqa: E402
-from ovdet.weights import (DEFAULT_WEIGHTS_URL, PRETRAINED, UntrustedCheckpointError, WeightsUnavailable,  # noqa: E402
-                           fetch_pretrained, pretrained_url, ultralytics_name)
 
 WORLD_NAME, WORLD_FILE = "yolo-world-v2-s", "yolov8s-worldv2.pt"
 
@@ -154,7 +161,7 @@ def test_table_lists_only_official_assets_and_default_url_is_ultralytics_release
         assert (f"yolo-world-v1-{s}" in PRETRAINED) == (f"yolov8{s}-world.pt" in ul_downloads.GITHUB_ASSETS_NAMES)
         assert PRETRAINED[f"yolov8{s}"] == f"yolov8{s}.pt"
     release = inspect.signature(ul_downloads.attempt_download_asset).parameters["release"].default
-    assert DEFAULT_WEIGHTS_URL == f"https://github.com/{ul_downloads.GITHUB_ASSETS_REPO}/releases/download/{release}"
+    assert f"https://github.com/{ul_downloads.GITHUB_ASSETS_REPO}/releases/download/{release}" == DEFAULT_WEIGHTS_URL
 
 
 def test_url_precedence(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -58,13 +59,13 @@ class Batch:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """A copy with every tensor on ``device`` (lists are shared)."""
         moved = {f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
                  for f in dataclasses.fields(self) for v in (getattr(self, f.name),)}
         return Batch(**moved)
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         """Page-locked copies of the tensors (DataLoader's ``pin_memory=True`` calls this)."""
         return Batch(**{f.name: (v.pin_memory() if isinstance(v, torch.Tensor) else v)
                         for f in dataclasses.fields(self) for v in (getattr(self, f.name),)})

@@ -13,9 +13,10 @@ from __future__ import annotations
 import glob
 import io
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import Any
 
 import cv2
 import numpy as np
@@ -51,8 +52,8 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The IEND chunk is always empty, so its type and CRC are fixed bytes.
 _PNG_IEND = b"IEND\xaeB`\x82"
 
-ImageLike = Union[np.ndarray, Image.Image, torch.Tensor]
-PathLike = Union[str, os.PathLike]
+ImageLike = np.ndarray | Image.Image | torch.Tensor
+PathLike = str | os.PathLike
 
 
 class ImageReadError(ValueError):
@@ -162,9 +163,8 @@ def truncation_reason(data: np.ndarray, head: bytes) -> str | None:
             return "truncated JPEG (no image data: start-of-scan marker missing)"
         if last_eoi < last_sos:
             return "truncated JPEG (end-of-image marker 0xFFD9 missing)"
-    elif head == _PNG_MAGIC:
-        if data.tobytes().rfind(_PNG_IEND) < 0:
-            return "truncated PNG (IEND chunk missing)"
+    elif head == _PNG_MAGIC and data.tobytes().rfind(_PNG_IEND) < 0:
+        return "truncated PNG (IEND chunk missing)"
     return None
 
 

@@ -8,8 +8,8 @@ applied (the rounded size over the original size), as ultralytics' ``scale_boxes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np

@@ -11,7 +11,8 @@ process counts them even when workers produced it (:class:`DetectionLoader` does
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterator, Literal, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -19,12 +20,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, get_worker_info
 
+from ovdet.config import AugmentConfig
+from ovdet.data.batch import Batch, collate
 from ovdet.data.images import ImageReadError, decode_image
 from ovdet.data.letterbox import LetterboxInfo
 from ovdet.data.records import Dataset
 from ovdet.data.sampling import sample_texts
-from ovdet.config import AugmentConfig
-from ovdet.data.batch import Batch, collate
 from ovdet.data.transforms import (
     Sample,
     TrainAugment,

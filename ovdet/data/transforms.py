@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -70,7 +71,7 @@ class Sample:
 
     @classmethod
     def from_record(cls, record: ImageRecord, image: np.ndarray, index: int,
-                    orig_size: tuple[int, int] | None = None) -> "Sample":
+                    orig_size: tuple[int, int] | None = None) -> Sample:
         """Pair a decoded image with a copy of its record's annotations.
 
         Args:
@@ -93,7 +94,7 @@ class Sample:
         sample.boxes = boxes.astype(np.float32)
         return sample.take((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
 
-    def take(self, keep: np.ndarray) -> "Sample":
+    def take(self, keep: np.ndarray) -> Sample:
         """The same image with only the boxes selected by ``keep`` ((N,) bool or int indices)."""
         idx = np.arange(len(self.texts))[keep]
         return Sample(self.image, self.boxes[idx], [self.texts[i] for i in idx], self.labels[idx],

@@ -105,7 +105,7 @@ class OVDetector(nn.Module):
             out.append(NMSOutput(bx[idx], best[idx], label[idx].long()))
         return out
 
-    def loss(self, raw: RawOutputs, batch: "Batch", cfg: LossConfig | None = None) -> LossOutput:
+    def loss(self, raw: RawOutputs, batch: Batch, cfg: LossConfig | None = None) -> LossOutput:
         """The YOLOv8 detection loss of ``forward(batch images, batch texts)``'s outputs.
 
         Task-aligned assignment, then BCE over region-text logits (padded texts masked out,
@@ -118,10 +118,10 @@ class OVDetector(nn.Module):
             cfg: gains and assigner settings (default :class:`~ovdet.config.LossConfig`).
         """
         return detection_loss(raw, batch.boxes, batch.labels, batch.batch_idx, batch.ignore, batch.text_mask,
-                              self.cfg.reg_max, cfg if cfg is not None else LossConfig())
+                              self.cfg.reg_max, cfg)
 
     @torch.no_grad()
-    def fuse(self) -> "OVDetector":
+    def fuse(self) -> OVDetector:
         """Fold every BatchNorm into its convolution for inference; outputs are unchanged."""
         for m in self.modules():
             if isinstance(m, ConvBNAct):

@@ -165,7 +165,7 @@ def _check_targets(raw: RawOutputs, boxes: torch.Tensor, labels: torch.Tensor, b
 
 def detection_loss(raw: RawOutputs, boxes: torch.Tensor, labels: torch.Tensor, batch_idx: torch.Tensor,
                    ignore: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
-                   reg_max: int | None = None, cfg: LossConfig = LossConfig()) -> LossOutput:
+                   reg_max: int | None = None, cfg: LossConfig | None = None) -> LossOutput:
     """YOLOv8 training loss of one batch, equal to ultralytics' ``v8DetectionLoss``.
 
     Args:
@@ -178,7 +178,7 @@ def detection_loss(raw: RawOutputs, boxes: torch.Tensor, labels: torch.Tensor, b
             anchors inside them get no classification loss. None: no ignore regions.
         text_mask: (B, K) bool, False for padding texts, which get no loss at all. None: all valid.
         reg_max: DFL bins per side; None takes it from ``box_logits`` (4·R channels).
-        cfg: gains and assigner settings.
+        cfg: gains and assigner settings (default :class:`~ovdet.config.LossConfig`).
 
     Returns:
         :class:`LossOutput`; ``total`` carries the gradient.
@@ -187,6 +187,7 @@ def detection_loss(raw: RawOutputs, boxes: torch.Tensor, labels: torch.Tensor, b
         ValueError: a shape, a batch index or a label out of range, or a label pointing at a
             padding text (each named).
     """
+    cfg = cfg if cfg is not None else LossConfig()
     if ignore is None:
         ignore = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
     reg_max = _check_targets(raw, boxes, labels, batch_idx, ignore, text_mask, reg_max)

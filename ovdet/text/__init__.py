@@ -7,8 +7,14 @@
 * :mod:`ovdet.text.files` — embedding files (``ovdet embed``) for machines without the encoder.
 """
 
-from ovdet.text.base import (TextEncoder, TextEncoderUnavailable, apply_template, check_texts, validate_class_names,
-                             validate_templates)
+from ovdet.text.base import (
+                             TextEncoder,
+                             TextEncoderUnavailable,
+                             apply_template,
+                             check_texts,
+                             validate_class_names,
+                             validate_templates,
+)
 from ovdet.text.cache import EmbeddingCache
 from ovdet.text.encoders import build_text_encoder, text_encoder_id
 from ovdet.text.files import load_embeddings, save_embeddings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import warnings
@@ -167,10 +168,8 @@ class EmbeddingCache:
             raise ValueError("this EmbeddingCache has no path; construct it with EmbeddingCache(path) to save")
         merged: dict[CacheKey, torch.Tensor] = {}
         if self.path.exists():
-            try:
+            with contextlib.suppress(Exception):  # unreadable: load() has warned already; replaced below
                 merged.update(self._read(self.path))
-            except Exception:  # unreadable: load() has warned already; it is replaced below
-                pass
         merged.update(self._entries)
         tensors: dict[str, torch.Tensor] = {}
         keys: dict[str, list[Any]] = {}

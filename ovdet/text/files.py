@@ -35,7 +35,8 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
 
     with safe_open(str(path), framework="pt", device="cpu") as f:
         metadata = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        keys = list(f.keys())  # a safetensors handle, not a dict
+        tensors = {k: f.get_tensor(k) for k in keys}
     return tensors, metadata
 
 

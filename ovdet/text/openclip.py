@@ -289,7 +289,7 @@ def _load_tower_state(tower: nn.Module, state: Mapping[str, torch.Tensor], what:
               if k in state and state[k].shape != v.shape]
     if missing or unexpected or shapes:
         def few(xs: list[str]) -> str:
-            return f"{xs[:4]}{' and %d more' % (len(xs) - 4) if len(xs) > 4 else ''}"
+            return f"{xs[:4]}{f' and {len(xs) - 4} more' if len(xs) > 4 else ''}"
 
         raise ValueError(f"{what}: missing keys {few(missing)}, unexpected keys {few(unexpected)}, "
                          f"shape mismatches (file vs model) {few(shapes)}")
@@ -339,7 +339,7 @@ class OpenCLIPTextEncoder:
 
     @classmethod
     def from_config(cls, cfg: TextConfig, device: str | torch.device = "cpu", *,
-                    batch_size: int = DEFAULT_BATCH_SIZE, cache_dir: str | None = None) -> "OpenCLIPTextEncoder":
+                    batch_size: int = DEFAULT_BATCH_SIZE, cache_dir: str | None = None) -> OpenCLIPTextEncoder:
         """Build the encoder a :class:`~ovdet.config.TextConfig` describes.
 
         * ``cfg.custom`` set: a random tower of that shape, deterministic from ``cfg.seed``.

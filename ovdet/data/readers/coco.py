@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-
-from ovdet.data.readers.common import (ROOT_PROBE, PathLike, annotated_size, as_number, existing_file, load_json,
-                                       make_record, prompt_names, resolve_image_root)
+from ovdet.data.readers.common import (
+    ROOT_PROBE,
+    PathLike,
+    annotated_size,
+    as_number,
+    existing_file,
+    load_json,
+    make_record,
+    prompt_names,
+    resolve_image_root,
+)
 from ovdet.data.records import DataReport, Dataset, ImageRecord
 from ovdet.structures import xywh_to_xyxy
 

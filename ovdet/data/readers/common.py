@@ -18,8 +18,9 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ from ovdet.data.records import DataReport, ImageRecord
 
 __all__ = ["CLIP_TOLERANCE", "clean_name", "prompt_names"]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 #: Pixels a box may overshoot the image before its clipping is reported. Normalised YOLO labels
 #: are written with ~6 significant digits, so real boxes touching the border overshoot by

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from ovdet.data.readers.common import (ROOT_PROBE, PathLike, annotated_size, as_number, load_json, make_record,
-                                       prompt_names, resolve_image_root)
+from ovdet.data.readers.common import (
+    ROOT_PROBE,
+    PathLike,
+    annotated_size,
+    as_number,
+    load_json,
+    make_record,
+    prompt_names,
+    resolve_image_root,
+)
 from ovdet.data.records import DataReport, Dataset, ImageRecord
 
 __all__ = ["read_odvg"]
