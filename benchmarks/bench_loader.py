@@ -51,8 +51,7 @@ def _ultralytics_loader(coco128: Path, root: Path, imgsz: int, batch: int, worke
     names = yaml.safe_load((coco128 / "coco128.yaml").read_text())["names"]
     data = {"names": names, "nc": len(names), "channels": 3}
     cfg = get_cfg(overrides={"imgsz": imgsz, "mosaic": 1.0, "close_mosaic": 0, "workers": workers, "batch": batch})
-    dataset = build_yolo_dataset(cfg, str(root / "images" / "train2017"), batch, data, mode="train",
-                                 multi_modal=True)
+    dataset = build_yolo_dataset(cfg, str(root / "images" / "train2017"), batch, data, mode="train", multi_modal=True)
     return build_dataloader(dataset, batch, workers, shuffle=True, rank=-1, pin_memory=False, device="cpu")
 
 
@@ -98,8 +97,10 @@ def main() -> None:
         run("ultralytics", theirs)
         del theirs
 
-    print(f"\nimgsz {args.imgsz}, batch {args.batch}, workers {args.workers}, {args.epochs} epochs of coco128 "
-          f"each, mosaic on, {os.cpu_count()} CPUs")
+    print(
+        f"\nimgsz {args.imgsz}, batch {args.batch}, workers {args.workers}, {args.epochs} epochs of coco128 "
+        f"each, mosaic on, {os.cpu_count()} CPUs"
+    )
     print(f"{'loader':<18} {'img/s':>8} {'ratio':>6}")
     for name, rate in rates.items():
         print(f"{name:<18} {rate:8.1f} {rate / rates['ultralytics']:6.2f}")

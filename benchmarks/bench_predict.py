@@ -68,7 +68,7 @@ def main() -> None:
     print(f"{'batch':>5} {'precision':>9} {'what':>10} {'ovdet ms':>9} {'ultra ms':>9} {'ratio':>6}")
     for bs in [int(b) for b in args.batches.split(",")]:
         x = to_tensor([letterbox(cv2.imread(str(p)), 640, stride=32, auto=False)[0] for p in imgs[:bs]]).to(device)
-        for prec in (["fp32", "fp16"] if device.type == "cuda" else ["fp32"]):
+        for prec in ["fp32", "fp16"] if device.type == "cuda" else ["fp32"]:
             dtype = torch.float16 if prec == "fp16" else None
             ctx = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype else torch.no_grad
 

@@ -28,8 +28,10 @@ def main() -> None:
     from ovdet.models.detector import OVDetector
     from ovdet.weights import convert_state_dict
 
-    print(f"{'model':<22} {'tensors':>7} {'box logits':>11} {'cls logits':>11} {'boxes px':>10} {'scores':>10}"
-          f" {'score range':>16}")
+    print(
+        f"{'model':<22} {'tensors':>7} {'box logits':>11} {'cls logits':>11} {'boxes px':>10} {'scores':>10}"
+        f" {'score range':>16}"
+    )
     for version, yaml in ((1, "yolov8{}-world.yaml"), (2, "yolov8{}-worldv2.yaml")):
         for scale in args.scales.split(","):
             torch.manual_seed(0)
@@ -55,11 +57,13 @@ def main() -> None:
                 boxes, scores = ours.decode(raw)
             ref_boxes = xywh2xyxy(y[:, :4].transpose(1, 2))
             ref_scores = y[:, 4:].transpose(1, 2)
-            print(f"{yaml.format(scale):<22} {len(report.loaded):>7} "
-                  f"{(preds['boxes'] - raw.box_logits).abs().max().item():>11.2e} "
-                  f"{(preds['scores'] - raw.cls_logits).abs().max().item():>11.2e} "
-                  f"{(ref_boxes - boxes).abs().max().item():>10.2e} {(ref_scores - scores).abs().max().item():>10.2e}"
-                  f" {scores.min().item():>7.4f}-{scores.max().item():.4f}")
+            print(
+                f"{yaml.format(scale):<22} {len(report.loaded):>7} "
+                f"{(preds['boxes'] - raw.box_logits).abs().max().item():>11.2e} "
+                f"{(preds['scores'] - raw.cls_logits).abs().max().item():>11.2e} "
+                f"{(ref_boxes - boxes).abs().max().item():>10.2e} {(ref_scores - scores).abs().max().item():>10.2e}"
+                f" {scores.min().item():>7.4f}-{scores.max().item():.4f}"
+            )
 
 
 if __name__ == "__main__":

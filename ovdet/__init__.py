@@ -19,8 +19,10 @@ if TYPE_CHECKING:  # pragma: no cover
 def __getattr__(name: str) -> Any:
     if name == "Detector":
         from ovdet.api import Detector
+
         return Detector
     if name == "Detections":
         from ovdet.structures import Detections
+
         return Detections
     raise AttributeError(f"module 'ovdet' has no attribute {name!r}")

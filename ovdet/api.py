@@ -37,8 +37,9 @@ class Detector:
         >>> det.predict("bus.jpg")[0].boxes  # (N, 4) xyxy pixels of the original image
     """
 
-    def __init__(self, model: OVDetector, device: str | torch.device = "auto",
-                 cache: EmbeddingCache | None = None) -> None:
+    def __init__(
+        self, model: OVDetector, device: str | torch.device = "auto", cache: EmbeddingCache | None = None
+    ) -> None:
         """Wrap a built model.
 
         Args:
@@ -63,8 +64,13 @@ class Detector:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_config(cls, config: str | Path | ModelConfig, device: str | torch.device = "auto",
-                    overrides: list[str] | None = None, seed: int | None = 0) -> Detector:
+    def from_config(
+        cls,
+        config: str | Path | ModelConfig,
+        device: str | torch.device = "auto",
+        overrides: list[str] | None = None,
+        seed: int | None = 0,
+    ) -> Detector:
         """A randomly initialised detector from a model YAML (or a :class:`ModelConfig`).
 
         Args:
@@ -82,8 +88,9 @@ class Detector:
         return cls(model, device)
 
     @classmethod
-    def from_ultralytics(cls, path: str | Path, trust: bool = False, device: str | torch.device = "auto",
-                         text: TextConfig | None = None) -> Detector:
+    def from_ultralytics(
+        cls, path: str | Path, trust: bool = False, device: str | torch.device = "auto", text: TextConfig | None = None
+    ) -> Detector:
         """Convert an official ultralytics YOLO-World (v1/v2, any scale) or YOLOv8 checkpoint.
 
         ``.pt`` files are pickles, so ``trust=True`` is required; save the result with
@@ -108,8 +115,7 @@ class Detector:
         return det
 
     @classmethod
-    def from_pretrained(cls, name: str, device: str | torch.device = "auto",
-                        base_url: str | None = None) -> Detector:
+    def from_pretrained(cls, name: str, device: str | torch.device = "auto", base_url: str | None = None) -> Detector:
         """A detector with official weights, by name (e.g. ``"yolo-world-v2-s"``).
 
         The first call downloads the official ultralytics file into ``$OVDET_HOME/downloads/``
@@ -230,8 +236,10 @@ class Detector:
         names = validate_class_names(names)
         emb = torch.as_tensor(embeddings)
         if emb.ndim != 2 or emb.shape[0] != len(names) or emb.shape[1] != self.cfg.embed_dim:
-            raise ValueError(f"embeddings must be ({len(names)}, {self.cfg.embed_dim}) for {len(names)} names, "
-                             f"got {tuple(emb.shape)}")
+            raise ValueError(
+                f"embeddings must be ({len(names)}, {self.cfg.embed_dim}) for {len(names)} names, "
+                f"got {tuple(emb.shape)}"
+            )
         if not torch.isfinite(emb).all():
             raise ValueError("embeddings contain NaN or infinite values")
         return self._set(names, torch.nn.functional.normalize(emb.float(), dim=-1), "precomputed")
@@ -248,10 +256,20 @@ class Detector:
         self.model.eval().fuse()
         return self
 
-    def predict(self, source: Any, conf: float = 0.25, iou: float = 0.7, imgsz: int | tuple[int, int] = 640,
-                max_det: int = 300, agnostic_nms: bool = False, batch: int = 1, precision: str = "fp32",
-                stream: bool = False, keep_images: bool = True,
-                video_stride: int = 1) -> list[Detections] | PredictionStream:
+    def predict(
+        self,
+        source: Any,
+        conf: float = 0.25,
+        iou: float = 0.7,
+        imgsz: int | tuple[int, int] = 640,
+        max_det: int = 300,
+        agnostic_nms: bool = False,
+        batch: int = 1,
+        precision: str = "fp32",
+        stream: bool = False,
+        keep_images: bool = True,
+        video_stride: int = 1,
+    ) -> list[Detections] | PredictionStream:
         """Detect the current vocabulary in images.
 
         Args:
@@ -287,11 +305,17 @@ class Detector:
         if run.skipped:
             first = run.skipped[0][1]  # reasons start with the file name
             if not results:
-                raise ImageReadError(first if len(run.skipped) == 1 else
-                                     f"none of the {len(run.skipped)} sources could be read; first: {first}")
-            warnings.warn(f"skipped {len(run.skipped)} unreadable source(s): "
-                          + "; ".join(r for _, r in run.skipped[:5]) + (" ..." if len(run.skipped) > 5 else ""),
-                          stacklevel=2)
+                raise ImageReadError(
+                    first
+                    if len(run.skipped) == 1
+                    else f"none of the {len(run.skipped)} sources could be read; first: {first}"
+                )
+            warnings.warn(
+                f"skipped {len(run.skipped)} unreadable source(s): "
+                + "; ".join(r for _, r in run.skipped[:5])
+                + (" ..." if len(run.skipped) > 5 else ""),
+                stacklevel=2,
+            )
         return results
 
     def val(self, data: str | Path, **kwargs: Any) -> dict[str, Any]:

@@ -27,8 +27,14 @@ from ovdet.io import atomic_write, atomic_write_text
 from ovdet.models.detector import OVDetector
 from ovdet.text.files import load_embeddings, save_embeddings
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_FORMAT_VERSION", "Checkpoint", "is_checkpoint_dir", "load_checkpoint",
-           "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_FORMAT_VERSION",
+    "Checkpoint",
+    "is_checkpoint_dir",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 CHECKPOINT_FORMAT = "ovdet-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -62,9 +68,14 @@ def is_checkpoint_dir(path: str | Path) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
 
 
-def save_checkpoint(path: str | Path, model: OVDetector, names: Sequence[str] = (),
-                    embeddings: torch.Tensor | None = None, encoder_id: str = "precomputed",
-                    extra: Mapping[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    model: OVDetector,
+    names: Sequence[str] = (),
+    embeddings: torch.Tensor | None = None,
+    encoder_id: str = "precomputed",
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
     """Write ``model`` (and a vocabulary) as an ovdet checkpoint folder.
 
     Args:
@@ -85,9 +96,15 @@ def save_checkpoint(path: str | Path, model: OVDetector, names: Sequence[str] = 
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write(path / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": CHECKPOINT_FORMAT}))
-    meta = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "ovdet": __version__,
-            "fused": model.is_fused, "model": to_dict(model.cfg), "names": list(names) if embeddings is not None else [],
-            **dict(extra or {})}
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "ovdet": __version__,
+        "fused": model.is_fused,
+        "model": to_dict(model.cfg),
+        "names": list(names) if embeddings is not None else [],
+        **dict(extra or {}),
+    }
     atomic_write_text(path / CONFIG_FILE, json.dumps(meta, indent=2))
     emb_path = path / EMBEDDINGS_FILE
     if embeddings is not None:
@@ -131,14 +148,17 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise ValueError(f"{weights_path}: unreadable safetensors file ({e})") from e
     result = model.load_state_dict(state, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"{weights_path} does not match its config: missing {result.missing_keys[:5]}, "
-                         f"unexpected {result.unexpected_keys[:5]}")
+        raise ValueError(
+            f"{weights_path} does not match its config: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
     ckpt = Checkpoint(model=model, meta=meta)
     emb_path = path / EMBEDDINGS_FILE
     if emb_path.is_file():
         ckpt.names, ckpt.embeddings, emb_meta = load_embeddings(emb_path)
         ckpt.encoder_id = str(emb_meta.get("encoder_id", ""))
         if ckpt.embeddings.shape[1] != cfg.embed_dim:
-            raise ValueError(f"{emb_path}: embeddings are {tuple(ckpt.embeddings.shape)}, the model needs "
-                             f"(K, {cfg.embed_dim})")
+            raise ValueError(
+                f"{emb_path}: embeddings are {tuple(ckpt.embeddings.shape)}, the model needs (K, {cfg.embed_dim})"
+            )
     return ckpt

@@ -40,16 +40,20 @@ def load_detector(model: str, device: str = "auto"):
     if path.suffix in {".yaml", ".yml"}:
         return Detector.from_config(path, device=device)
     if path.suffix == ".pt":
-        raise SystemExit(f"{path} is an ultralytics checkpoint (a pickle): convert it first with "
-                         f"`ovdet convert {path} <out_dir> --trust`, then pass --model <out_dir>")
+        raise SystemExit(
+            f"{path} is an ultralytics checkpoint (a pickle): convert it first with "
+            f"`ovdet convert {path} <out_dir> --trust`, then pass --model <out_dir>"
+        )
     if model in PRETRAINED:
         return Detector.from_pretrained(model, device=device)
     import difflib
 
     close = difflib.get_close_matches(model, list(PRETRAINED), n=1, cutoff=0.5)
     hint = f" (did you mean the pretrained model {close[0]!r}?)" if close else ""
-    raise FileNotFoundError(f"--model must be an ovdet checkpoint directory, a model YAML or a pretrained name "
-                            f"({', '.join(PRETRAINED)}); got {model!r}{hint}")
+    raise FileNotFoundError(
+        f"--model must be an ovdet checkpoint directory, a model YAML or a pretrained name "
+        f"({', '.join(PRETRAINED)}); got {model!r}{hint}"
+    )
 
 
 def _set_vocabulary(det, classes: str | None, embeddings: str | None) -> None:
@@ -90,9 +94,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _set_vocabulary(det, args.classes, args.embeddings)
     save_dir = Path(args.save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
-    run = det.predict(args.source, conf=args.conf, iou=args.iou, imgsz=args.imgsz, max_det=args.max_det,
-                      agnostic_nms=args.agnostic_nms, batch=args.batch, precision=args.precision, stream=True,
-                      keep_images=not args.no_save_images, video_stride=args.video_stride)
+    run = det.predict(
+        args.source,
+        conf=args.conf,
+        iou=args.iou,
+        imgsz=args.imgsz,
+        max_det=args.max_det,
+        agnostic_nms=args.agnostic_nms,
+        batch=args.batch,
+        precision=args.precision,
+        stream=True,
+        keep_images=not args.no_save_images,
+        video_stride=args.video_stride,
+    )
     per_class: Counter[str] = Counter()
     records, used = [], set()
     start = time.perf_counter()
@@ -110,8 +124,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     out_json = write_predictions(save_dir / "predictions.json", det.names, records, run.skipped)
     n = len(records)
-    print(f"\n{n} images, {sum(per_class.values())} detections, {len(run.skipped)} skipped, "
-          f"{n / elapsed if elapsed > 0 else 0:.1f} images/s ({det.device})")
+    print(
+        f"\n{n} images, {sum(per_class.values())} detections, {len(run.skipped)} skipped, "
+        f"{n / elapsed if elapsed > 0 else 0:.1f} images/s ({det.device})"
+    )
     for name in det.names:
         if per_class[name]:
             print(f"  {name:<30} {per_class[name]}")
@@ -130,11 +146,21 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     text_cfg = load_model_config(args.model).text if args.model else TextConfig()
     if args.text_weights:
-        text_cfg = TextConfig(model=text_cfg.model, pretrained=args.text_weights, templates=text_cfg.templates,
-                              custom=text_cfg.custom, seed=text_cfg.seed)
+        text_cfg = TextConfig(
+            model=text_cfg.model,
+            pretrained=args.text_weights,
+            templates=text_cfg.templates,
+            custom=text_cfg.custom,
+            seed=text_cfg.seed,
+        )
     if args.template:
-        text_cfg = TextConfig(model=text_cfg.model, pretrained=text_cfg.pretrained, templates=tuple(args.template),
-                              custom=text_cfg.custom, seed=text_cfg.seed)
+        text_cfg = TextConfig(
+            model=text_cfg.model,
+            pretrained=text_cfg.pretrained,
+            templates=tuple(args.template),
+            custom=text_cfg.custom,
+            seed=text_cfg.seed,
+        )
     names = validate_class_names(_read_classes(args.classes))
     encoder = build_text_encoder(text_cfg, device=args.device if args.device != "auto" else "cpu")
     emb = EmbeddingCache(None).get_or_encode(encoder, names, text_cfg.templates)
@@ -157,8 +183,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     report, cfg = det.conversion_report, det.cfg
     total = len(report.loaded) + len(report.missing)
     scale = next((s for s in "nsmlx" if ModelConfig.scaled(cfg.version, s, cfg.text) == cfg), "custom")
-    print(f"{args.checkpoint}: YOLO-World v{cfg.version} scale {scale}, "
-          f"loaded {len(report.loaded)}/{total} tensors -> {out}")
+    print(
+        f"{args.checkpoint}: YOLO-World v{cfg.version} scale {scale}, "
+        f"loaded {len(report.loaded)}/{total} tensors -> {out}"
+    )
     if report.missing:
         print(f"left at random initialisation ({len(report.missing)} tensors; train before use):")
         everything = report.loaded + report.missing
@@ -175,11 +203,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_check_data(args: argparse.Namespace) -> int:
     from ovdet.data.readers import read_dataset
 
-    ds = read_dataset(args.data, args.split, image_dir=args.image_dir, verify_images=args.verify_images,
-                      require_images=not args.annotations_only)
+    ds = read_dataset(
+        args.data,
+        args.split,
+        image_dir=args.image_dir,
+        verify_images=args.verify_images,
+        require_images=not args.annotations_only,
+    )
     report = ds.report
-    print(f"{args.data}" + (f" [{args.split}]" if Path(args.data).suffix.lower() in {".yaml", ".yml"} else "")
-          + f": {len(ds.names)} classes, {len(ds.records)} usable images")
+    print(
+        f"{args.data}"
+        + (f" [{args.split}]" if Path(args.data).suffix.lower() in {".yaml", ".yml"} else "")
+        + f": {len(ds.names)} classes, {len(ds.records)} usable images"
+    )
     print(report.summary())
     if not ds.records:
         print("error: the dataset has no usable image", file=sys.stderr)
@@ -191,8 +227,9 @@ def cmd_val(args: argparse.Namespace) -> int:
     from ovdet.evaluation import build_evaluator, write_report
 
     if args.results:  # re-score saved results; no model involved
-        evaluator = build_evaluator(args.data, lvis=args.lvis or args.fixed_ap, fixed_ap=args.fixed_ap,
-                                    backend=args.backend, strict=args.strict)
+        evaluator = build_evaluator(
+            args.data, lvis=args.lvis or args.fixed_ap, fixed_ap=args.fixed_ap, backend=args.backend, strict=args.strict
+        )
         evaluator.process_results_file(args.results)
         metrics = evaluator.evaluate()
         write_report(metrics, args.save_dir, evaluator.precision, evaluator.names)
@@ -200,9 +237,20 @@ def cmd_val(args: argparse.Namespace) -> int:
     if not args.model:
         raise SystemExit("ovdet val needs --model (config, checkpoint or pretrained name) or --results FILE")
     det = load_detector(args.model, args.device)
-    metrics = det.val(args.data, split=args.split, imgsz=args.imgsz, conf=args.conf, iou=args.iou,
-                      max_det=args.max_det, batch=args.batch, lvis=True if args.lvis else None,
-                      fixed_ap=args.fixed_ap, backend=args.backend, save_dir=args.save_dir, progress=not args.quiet)
+    metrics = det.val(
+        args.data,
+        split=args.split,
+        imgsz=args.imgsz,
+        conf=args.conf,
+        iou=args.iou,
+        max_det=args.max_det,
+        batch=args.batch,
+        lvis=True if args.lvis else None,
+        fixed_ap=args.fixed_ap,
+        backend=args.backend,
+        save_dir=args.save_dir,
+        progress=not args.quiet,
+    )
     print(f"{metrics['images']} images, {len(metrics['skipped'])} skipped, {metrics['images_per_s']:.1f} images/s")
     return 0
 
@@ -212,9 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     pr = sub.add_parser("predict", help="detect text-named classes in images, folders, globs or videos")
-    pr.add_argument("--model", required=True,
-                    help="ovdet checkpoint directory, model YAML (random init), or pretrained name "
-                         "(e.g. yolo-world-v2-s; downloaded and converted once)")
+    pr.add_argument(
+        "--model",
+        required=True,
+        help="ovdet checkpoint directory, model YAML (random init), or pretrained name "
+        "(e.g. yolo-world-v2-s; downloaded and converted once)",
+    )
     pr.add_argument("--classes", help="comma-separated names, or a .txt file with one name per line")
     pr.add_argument("--embeddings", help="precomputed embeddings from `ovdet embed` (no text encoder needed)")
     pr.add_argument("--source", required=True, help="image, directory, glob, or video file")
@@ -244,8 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     cv = sub.add_parser("convert", help="convert an ultralytics YOLO-World/YOLOv8 .pt to ovdet's safe format")
     cv.add_argument("checkpoint", help="ultralytics .pt file (a pickle: read only with --trust)")
     cv.add_argument("out_dir", help="output directory (model.safetensors + config.json)")
-    cv.add_argument("--trust", action="store_true",
-                    help="allow unpickling the checkpoint, which can run code inside it; only for trusted files")
+    cv.add_argument(
+        "--trust",
+        action="store_true",
+        help="allow unpickling the checkpoint, which can run code inside it; only for trusted files",
+    )
     cv.add_argument("--device", default="cpu")
     cv.set_defaults(func=cmd_convert)
 
@@ -253,18 +307,30 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("data", help="YOLO data .yaml, COCO/LVIS instances .json, or ODVG .jsonl")
     cd.add_argument("--split", default="train", help="split of a YOLO data yaml (default: train)")
     cd.add_argument("--image-dir", help="image folder of a .json/.jsonl (default: found next to the file)")
-    cd.add_argument("--verify-images", action="store_true",
-                    help="open and verify every image file (slower); unreadable ones are problems")
-    cd.add_argument("--annotations-only", action="store_true",
-                    help=".json/.jsonl: check annotations without looking for images (e.g. image-less LVIS ground truth)")
+    cd.add_argument(
+        "--verify-images",
+        action="store_true",
+        help="open and verify every image file (slower); unreadable ones are problems",
+    )
+    cd.add_argument(
+        "--annotations-only",
+        action="store_true",
+        help=".json/.jsonl: check annotations without looking for images (e.g. image-less LVIS ground truth)",
+    )
     cd.set_defaults(func=cmd_check_data)
 
     va = sub.add_parser("val", help="zero-shot COCO/LVIS box AP of a model, or of saved detections")
     va.add_argument("--model", help="model YAML, ovdet checkpoint directory or pretrained name to evaluate")
-    va.add_argument("--results", help="COCO results json (list of image_id/category_id/bbox xywh/score) or an "
-                                      "`ovdet predict` predictions.json (matched by file name and class name)")
-    va.add_argument("--data", required=True,
-                    help="ground truth: COCO or LVIS instances .json, or (with --model) an ultralytics data yaml")
+    va.add_argument(
+        "--results",
+        help="COCO results json (list of image_id/category_id/bbox xywh/score) or an "
+        "`ovdet predict` predictions.json (matched by file name and class name)",
+    )
+    va.add_argument(
+        "--data",
+        required=True,
+        help="ground truth: COCO or LVIS instances .json, or (with --model) an ultralytics data yaml",
+    )
     va.add_argument("--split", default="val", help="data yaml split to evaluate (with --model)")
     va.add_argument("--imgsz", type=int, default=640)
     va.add_argument("--conf", type=float, default=0.001)
@@ -274,14 +340,27 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--device", default="auto")
     va.add_argument("--quiet", action="store_true", help="no progress bar")
     va.add_argument("--lvis", action="store_true", help="LVIS evaluation (lvis package): APr/APc/APf, 300 dets/image")
-    va.add_argument("--fixed-ap", action="store_true",
-                    help="LVIS Fixed AP (implies --lvis): no per-image cap, top 10,000 detections per class")
-    va.add_argument("--backend", default="pycocotools", choices=["pycocotools", "faster_coco_eval"],
-                    help="COCO scoring backend (same numbers; faster_coco_eval needs pip install faster-coco-eval)")
-    va.add_argument("--strict", action="store_true",
-                    help="fail on detections with unknown image/category ids or invalid boxes instead of dropping them")
-    va.add_argument("--save-dir", default="runs/val",
-                    help="where metrics.json, pr_curve.png (and with --model results.json, samples/) are written")
+    va.add_argument(
+        "--fixed-ap",
+        action="store_true",
+        help="LVIS Fixed AP (implies --lvis): no per-image cap, top 10,000 detections per class",
+    )
+    va.add_argument(
+        "--backend",
+        default="pycocotools",
+        choices=["pycocotools", "faster_coco_eval"],
+        help="COCO scoring backend (same numbers; faster_coco_eval needs pip install faster-coco-eval)",
+    )
+    va.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail on detections with unknown image/category ids or invalid boxes instead of dropping them",
+    )
+    va.add_argument(
+        "--save-dir",
+        default="runs/val",
+        help="where metrics.json, pr_curve.png (and with --model results.json, samples/) are written",
+    )
     va.set_defaults(func=cmd_val)
     return p
 

@@ -104,8 +104,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.version not in (1, 2):
             raise ConfigError(f"model.version must be 1 or 2, got {self.version!r}")
-        for name, n in (("channels", 5), ("depths", 4), ("neck_channels", 4), ("neck_heads", 4),
-                        ("strides", 3)):
+        for name, n in (("channels", 5), ("depths", 4), ("neck_channels", 4), ("neck_heads", 4), ("strides", 3)):
             value = getattr(self, name)
             if len(value) != n:
                 raise ConfigError(f"model.{name} needs {n} values, got {list(value)}")
@@ -113,10 +112,12 @@ class ModelConfig:
             if (c // 2) % h:
                 raise ConfigError(
                     f"model.neck_heads[{i}]={h} must divide the block's hidden width {c // 2} "
-                    f"(neck_channels[{i}]={c} // 2)")
+                    f"(neck_channels[{i}]={c} // 2)"
+                )
         if self.version == 1 and self.pool_channels % self.pool_heads:
-            raise ConfigError(f"model.pool_heads={self.pool_heads} must divide "
-                              f"model.pool_channels={self.pool_channels}")
+            raise ConfigError(
+                f"model.pool_heads={self.pool_heads} must divide model.pool_channels={self.pool_channels}"
+            )
 
     @classmethod
     def scaled(cls, version: int, scale: str, text: TextConfig | None = None) -> ModelConfig:
@@ -229,8 +230,17 @@ class AugmentConfig:
         for name in ("mosaic", "fliplr", "min_visibility"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"augment.{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("close_mosaic", "translate", "degrees", "shear", "hsv_h", "hsv_s", "hsv_v", "min_area",
-                     "min_size"):
+        for name in (
+            "close_mosaic",
+            "translate",
+            "degrees",
+            "shear",
+            "hsv_h",
+            "hsv_s",
+            "hsv_v",
+            "min_area",
+            "min_size",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
@@ -425,15 +435,27 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.workers < 0 or self.max_bad_steps < 0:
             raise ConfigError("train.workers and train.max_bad_steps must be >= 0")
-        choices = {"mode": TRAIN_MODES, "optimizer": ("AdamW", "SGD"), "schedule": ("cosine", "linear"),
-                   "amp": ("auto", "off", "bf16", "fp16")}
+        choices = {
+            "mode": TRAIN_MODES,
+            "optimizer": ("AdamW", "SGD"),
+            "schedule": ("cosine", "linear"),
+            "amp": ("auto", "off", "bf16", "fp16"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"train.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         if self.cache not in (None, "ram"):
             raise ConfigError(f"train.cache must be null or 'ram', got {self.cache!r}")
-        for name in ("lrf", "momentum", "warmup_epochs", "warmup_bias_lr", "warmup_momentum", "grad_clip",
-                     "text_lr_mult", "ema_tau"):
+        for name in (
+            "lrf",
+            "momentum",
+            "warmup_epochs",
+            "warmup_bias_lr",
+            "warmup_momentum",
+            "grad_clip",
+            "text_lr_mult",
+            "ema_tau",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.lr0 is not None and self.lr0 <= 0:
@@ -485,8 +507,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {[where + k for k in unknown]}; "
-                          f"valid keys: {sorted(fields)}")
+        raise ConfigError(f"unknown config key(s) {[where + k for k in unknown]}; valid keys: {sorted(fields)}")
     kwargs: dict[str, Any] = {}
     hints = {f.name: f.type for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for name, value in data.items():
@@ -512,8 +533,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
 
 
 def _has_defaults(cls: type) -> bool:
-    return all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-               for f in dataclasses.fields(cls))
+    return all(
+        f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        for f in dataclasses.fields(cls)
+    )
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

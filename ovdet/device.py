@@ -24,15 +24,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"unknown device {str(device)!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N' "
-                         f"(N = GPU index), or 'mps'") from e
+        raise ValueError(
+            f"unknown device {str(device)!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N' (N = GPU index), or 'mps'"
+        ) from e
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r} requested but CUDA is not available; use device='cpu' or "
-                             f"'auto'")
+            raise ValueError(f"device {str(device)!r} requested but CUDA is not available; use device='cpu' or 'auto'")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {str(device)!r} requested but only {torch.cuda.device_count()} CUDA "
-                             f"device(s) exist (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+            raise ValueError(
+                f"device {str(device)!r} requested but only {torch.cuda.device_count()} CUDA "
+                f"device(s) exist (cuda:0..cuda:{torch.cuda.device_count() - 1})"
+            )
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {str(device)!r} requested but MPS is not available; use 'cpu' or 'auto'")
     return dev

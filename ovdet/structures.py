@@ -41,10 +41,29 @@ def xywh_to_xyxy(boxes: BoxArray | Sequence[Sequence[float]]) -> BoxArray:
     out[:, 2:] += out[:, :2]
     return out
 
+
 # A fixed palette of 20 well-separated colours, RGB hex; label i uses entry i % 20.
 _PALETTE_HEX = (
-    "E6194B", "3CB44B", "FFE119", "4363D8", "F58231", "911EB4", "46F0F0", "F032E6", "BCF60C", "FABEBE",
-    "008080", "9A6324", "800000", "AAFFC3", "808000", "000075", "E6BEFF", "FFD8B1", "808080", "00A0FF",
+    "E6194B",
+    "3CB44B",
+    "FFE119",
+    "4363D8",
+    "F58231",
+    "911EB4",
+    "46F0F0",
+    "F032E6",
+    "BCF60C",
+    "FABEBE",
+    "008080",
+    "9A6324",
+    "800000",
+    "AAFFC3",
+    "808000",
+    "000075",
+    "E6BEFF",
+    "FFD8B1",
+    "808080",
+    "00A0FF",
 )
 _PALETTE_BGR: tuple[tuple[int, int, int], ...] = tuple(
     (int(h[4:6], 16), int(h[2:4], 16), int(h[0:2], 16)) for h in _PALETTE_HEX
@@ -183,10 +202,7 @@ class Detections:
         )
 
     def __repr__(self) -> str:
-        return (
-            f"Detections(n={len(self)}, image_size={self.image_size}, path={self.path!r}, "
-            f"names={self.names!r})"
-        )
+        return f"Detections(n={len(self)}, image_size={self.image_size}, path={self.path!r}, names={self.names!r})"
 
     def cpu(self) -> Detections:
         """Return self: Detections always hold CPU tensors (moved there on construction)."""
@@ -220,8 +236,7 @@ class Detections:
             image = self.image
         if image is None:
             raise ValueError(
-                "Detections.plot needs an image: none is stored (path="
-                f"{self.path!r}); pass plot(image=...)"
+                f"Detections.plot needs an image: none is stored (path={self.path!r}); pass plot(image=...)"
             )
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             desc = f"{tuple(image.shape)} {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__

@@ -30,18 +30,51 @@ from ovdet.models.detector import OVDetector
 
 #: ovdet module path → ultralytics layer index, per version (v1 has image-pooling attention at 16).
 _LAYERS: dict[int, dict[str, int]] = {
-    2: {"neck.top_down_p4": 12, "neck.top_down_p3": 15, "neck.down_p3": 16, "neck.bottom_up_p4": 18,
-        "neck.down_p4": 19, "neck.bottom_up_p5": 21, "head": 22},
-    1: {"neck.top_down_p4": 12, "neck.top_down_p3": 15, "neck.pool_attn": 16, "neck.down_p3": 17,
-        "neck.bottom_up_p4": 19, "neck.down_p4": 20, "neck.bottom_up_p5": 22, "head": 23},
+    2: {
+        "neck.top_down_p4": 12,
+        "neck.top_down_p3": 15,
+        "neck.down_p3": 16,
+        "neck.bottom_up_p4": 18,
+        "neck.down_p4": 19,
+        "neck.bottom_up_p5": 21,
+        "head": 22,
+    },
+    1: {
+        "neck.top_down_p4": 12,
+        "neck.top_down_p3": 15,
+        "neck.pool_attn": 16,
+        "neck.down_p3": 17,
+        "neck.bottom_up_p4": 19,
+        "neck.down_p4": 20,
+        "neck.bottom_up_p5": 22,
+        "head": 23,
+    },
 }
-_BACKBONE = {"backbone.stem": 0, "backbone.stages.0.down": 1, "backbone.stages.0.c2f": 2,
-             "backbone.stages.1.down": 3, "backbone.stages.1.c2f": 4, "backbone.stages.2.down": 5,
-             "backbone.stages.2.c2f": 6, "backbone.stages.3.down": 7, "backbone.stages.3.c2f": 8,
-             "backbone.sppf": 9}
+_BACKBONE = {
+    "backbone.stem": 0,
+    "backbone.stages.0.down": 1,
+    "backbone.stages.0.c2f": 2,
+    "backbone.stages.1.down": 3,
+    "backbone.stages.1.c2f": 4,
+    "backbone.stages.2.down": 5,
+    "backbone.stages.2.c2f": 6,
+    "backbone.stages.3.down": 7,
+    "backbone.stages.3.c2f": 8,
+    "backbone.sppf": 9,
+}
 #: ovdet sub-module names → ultralytics' (C2f, Bottleneck, SPPF, attention, head branches).
-_PARTS = {"expand": "cv1", "project": "cv2", "blocks": "m", "conv1": "cv1", "conv2": "cv2", "reduce": "cv1",
-          "guide": "gl", "box_branches": "cv2", "embed_branches": "cv3", "contrast": "cv4"}
+_PARTS = {
+    "expand": "cv1",
+    "project": "cv2",
+    "blocks": "m",
+    "conv1": "cv1",
+    "conv2": "cv2",
+    "reduce": "cv1",
+    "guide": "gl",
+    "box_branches": "cv2",
+    "embed_branches": "cv3",
+    "contrast": "cv4",
+}
 #: ultralytics tensors that carry no learned information (fixed DFL integral weights).
 _IGNORED = re.compile(r"^model\.\d+\.dfl\.conv\.weight$")
 
@@ -57,7 +90,7 @@ def ultralytics_name(key: str, version: int) -> str:
     table = {**_BACKBONE, **_LAYERS[version]}
     for prefix in sorted(table, key=len, reverse=True):
         if key == prefix or key.startswith(prefix + "."):
-            rest = key[len(prefix) + 1:].split(".")
+            rest = key[len(prefix) + 1 :].split(".")
             break
     else:
         raise KeyError(f"no ultralytics counterpart for ovdet tensor {key!r}")
@@ -104,8 +137,9 @@ class ConversionReport:
         return mods
 
 
-def convert_state_dict(theirs: Mapping[str, torch.Tensor], ours: Mapping[str, torch.Tensor], version: int,
-                       strict: bool = True) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+def convert_state_dict(
+    theirs: Mapping[str, torch.Tensor], ours: Mapping[str, torch.Tensor], version: int, strict: bool = True
+) -> tuple[dict[str, torch.Tensor], ConversionReport]:
     """Map an ultralytics state dict onto ovdet's keys.
 
     Args:
@@ -136,13 +170,17 @@ def convert_state_dict(theirs: Mapping[str, torch.Tensor], ours: Mapping[str, to
         report.loaded.append(key)
     report.unused = [k for k in theirs if k not in used and not _IGNORED.match(k)]
     if bad_shapes:
-        raise ConversionError("checkpoint tensors have the wrong shape for this architecture "
-                              f"(is the config the right version/scale?): {bad_shapes[:10]}"
-                              + (f" … and {len(bad_shapes) - 10} more" if len(bad_shapes) > 10 else ""))
+        raise ConversionError(
+            "checkpoint tensors have the wrong shape for this architecture "
+            f"(is the config the right version/scale?): {bad_shapes[:10]}"
+            + (f" … and {len(bad_shapes) - 10} more" if len(bad_shapes) > 10 else "")
+        )
     if strict and (report.missing or report.unused):
-        raise ConversionError(f"checkpoint does not map one-to-one: missing in checkpoint {report.missing[:10]}"
-                              f" ({len(report.missing)} total), unmapped checkpoint tensors {report.unused[:10]}"
-                              f" ({len(report.unused)} total)")
+        raise ConversionError(
+            f"checkpoint does not map one-to-one: missing in checkpoint {report.missing[:10]}"
+            f" ({len(report.missing)} total), unmapped checkpoint tensors {report.unused[:10]}"
+            f" ({len(report.unused)} total)"
+        )
     return out, report
 
 
@@ -175,8 +213,11 @@ def _yaml_multiples(cfg: Mapping) -> tuple[float, float, int | None] | None:
     if "depth_multiple" not in cfg and "width_multiple" not in cfg:
         return None
     max_ch = cfg.get("max_channels")
-    return (float(cfg.get("depth_multiple", 1.0)), float(cfg.get("width_multiple", 1.0)),
-            None if max_ch is None else int(max_ch))
+    return (
+        float(cfg.get("depth_multiple", 1.0)),
+        float(cfg.get("width_multiple", 1.0)),
+        None if max_ch is None else int(max_ch),
+    )
 
 
 def _backbone_mismatch(state: Mapping[str, torch.Tensor], version: int, scale: str) -> str | None:
@@ -193,8 +234,9 @@ def _backbone_mismatch(state: Mapping[str, torch.Tensor], version: int, scale: s
     have = {k: tuple(v.shape) for k, v in state.items() if k.startswith(layers)}
     for name in [*want, *(k for k in have if k not in want)]:
         if want.get(name) != have.get(name):
-            return (f"{name} is {have.get(name, 'absent')} in the checkpoint, "
-                    f"{want.get(name, 'absent')} in scale {scale!r}")
+            return (
+                f"{name} is {have.get(name, 'absent')} in the checkpoint, {want.get(name, 'absent')} in scale {scale!r}"
+            )
     return None
 
 
@@ -218,25 +260,39 @@ def _scale_of(model: torch.nn.Module, state: Mapping[str, torch.Tensor], version
         fits = [s for s in SCALES if _backbone_mismatch(state, version, s) is None]
         if len(fits) == 1:
             return fits[0]
-        raise ConversionError("could not infer the model scale (n/s/m/l/x): the model yaml states no scale, "
-                              "depth_multiple or width_multiple, and the backbone tensor shapes "
-                              f"{'fit several scales ' + str(fits) if fits else 'fit no official scale'}")
+        raise ConversionError(
+            "could not infer the model scale (n/s/m/l/x): the model yaml states no scale, "
+            "depth_multiple or width_multiple, and the backbone tensor shapes "
+            f"{'fit several scales ' + str(fits) if fits else 'fit no official scale'}"
+        )
     depth, width, max_ch = multiples
-    stated = (f"depth_multiple={depth}, width_multiple={width}, "
-              f"max_channels={'not set' if max_ch is None else max_ch}")
+    stated = f"depth_multiple={depth}, width_multiple={width}, max_channels={'not set' if max_ch is None else max_ch}"
     # The yamls write the multiples to two decimals (0.33 for 1/3); the scales differ by >= 0.25.
-    fits = [s for s, (d, w, c) in SCALES.items() if math.isclose(d, depth, abs_tol=0.01)
-            and math.isclose(w, width, abs_tol=0.01) and max_ch in (None, c)]
+    fits = [
+        s
+        for s, (d, w, c) in SCALES.items()
+        if math.isclose(d, depth, abs_tol=0.01) and math.isclose(w, width, abs_tol=0.01) and max_ch in (None, c)
+    ]
     if not fits:
-        raise ConversionError(f"could not infer the model scale (n/s/m/l/x): the model yaml has {stated}, which "
-                              "matches none of the official scales' (depth_multiple, width_multiple, max_channels) "
-                              f"{dict(SCALES)}; ovdet converts only these architectures")
+        raise ConversionError(
+            f"could not infer the model scale (n/s/m/l/x): the model yaml has {stated}, which "
+            "matches none of the official scales' (depth_multiple, width_multiple, max_channels) "
+            f"{dict(SCALES)}; ovdet converts only these architectures"
+        )
     problem = _backbone_mismatch(state, version, fits[0])
     if problem:
-        hint = ("; ultralytics caps channel counts at max_channels only through a 'scales:' table, so a yaml "
-                f"without one must write them already capped at {SCALES[fits[0]][2]}") if "scales" not in cfg else ""
-        raise ConversionError(f"the model yaml's {stated} match scale {fits[0]!r}, but the checkpoint's backbone "
-                              f"is not that scale's: {problem}{hint}")
+        hint = (
+            (
+                "; ultralytics caps channel counts at max_channels only through a 'scales:' table, so a yaml "
+                f"without one must write them already capped at {SCALES[fits[0]][2]}"
+            )
+            if "scales" not in cfg
+            else ""
+        )
+        raise ConversionError(
+            f"the model yaml's {stated} match scale {fits[0]!r}, but the checkpoint's backbone "
+            f"is not that scale's: {problem}{hint}"
+        )
     return fits[0]
 
 
@@ -262,20 +318,24 @@ def read_ultralytics_checkpoint(path: str | Path, trust: bool = False) -> tuple[
             f"{path} is an ultralytics checkpoint, i.e. a Python pickle: loading it can execute arbitrary code. "
             "Pass trust=True (command line: --trust) only for files from a source you trust, such as the "
             "official ultralytics releases; the converted model is then saved in ovdet's safe format "
-            "(safetensors + JSON) and never needs unpickling again.")
+            "(safetensors + JSON) and never needs unpickling again."
+        )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         import ultralytics  # noqa: F401  (the pickle refers to its classes)
     except ImportError as e:
-        raise ImportError("reading an ultralytics checkpoint needs the ultralytics package: "
-                          "pip install 'ovdet[ultralytics]'") from e
+        raise ImportError(
+            "reading an ultralytics checkpoint needs the ultralytics package: pip install 'ovdet[ultralytics]'"
+        ) from e
     ckpt = torch.load(path, map_location="cpu", weights_only=False)  # trusted by the caller, see above
     model = ckpt
     if isinstance(ckpt, dict):
         model = ckpt.get("ema") if ckpt.get("ema") is not None else ckpt.get("model")
     if not isinstance(model, torch.nn.Module):
-        raise ConversionError(f"{path}: no model inside (keys: {sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt)})")
+        raise ConversionError(
+            f"{path}: no model inside (keys: {sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt)})"
+        )
     extra = {k: v for k, v in ckpt.items() if k not in ("model", "ema", "optimizer")} if isinstance(ckpt, dict) else {}
     return model.float().eval(), extra
 
@@ -305,8 +365,9 @@ def checkpoint_vocabulary(model: torch.nn.Module) -> tuple[list[str], torch.Tens
     return list(names), feats
 
 
-def convert_ultralytics_model(model: torch.nn.Module,
-                              text: TextConfig | None = None) -> tuple[OVDetector, ConversionReport]:
+def convert_ultralytics_model(
+    model: torch.nn.Module, text: TextConfig | None = None
+) -> tuple[OVDetector, ConversionReport]:
     """An ovdet network with the weights of an ultralytics YOLO-World or YOLOv8 detection model.
 
     YOLO-World v1/v2 map one-to-one (any unmapped or mis-shaped tensor is an error). A plain
@@ -329,9 +390,12 @@ def convert_ultralytics_model(model: torch.nn.Module,
     if world:
         mapped, report = convert_state_dict(state, ours, version, strict=True)
     else:
-        fitting = {k: v for k, v in ours.items()
-                   if ultralytics_name(k, version) in state
-                   and tuple(state[ultralytics_name(k, version)].shape) == tuple(v.shape)}
+        fitting = {
+            k: v
+            for k, v in ours.items()
+            if ultralytics_name(k, version) in state
+            and tuple(state[ultralytics_name(k, version)].shape) == tuple(v.shape)
+        }
         mapped, report = convert_state_dict(state, fitting, version, strict=False)
         report.missing = [k for k in ours if k not in mapped]
     missing = net.load_state_dict(mapped, strict=False).missing_keys
@@ -354,11 +418,13 @@ WEIGHTS_URL_ENV = "OVDET_WEIGHTS_URL"
 #: ``yolov8n-world.pt`` nor ``yolov8n-worldv2.pt``, so ``yolo-world-v1-n``/``yolo-world-v2-n``
 #: do not exist. ``yolov8{n..x}`` are COCO detectors that initialise a v2 YOLO-World network
 #: (backbone, neck convolutions and box branches loaded; text parts left random: train before use).
-PRETRAINED: Mapping[str, str] = MappingProxyType({
-    **{f"yolo-world-v1-{s}": f"yolov8{s}-world.pt" for s in "smlx"},
-    **{f"yolo-world-v2-{s}": f"yolov8{s}-worldv2.pt" for s in "smlx"},
-    **{f"yolov8{s}": f"yolov8{s}.pt" for s in "nsmlx"},
-})
+PRETRAINED: Mapping[str, str] = MappingProxyType(
+    {
+        **{f"yolo-world-v1-{s}": f"yolov8{s}-world.pt" for s in "smlx"},
+        **{f"yolo-world-v2-{s}": f"yolov8{s}-worldv2.pt" for s in "smlx"},
+        **{f"yolov8{s}": f"yolov8{s}.pt" for s in "nsmlx"},
+    }
+)
 
 _PROBE_TIMEOUT_S = 5.0  # a host that does not answer a TCP connect within this is treated as offline
 _DOWNLOAD_RETRIES = 1  # safe_download waits 5 s before its one retry (which resumes a partial body)
@@ -407,13 +473,16 @@ def _fetch(url: str, dest: Path) -> None:
         try:
             from ultralytics.utils.downloads import safe_download
         except ImportError as e:
-            raise ImportError("downloading pretrained weights needs the ultralytics package: "
-                              "pip install 'ovdet[ultralytics]'") from e
+            raise ImportError(
+                "downloading pretrained weights needs the ultralytics package: pip install 'ovdet[ultralytics]'"
+            ) from e
         # safe_download itself writes to a unique '.part' name and publishes only a complete body.
         safe_download(url, file=dest, retry=_DOWNLOAD_RETRIES, min_bytes=_MIN_BYTES, unzip=False, progress=True)
     else:
-        raise ConnectionError(f"unsupported URL scheme in {url!r}; {WEIGHTS_URL_ENV} / base_url must start with "
-                              "https://, http:// or file://")
+        raise ConnectionError(
+            f"unsupported URL scheme in {url!r}; {WEIGHTS_URL_ENV} / base_url must start with "
+            "https://, http:// or file://"
+        )
     if not dest.is_file():
         raise ConnectionError(f"nothing was written for {url}")
 
@@ -454,7 +523,8 @@ def download_pretrained(name: str, cache_dir: str | Path | None = None, base_url
             f"({e}). On a machine with internet access download {url} and copy it to {target}; ovdet then uses "
             f"it without network. Or convert it yourself: Detector.from_ultralytics('{filename}', trust=True)"
             f".save('<dir>') (CLI: ovdet convert {filename} <dir> --trust) and use Detector.load('<dir>'). "
-            f"A mirror can be set with ${WEIGHTS_URL_ENV}.") from e
+            f"A mirror can be set with ${WEIGHTS_URL_ENV}."
+        ) from e
     return target
 
 
@@ -497,14 +567,23 @@ def fetch_pretrained(name: str, cache_dir: str | Path | None = None, base_url: s
     except (ConversionError, UntrustedCheckpointError, ImportError):
         raise
     except Exception as e:  # torch.load's errors on a truncated or foreign file are of many types
-        raise ConversionError(f"{pt} could not be read as an ultralytics checkpoint ({type(e).__name__}: {e}); "
-                              f"delete it so it is downloaded again, or replace it with "
-                              f"{pretrained_url(name, None)}") from e
+        raise ConversionError(
+            f"{pt} could not be read as an ultralytics checkpoint ({type(e).__name__}: {e}); "
+            f"delete it so it is downloaded again, or replace it with "
+            f"{pretrained_url(name, None)}"
+        ) from e
     names, emb = checkpoint_vocabulary(model) or ([], None)
     tmp = out.with_name(f".{name}.{uuid.uuid4().hex}.tmp")
     try:
-        save_checkpoint(tmp, net, names, emb, extra={"converted_from": {
-            "name": name, "source_file": pt.name, "missing_modules": report.missing_modules()}})
+        save_checkpoint(
+            tmp,
+            net,
+            names,
+            emb,
+            extra={
+                "converted_from": {"name": name, "source_file": pt.name, "missing_modules": report.missing_modules()}
+            },
+        )
         publish_dir(tmp, out, is_checkpoint_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -31,7 +31,6 @@ def _isolated_ovdet_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: 
     monkeypatch.setenv("OVDET_HOME", str(tmp_path_factory.getbasetemp() / "ovdet_home"))
 
 
-
 try:  # ultralytics is a dev dependency; tests that need it import it themselves
     from ultralytics.nn.modules.head import Detect as _Detect
 except ImportError:  # pragma: no cover

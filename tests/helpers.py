@@ -45,7 +45,6 @@ def require_data(path: Path, what: str = "real test data") -> Path:
     return path
 
 
-
 # ----------------------------------------------------------------------------------- ovdet models
 def data_root() -> Path:
     """The shared real-data folder (``OVDET_DATA``, default ``../shared/data``); required."""
@@ -140,8 +139,17 @@ def perturbed_world_model(version: int, scale: str, calib: torch.Tensor, seed: i
 
 def save_like_ultralytics(model: torch.nn.Module, path: Path) -> Path:
     """The layout of ultralytics' final checkpoints (``strip_optimizer``): the fp16 module under 'model'."""
-    torch.save({"model": copy.deepcopy(model).half(), "ema": None, "optimizer": None, "epoch": -1,
-                "train_args": {}, "date": "2026-11-23"}, path)
+    torch.save(
+        {
+            "model": copy.deepcopy(model).half(),
+            "ema": None,
+            "optimizer": None,
+            "epoch": -1,
+            "train_args": {},
+            "date": "2026-11-23",
+        },
+        path,
+    )
     return path
 
 
@@ -163,8 +171,14 @@ def _nms_ious(boxes: torch.Tensor, labels: torch.Tensor, offset: float | None) -
     return box_iou(b.double(), b.double())
 
 
-def _iou_bounds(boxes: torch.Tensor, scores: torch.Tensor, conf: float, ref_boxes: torch.Tensor | None,
-                iou_tol: float, box_noise: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _iou_bounds(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    conf: float,
+    ref_boxes: torch.Tensor | None,
+    iou_tol: float,
+    box_noise: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper bounds of every same-class candidate pair's IoU as either NMS sees it.
 
     Returns:
@@ -177,17 +191,27 @@ def _iou_bounds(boxes: torch.Tensor, scores: torch.Tensor, conf: float, ref_boxe
     if n < 2:
         return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
     ours_offset = None if b.numel() > 4000 else float(b.float().max()) + 1.0
-    views = [_nms_ious(b, lab, ours_offset),
-             _nms_ious((boxes if ref_boxes is None else ref_boxes)[keep], lab, UL_CLASS_OFFSET)]
+    views = [
+        _nms_ious(b, lab, ours_offset),
+        _nms_ious((boxes if ref_boxes is None else ref_boxes)[keep], lab, UL_CLASS_OFFSET),
+    ]
     side = (b[:, 2:] - b[:, :2]).amin(1).double().clamp(min=1e-3)  # (N,)
     tol = iou_tol + box_noise / torch.minimum(side[:, None], side[None, :])  # (N, N)
     pair = (lab[:, None] == lab[None, :]) & torch.ones(n, n, dtype=torch.bool).triu(1)
     return (torch.minimum(*views) - tol)[pair], (torch.maximum(*views) + tol)[pair]
 
 
-def nms_ambiguities(boxes: torch.Tensor, scores: torch.Tensor, conf: float, iou: float,
-                    ref_boxes: torch.Tensor | None = None, score_tol: float = 1e-5,
-                    iou_tol: float = 1e-5, box_noise: float = 2e-4, ties: bool = False) -> list[str]:
+def nms_ambiguities(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    conf: float,
+    iou: float,
+    ref_boxes: torch.Tensor | None = None,
+    score_tol: float = 1e-5,
+    iou_tol: float = 1e-5,
+    box_noise: float = 2e-4,
+    ties: bool = False,
+) -> list[str]:
     """Decisions of per-class, best-label NMS that float noise could flip between ovdet and ultralytics.
 
     Two implementations computing the same function in a different float order agree on every
@@ -227,10 +251,13 @@ def nms_ambiguities(boxes: torch.Tensor, scores: torch.Tensor, conf: float, iou:
     return problems
 
 
-def clear_thresholds(boxes: torch.Tensor, scores: torch.Tensor, ref_boxes: torch.Tensor | None = None,
-                     confs: tuple[float, ...] = (0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6),
-                     ious: tuple[float, ...] = (0.7, 0.675, 0.65, 0.625, 0.6, 0.575, 0.55, 0.525, 0.5, 0.475, 0.45),
-                     ) -> tuple[float, float]:
+def clear_thresholds(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    ref_boxes: torch.Tensor | None = None,
+    confs: tuple[float, ...] = (0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6),
+    ious: tuple[float, ...] = (0.7, 0.675, 0.65, 0.625, 0.6, 0.575, 0.55, 0.525, 0.5, 0.475, 0.45),
+) -> tuple[float, float]:
     """The first (conf, iou) pair, in preference order, at which no NMS decision is a near-tie
     (see :func:`nms_ambiguities`).
 
@@ -251,9 +278,15 @@ def clear_thresholds(boxes: torch.Tensor, scores: torch.Tensor, ref_boxes: torch
     raise AssertionError("every threshold pair tried has a near-tie; the test inputs are degenerate")
 
 
-def assert_same_set(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, ref: torch.Tensor,
-                    candidates: tuple[torch.Tensor, torch.Tensor] | None = None, box_tol: float = 1e-3,
-                    score_tol: float = 1e-5) -> None:
+def assert_same_set(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    ref: torch.Tensor,
+    candidates: tuple[torch.Tensor, torch.Tensor] | None = None,
+    box_tol: float = 1e-3,
+    score_tol: float = 1e-5,
+) -> None:
     """One-to-one match of detections to reference rows (x1, y1, x2, y2, score, class).
 
     The comparison is between sets, not sequences: tied scores sort in arbitrary order. Flat

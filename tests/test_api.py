@@ -120,7 +120,7 @@ def test_batched_equals_one_by_one(det: Detector, coco128_images: list[Path]) ->
     assert x.shape == (4, 3, 256, 320)
     with torch.no_grad():
         together = det.model(x, det.class_embeddings)
-        alone = [det.model(x[i:i + 1], det.class_embeddings) for i in range(4)]
+        alone = [det.model(x[i : i + 1], det.class_embeddings) for i in range(4)]
     assert_close_scaled(together.box_logits, torch.cat([a.box_logits for a in alone]))  # 1e-5 of the max
     assert_close_scaled(together.cls_logits, torch.cat([a.cls_logits for a in alone]))
 
@@ -220,8 +220,9 @@ def test_fused_equals_unfused(det: Detector, coco128_images: list[Path]) -> None
 
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("version", [1, 2])
-def test_save_load_round_trip(tmp_path: Path, coco128_images: list[Path], monkeypatch: pytest.MonkeyPatch,
-                              version: int, fused: bool) -> None:
+def test_save_load_round_trip(
+    tmp_path: Path, coco128_images: list[Path], monkeypatch: pytest.MonkeyPatch, version: int, fused: bool
+) -> None:
     monkeypatch.setenv("OVDET_HOME", str(tmp_path / "home"))
     det = make_detector(version)
     det.set_classes(NAMES)
@@ -230,8 +231,11 @@ def test_save_load_round_trip(tmp_path: Path, coco128_images: list[Path], monkey
     img = str(coco128_images[4])
     ref = det.predict(img, conf=0.05, imgsz=320)[0]
     out_dir = det.save(tmp_path / "ckpt")
-    assert sorted(p.name for p in out_dir.iterdir()) == ["class_embeddings.safetensors", "config.json",
-                                                         "model.safetensors"]
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "class_embeddings.safetensors",
+        "config.json",
+        "model.safetensors",
+    ]
     loaded = Detector.load(out_dir, device="cpu")
     assert loaded.names == NAMES and loaded.model.is_fused == fused
     state = loaded.model.state_dict()
@@ -332,8 +336,9 @@ def test_gray_rgba_16bit_and_exif_images(det: Detector, coco128_images: list[Pat
     assert torch.equal(d.labels, rotated.labels) and torch.allclose(d.scores, rotated.scores)
 
 
-def test_cli_predict_writes_outputs_and_summary(det: Detector, coco128_images: list[Path], tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_predict_writes_outputs_and_summary(
+    det: Detector, coco128_images: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from ovdet.cli import main
 
     ckpt = det.save(tmp_path / "ckpt")
@@ -343,8 +348,24 @@ def test_cli_predict_writes_outputs_and_summary(det: Detector, coco128_images: l
         (folder / p.name).write_bytes(p.read_bytes())
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff")
     out = tmp_path / "out"
-    code = main(["predict", "--model", str(ckpt), "--classes", "person,bus,dog", "--source", str(folder),
-                 "--save-dir", str(out), "--conf", "0.05", "--imgsz", "320", "--quiet"])
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(ckpt),
+            "--classes",
+            "person,bus,dog",
+            "--source",
+            str(folder),
+            "--save-dir",
+            str(out),
+            "--conf",
+            "0.05",
+            "--imgsz",
+            "320",
+            "--quiet",
+        ]
+    )
     assert code == 0
     report = json.loads((out / "predictions.json").read_text())
     assert report["names"] == ["person", "bus", "dog"] and len(report["images"]) == 4
@@ -355,12 +376,10 @@ def test_cli_predict_writes_outputs_and_summary(det: Detector, coco128_images: l
     total = sum(len(r["detections"]) for r in report["images"])
     text = capsys.readouterr().out
     assert f"4 images, {total} detections, 1 skipped" in text and "images/s" in text
-    assert main(["predict", "--model", str(tmp_path / "missing.yaml"), "--classes", "a",
-                 "--source", str(folder)]) == 2
+    assert main(["predict", "--model", str(tmp_path / "missing.yaml"), "--classes", "a", "--source", str(folder)]) == 2
 
 
-def test_cli_embed_then_predict_without_text_encoder(det: Detector, coco128_images: list[Path],
-                                                     tmp_path: Path) -> None:
+def test_cli_embed_then_predict_without_text_encoder(det: Detector, coco128_images: list[Path], tmp_path: Path) -> None:
     from ovdet.cli import main
     from ovdet.text import load_embeddings
 
@@ -374,9 +393,30 @@ def test_cli_embed_then_predict_without_text_encoder(det: Detector, coco128_imag
     assert torch.allclose(emb, det.class_embeddings, atol=1e-6)  # same encoder, same vectors
     ckpt = det.save(tmp_path / "ckpt")
     out = tmp_path / "out"
-    assert main(["predict", "--model", str(ckpt), "--embeddings", str(emb_file), "--classes", "dog,person",
-                 "--source", str(coco128_images[0]), "--save-dir", str(out), "--conf", "0.05", "--imgsz", "320",
-                 "--quiet", "--no-save-images"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(ckpt),
+                "--embeddings",
+                str(emb_file),
+                "--classes",
+                "dog,person",
+                "--source",
+                str(coco128_images[0]),
+                "--save-dir",
+                str(out),
+                "--conf",
+                "0.05",
+                "--imgsz",
+                "320",
+                "--quiet",
+                "--no-save-images",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "predictions.json").read_text())
     assert report["names"] == ["dog", "person"] and len(report["images"]) == 1
 
@@ -398,13 +438,32 @@ def test_predict_streams_a_video(det: Detector, coco128_images: list[Path], tmp_
     assert all(r.image_size == (128, 160) for r in results) and run.skipped == []
     ckpt = det.save(tmp_path / "ckpt")
     out = tmp_path / "out"
-    assert main(["predict", "--model", str(ckpt), "--classes", "person", "--source", str(path),
-                 "--save-dir", str(out), "--imgsz", "160", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(ckpt),
+                "--classes",
+                "person",
+                "--source",
+                str(path),
+                "--save-dir",
+                str(out),
+                "--imgsz",
+                "160",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in out.glob("*.jpg")) == [f"clip_frame{i}.jpg" for i in range(5)]
 
 
-@pytest.mark.parametrize("tool,command", [("predict", "predict"), ("embed", "embed"), ("convert", "convert"),
-                                          ("val", "val"), ("check_data", "check-data")])
+@pytest.mark.parametrize(
+    "tool,command",
+    [("predict", "predict"), ("embed", "embed"), ("convert", "convert"), ("val", "val"), ("check_data", "check-data")],
+)
 def test_tools_are_thin_wrappers(tool: str, command: str) -> None:
     import subprocess
     import sys

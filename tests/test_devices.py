@@ -18,8 +18,9 @@ def test_auto_device_and_cuda_errors() -> None:
     assert det.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
-            Detector.from_config(Path(__file__).resolve().parents[1] / "configs/models/yolo-world-tiny.yaml",
-                                 device="cuda:0")
+            Detector.from_config(
+                Path(__file__).resolve().parents[1] / "configs/models/yolo-world-tiny.yaml", device="cuda:0"
+            )
         det.set_classes(["cat"])
         with pytest.raises(ValueError, match="fp16"):
             det.predict(torch.zeros(3, 64, 64), precision="fp16")

@@ -69,8 +69,11 @@ def _perfect_detections(gt: dict, names: list[str], cat_ids: list[int], shift_x:
         xyxy[:, 2:] += xyxy[:, :2]
         xyxy[:, [0, 2]] += shift_x
         ids.append(img["id"])
-        dets.append(Detections(xyxy, np.ones(len(rows)), [label[a["category_id"]] for a in rows], names,
-                               (img["height"], img["width"])))
+        dets.append(
+            Detections(
+                xyxy, np.ones(len(rows)), [label[a["category_id"]] for a in rows], names, (img["height"], img["width"])
+            )
+        )
     return ids, dets
 
 
@@ -103,7 +106,7 @@ def test_vectors_through_process_result_dicts(vectors, backend):
     by_image = _by_image(vectors["results"])
     ids = [img["id"] for img in vectors["gt"]["images"]]  # images without detections included
     for start in range(0, len(ids), 16):  # batches, as a loader would give them
-        batch = ids[start:start + 16]
+        batch = ids[start : start + 16]
         ev.process(batch, [by_image[i] for i in batch])
     m = ev.evaluate()
     assert [k for k in m if k in STAT_KEYS] == STAT_KEYS
@@ -125,8 +128,13 @@ def test_vectors_through_process_xyxy_arrays(vectors, backend):
         xyxy = np.array([r["bbox"] for r in rows], np.float64).reshape(-1, 4)  # (N, 4)
         xyxy[:, 2:] += xyxy[:, :2]
         ids.append(img["id"])
-        items.append({"boxes": xyxy, "scores": np.array([r["score"] for r in rows]),
-                      "labels": np.array([label[r["category_id"]] for r in rows], np.int64)})
+        items.append(
+            {
+                "boxes": xyxy,
+                "scores": np.array([r["score"] for r in rows]),
+                "labels": np.array([label[r["category_id"]] for r in rows], np.int64),
+            }
+        )
     ev.process(ids, items)
     m = ev.evaluate()
     for k in STAT_KEYS:
@@ -182,8 +190,14 @@ def test_shifted_detections_match_direct_pycocotools(coco128, shift):
         xyxy = d.boxes.numpy().astype(np.float64)
         for box, score, label in zip(xyxy, d.scores.tolist(), d.labels.tolist()):
             x1, y1, x2, y2 = box.tolist()
-            direct_results.append({"image_id": image_id, "category_id": ev.category_ids[label],
-                                   "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+            direct_results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": ev.category_ids[label],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": score,
+                }
+            )
     direct = _direct_cocoeval(coco128["gt"], direct_results)
     assert [m[k] for k in STAT_KEYS] == pytest.approx(direct, abs=1e-12)
     assert m["AP"] < 1.0
@@ -204,8 +218,10 @@ def test_larger_shift_scores_lower(coco128):
 
 
 def _lvis_perfect(gt: dict, score: float = 1.0) -> list[dict]:
-    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": list(a["bbox"]), "score": score}
-            for a in gt["annotations"]]
+    return [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": list(a["bbox"]), "score": score}
+        for a in gt["annotations"]
+    ]
 
 
 def test_lvis_perfect_detections(lvis_gt):
@@ -239,11 +255,16 @@ def _cap_binding_case(gt: dict) -> tuple[list[dict], int, int]:
     # A category exhaustively annotated in that image: LVIS ignores unmatched detections of the
     # image's not_exhaustive_category_ids, which would make the misses free.
     img = next(i for i in gt["images"] if i["id"] == image_id)
-    cat = next(a["category_id"] for a in gt["annotations"]
-               if a["image_id"] == image_id and a["category_id"] not in img["not_exhaustive_category_ids"])
+    cat = next(
+        a["category_id"]
+        for a in gt["annotations"]
+        if a["image_id"] == image_id and a["category_id"] not in img["not_exhaustive_category_ids"]
+    )
     # 1x1 boxes along the top-left: IoU with any real box is far below 0.5, so all are false positives.
-    results += [{"image_id": image_id, "category_id": cat, "bbox": [float(i % 20), float(i // 20), 1.0, 1.0],
-                 "score": 0.9} for i in range(400)]
+    results += [
+        {"image_id": image_id, "category_id": cat, "bbox": [float(i % 20), float(i // 20), 1.0, 1.0], "score": 0.9}
+        for i in range(400)
+    ]
     return results, image_id, counts[image_id]
 
 
@@ -307,16 +328,18 @@ def _as_xyxy_mapping(rows: list[dict], category_ids: list[int]) -> dict:
     label = {c: i for i, c in enumerate(category_ids)}
     xyxy = np.array([r["bbox"] for r in rows], np.float64).reshape(-1, 4)  # (N, 4) xywh for now
     xyxy[:, 2:] += xyxy[:, :2]
-    return {"boxes": xyxy, "scores": [r["score"] for r in rows],
-            "labels": [label.get(r["category_id"], len(category_ids)) for r in rows]}
+    return {
+        "boxes": xyxy,
+        "scores": [r["score"] for r in rows],
+        "labels": [label.get(r["category_id"], len(category_ids)) for r in rows],
+    }
 
 
 def test_unknown_ids_dropped_counted_and_warned(vectors):
     ids, items = _vector_items(vectors)
     ev = COCOEvaluator(vectors["gt"])
     # One image as an xyxy mapping with an extra label 80: category_ids has 80 entries (0..79).
-    items[1] = _as_xyxy_mapping(items[1] + [{"bbox": [0, 0, 5, 5], "score": 0.5, "category_id": None}],
-                                ev.category_ids)
+    items[1] = _as_xyxy_mapping(items[1] + [{"bbox": [0, 0, 5, 5], "score": 0.5, "category_id": None}], ev.category_ids)
     ev.process(ids, items)
     ev.process([999999999], [[{"bbox": [1, 2, 3, 4], "score": 0.9, "category_id": 1}] * 2])  # unknown image
     ev.process_results([{"image_id": ids[0], "category_id": 12345, "bbox": [1, 2, 3, 4], "score": 0.9}])
@@ -336,11 +359,20 @@ def test_strict_mode_raises_naming_the_ids(vectors):
     with pytest.raises(ValueError, match="999999999"):
         ev.process([999999999], [[{"bbox": [1, 2, 3, 4], "score": 0.9, "category_id": 1}]])
     with pytest.raises(ValueError, match="12345"):
-        ev.process_results([{"image_id": vectors["gt"]["images"][0]["id"], "category_id": 12345,
-                             "bbox": [1, 2, 3, 4], "score": 0.9}])
+        ev.process_results(
+            [{"image_id": vectors["gt"]["images"][0]["id"], "category_id": 12345, "bbox": [1, 2, 3, 4], "score": 0.9}]
+        )
     with pytest.raises(ValueError, match="NaN"):
-        ev.process_results([{"image_id": vectors["gt"]["images"][0]["id"], "category_id": 1,
-                             "bbox": [1, 2, 3, 4], "score": float("nan")}])
+        ev.process_results(
+            [
+                {
+                    "image_id": vectors["gt"]["images"][0]["id"],
+                    "category_id": 1,
+                    "bbox": [1, 2, 3, 4],
+                    "score": float("nan"),
+                }
+            ]
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -355,8 +387,9 @@ def test_nan_inf_and_negative_boxes_dropped_and_counted(vectors, backend):
     items[3] = items[3] + bad
     ev = COCOEvaluator(vectors["gt"], backend=backend)
     # One image as an xyxy mapping, with an extra box of x2 < x1.
-    items[5] = _as_xyxy_mapping(items[5] + [{"bbox": [50, 50, -10, 30], "score": 0.9, "category_id": 1}],
-                                ev.category_ids)
+    items[5] = _as_xyxy_mapping(
+        items[5] + [{"bbox": [50, 50, -10, 30], "score": 0.9, "category_id": 1}], ev.category_ids
+    )
     ev.process(ids, items)
     with pytest.warns(UserWarning, match="dropped 5 of"):
         m = ev.evaluate()
@@ -453,8 +486,14 @@ def test_predictions_json_matched_by_file_and_class_name(coco128, tmp_path):
     for rec in records:
         for det in rec["detections"]:
             det["name"] = det["name"].replace(" ", "_").upper() if det["name"] == "traffic light" else det["name"]
-    records.append({"path": "not_in_gt.jpg", "image_size": [10, 10], "names": ev.names,
-                    "detections": [{"box": [0, 0, 5, 5], "score": 0.5, "label": 0, "name": "person"}]})
+    records.append(
+        {
+            "path": "not_in_gt.jpg",
+            "image_size": [10, 10],
+            "names": ev.names,
+            "detections": [{"box": [0, 0, 5, 5], "score": 0.5, "label": 0, "name": "person"}],
+        }
+    )
     records[0]["detections"].append({"box": [0, 0, 5, 5], "score": 0.5, "label": 0, "name": "unicorn"})
     path = tmp_path / "predictions.json"
     path.write_text(json.dumps({"names": ev.names, "skipped": [], "images": records}))
@@ -491,11 +530,14 @@ def test_cli_val_writes_metrics_and_curve(vectors, tmp_path, capsys):
     from ovdet.cli import main
 
     out = tmp_path / "val"
-    rc = main(["val", "--results", str(vectors["results_path"]), "--data", str(vectors["gt_path"]),
-               "--save-dir", str(out)])
+    rc = main(
+        ["val", "--results", str(vectors["results_path"]), "--data", str(vectors["gt_path"]), "--save-dir", str(out)]
+    )
     assert rc == 0
-    metrics = json.loads((out / "metrics.json").read_text(),
-                         parse_constant=lambda c: pytest.fail(f"metrics.json is not strict JSON: {c}"))
+    metrics = json.loads(
+        (out / "metrics.json").read_text(),
+        parse_constant=lambda c: pytest.fail(f"metrics.json is not strict JSON: {c}"),
+    )
     assert metrics["AP"] == pytest.approx(0.5045806987249628, abs=1e-6)
     assert len(metrics["per_class"]) == 80
     assert sum(ap is None for _, _, ap in metrics["per_class"]) == 10  # categories without ground truth
@@ -507,8 +549,15 @@ def test_cli_val_writes_metrics_and_curve(vectors, tmp_path, capsys):
 def test_cli_val_bad_combinations(vectors, tmp_path, capsys):
     from ovdet.cli import main
 
-    args = ["val", "--results", str(vectors["results_path"]), "--data", str(vectors["gt_path"]),
-            "--save-dir", str(tmp_path)]
+    args = [
+        "val",
+        "--results",
+        str(vectors["results_path"]),
+        "--data",
+        str(vectors["gt_path"]),
+        "--save-dir",
+        str(tmp_path),
+    ]
     assert main(args + ["--lvis"]) == 2  # a COCO json is not LVIS
     assert "not an LVIS annotation set" in capsys.readouterr().err
     with pytest.raises(SystemExit):

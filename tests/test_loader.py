@@ -65,8 +65,9 @@ def _check_batch(batch: dict, data: Dataset, imgsz: int, max_texts: int) -> None
         real = [t for t, keep in zip(texts, mask.tolist()) if keep]
         assert len(set(real)) == len(real) and all(t == "" for t, keep in zip(texts, mask.tolist()) if not keep)
         sel = batch.batch_idx == i
-        for label, ignore, (rec, box) in zip(batch.labels[sel].tolist(), batch.ignore[sel].tolist(),
-                                             batch.box_source[sel].tolist()):
+        for label, ignore, (rec, box) in zip(
+            batch.labels[sel].tolist(), batch.ignore[sel].tolist(), batch.box_source[sel].tolist()
+        ):
             assert ignore == bool(data.records[rec].ignore[box])  # crowd flags travel with their box
             # The box's original class text, followed through the flip, is its text in the list.
             original = data.records[rec].texts[box]
@@ -158,9 +159,16 @@ def test_epoch_changes_augmentation(coco128: Dataset):
 def _hands(tmp_path: Path, coco128: Dataset) -> Dataset:
     """One real image with two phrase boxes, "left hand" on the left and "right hand" on the right."""
     src = coco128.records[0]
-    rec = ImageRecord(src.path, "hands", src.height, src.width,
-                      boxes=[[10, 100, 110, 200], [400, 100, 600, 300]],
-                      texts=["left hand", "right hand"], labels=[0, 1], ignore=[False, False])
+    rec = ImageRecord(
+        src.path,
+        "hands",
+        src.height,
+        src.width,
+        boxes=[[10, 100, 110, 200], [400, 100, 600, 300]],
+        texts=["left hand", "right hand"],
+        labels=[0, 1],
+        ignore=[False, False],
+    )
     names = ["left hand", "right hand", "dog"]
     return Dataset([rec], names, names, [0, 1, 2], DataReport())
 
@@ -255,8 +263,9 @@ def test_distributed_sampler_splits_disjointly(coco128: Dataset):
     ds = DetectionDataset(coco128, imgsz=IMGSZ, train=False)
     shards = []
     for rank in range(2):
-        loader = build_loader(ds, batch_size=8, workers=0, shuffle=True, seed=3, distributed=True,
-                              num_replicas=2, rank=rank)
+        loader = build_loader(
+            ds, batch_size=8, workers=0, shuffle=True, seed=3, distributed=True, num_replicas=2, rank=rank
+        )
         loader.set_epoch(1)
         items = list(loader.sampler)
         assert all(e == 1 for _, e, _ in items)  # the epoch travels with each index
@@ -270,9 +279,13 @@ def test_distributed_sampler_splits_disjointly(coco128: Dataset):
 
 def test_text_limits_and_lvis_negatives(coco128: Dataset):
     cat = {n: i for i, n in enumerate(coco128.names)}
-    recs = [dataclasses.replace(r, not_exhaustive_category_ids=[cat["dog"], cat["cat"]],
-                                neg_category_ids=[cat["zebra"], cat["giraffe"]])
-            for r in coco128.records[:10] if not {"dog", "zebra", "giraffe"} & set(r.texts)]
+    recs = [
+        dataclasses.replace(
+            r, not_exhaustive_category_ids=[cat["dog"], cat["cat"]], neg_category_ids=[cat["zebra"], cat["giraffe"]]
+        )
+        for r in coco128.records[:10]
+        if not {"dog", "zebra", "giraffe"} & set(r.texts)
+    ]
     data = _subset(coco128, recs)
     ds = DetectionDataset(data, imgsz=IMGSZ, train=False, max_texts=80)
     for i in range(len(recs)):
@@ -323,8 +336,9 @@ def test_fused_affine_crop_equals_affine_then_center_crop(coco128: Dataset):
         assert a["image"].shape == b["image"].shape == (320, 320, 3)
         assert np.abs(a["image"].astype(int) - b["image"].astype(int)).max() <= 1
         assert list(a["ids"]) == list(b["ids"])
-        np.testing.assert_allclose(np.asarray(b["bboxes"]).reshape(-1, 4), np.asarray(a["bboxes"]).reshape(-1, 4),
-                                   atol=1e-3)
+        np.testing.assert_allclose(
+            np.asarray(b["bboxes"]).reshape(-1, 4), np.asarray(a["bboxes"]).reshape(-1, 4), atol=1e-3
+        )
         kept += len(a["ids"])
     assert kept > 10
 

@@ -86,6 +86,7 @@ def targets(*rows: tuple[int, int, list[float]]) -> tuple[torch.Tensor, torch.Te
 # CIoU and the assigner
 # --------------------------------------------------------------------------------------------
 
+
 def random_boxes(n: int, g: torch.Generator, scale: float = 64.0) -> torch.Tensor:
     xy = torch.rand(n, 2, generator=g) * scale
     wh = torch.rand(n, 2, generator=g) * scale / 2 + 0.5
@@ -189,8 +190,14 @@ def test_assigner_skips_padding_rows_and_handles_no_boxes() -> None:
     pred = torch.tensor([0.0, 0.0, 64.0, 64.0]).expand(1, 64, 4).clone()
     out = assign(scores, pred, anchors, [(0, [0.0, 0.0, 64.0, 64.0])], mask=[False])  # covers every anchor
     assert not bool(out.fg_mask.any()) and float(out.target_scores.sum()) == 0
-    empty = task_aligned_assign(scores, pred, anchors, torch.zeros(1, 0, 1, dtype=torch.long),
-                                torch.zeros(1, 0, 4), torch.zeros(1, 0, 1, dtype=torch.bool))
+    empty = task_aligned_assign(
+        scores,
+        pred,
+        anchors,
+        torch.zeros(1, 0, 1, dtype=torch.long),
+        torch.zeros(1, 0, 4),
+        torch.zeros(1, 0, 1, dtype=torch.bool),
+    )
     assert not bool(empty.fg_mask.any())
     assert bool((empty.target_labels == 2).all())  # "no text" = K
     assert empty.target_scores.shape == (1, 64, 2) and float(empty.target_scores.abs().sum()) == 0
@@ -227,7 +234,8 @@ def test_assigner_equals_ultralytics_including_ties(seed: int) -> None:
     gt_mask[2, :] = 0  # an image without boxes
     gt_boxes[2] = 0
     ref = tal.TaskAlignedAssigner(topk=10, num_classes=k, alpha=0.5, beta=6.0, stride=list(STRIDES))(
-        scores, pred, anchors * strides, gt_labels, gt_boxes, gt_mask)
+        scores, pred, anchors * strides, gt_labels, gt_boxes, gt_mask
+    )
     ours = task_aligned_assign(scores, pred, anchors * strides, gt_labels.long(), gt_boxes, gt_mask.bool())
     assert int(ours.fg_mask.sum()) > 10
     assert torch.equal(ours.fg_mask, ref[3])
@@ -240,6 +248,7 @@ def test_assigner_equals_ultralytics_including_ties(seed: int) -> None:
 # --------------------------------------------------------------------------------------------
 # The loss on hand-made outputs
 # --------------------------------------------------------------------------------------------
+
 
 def test_distribution_focal_loss_equals_ultralytics() -> None:
     loss_mod = pytest.importorskip("ultralytics.utils.loss")
@@ -293,8 +302,9 @@ def test_no_boxes_gives_zero_box_and_dfl_and_all_negative_bce() -> None:
 
 def test_padded_texts_contribute_nothing() -> None:
     text_mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
-    boxes, labels, batch_idx = targets((0, 2, [8.0, 8.0, 40.0, 48.0]), (1, 1, [20.0, 4.0, 60.0, 30.0]),
-                                       (1, 0, [0.0, 30.0, 30.0, 64.0]))
+    boxes, labels, batch_idx = targets(
+        (0, 2, [8.0, 8.0, 40.0, 48.0]), (1, 1, [20.0, 4.0, 60.0, 30.0]), (1, 0, [0.0, 30.0, 30.0, 64.0])
+    )
 
     def run(cls_logits: torch.Tensor, mask: torch.Tensor | None):
         raw = random_raw(2, 4, seed=3, requires_grad=False)
@@ -401,8 +411,12 @@ def real_batch(coco128_images: list[Path]) -> dict[str, torch.Tensor]:
         bboxes.append(xyxy2xywh(xyxy) / torch.tensor([w, h, w, h]))
         cls.append(rows[:, :1] % NUM_TEXTS)
         batch_idx.append(torch.full((len(rows),), float(i)))
-    return {"img": to_tensor(arrays), "batch_idx": torch.cat(batch_idx), "cls": torch.cat(cls),
-            "bboxes": torch.cat(bboxes)}
+    return {
+        "img": to_tensor(arrays),
+        "batch_idx": torch.cat(batch_idx),
+        "cls": torch.cat(cls),
+        "bboxes": torch.cat(bboxes),
+    }
 
 
 @pytest.fixture(scope="module")

@@ -126,6 +126,7 @@ def test_postprocess_invariants() -> None:
             assert bool((scores[:-1] >= scores[1:]).all()) and bool((scores > nms.conf).all())
             assert int(labels.max()) < 6
             from torchvision.ops import box_iou
+
             iou = box_iou(boxes, boxes)
             same = labels[:, None] == labels[None] if not nms.agnostic else torch.ones_like(iou, dtype=torch.bool)
             off_diag = ~torch.eye(len(boxes), dtype=torch.bool)

@@ -150,8 +150,7 @@ def test_fused_parity(version: int, images, calib, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("version", [1, 2])
-def test_predict_matches_ultralytics_predict(version: int, coco128_images: list[Path], calib,
-                                             tmp_path: Path) -> None:
+def test_predict_matches_ultralytics_predict(version: int, coco128_images: list[Path], calib, tmp_path: Path) -> None:
     """Public API vs ultralytics' own predictor on the same weights, vocabulary, conf, iou, imgsz.
 
     Thresholds are chosen per image where no decision is a near-tie (checked on ovdet's own

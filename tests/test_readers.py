@@ -84,16 +84,19 @@ def _reasons(ds: Dataset, file_part: str) -> list[str]:
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw, clean", [
-    ("bolt_(for_a_door)", "bolt"),
-    ("tape_(sticky_cloth_or_paper)", "tape"),
-    ("traffic_light", "traffic light"),
-    ("  hot   dog ", "hot dog"),
-    ("person", "person"),
-    ("bow_(weapon)", "bow"),
-    ("(x)", "x"),
-    ("Dixie_cup", "Dixie cup"),
-])
+@pytest.mark.parametrize(
+    "raw, clean",
+    [
+        ("bolt_(for_a_door)", "bolt"),
+        ("tape_(sticky_cloth_or_paper)", "tape"),
+        ("traffic_light", "traffic light"),
+        ("  hot   dog ", "hot dog"),
+        ("person", "person"),
+        ("bow_(weapon)", "bow"),
+        ("(x)", "x"),
+        ("Dixie_cup", "Dixie cup"),
+    ],
+)
 def test_clean_name(raw: str, clean: str) -> None:
     assert clean_name(raw) == clean
 
@@ -218,8 +221,9 @@ def test_lvis_requires_images_by_default_and_names_tried_folders(lvis_json: Path
 
 def test_lvis_finds_images_under_split_folder(lvis_json: Path, coco128_images: list[Path], tmp_path: Path) -> None:
     raw = json.loads(lvis_json.read_text())
-    img = dict(raw["images"][0], coco_url="http://images.cocodataset.org/val2017/000000000009.jpg",
-               width=640, height=480)
+    img = dict(
+        raw["images"][0], coco_url="http://images.cocodataset.org/val2017/000000000009.jpg", width=640, height=480
+    )
     (tmp_path / "val2017").mkdir()
     shutil.copy(coco128_images[0], tmp_path / "val2017" / "000000000009.jpg")
     one = dict(raw, images=[img], annotations=[])
@@ -257,8 +261,9 @@ def test_yaml_path_forms(tmp_path: Path, data_dir: Path, yolo_ds: Dataset) -> No
     assert ds.report.problems == []  # no orphan-label scan for list files: a list is a chosen subset
 
 
-def test_yaml_relative_path_falls_back_to_working_directory(tmp_path: Path, data_dir: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_yaml_relative_path_falls_back_to_working_directory(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # ultralytics resolves a relative `path` against the working directory; the yaml's folder wins
     # when both exist, the working directory is the fallback (datasets/coco128.yaml relies on it).
     (tmp_path / "ds").symlink_to(data_dir / "coco128")
@@ -275,8 +280,11 @@ def test_yaml_errors(tmp_path: Path, data_dir: Path) -> None:
     bad.write_text("names: [a, b\ntrain: x\n")
     with pytest.raises(ValueError, match="bad.yaml"):
         read_yolo(bad)
-    gaps = _write_yaml(tmp_path, {"path": str(data_dir / "coco128"), "train": "images/train2017",
-                                  "names": {0: "a", 2: "b"}}, "gaps.yaml")
+    gaps = _write_yaml(
+        tmp_path,
+        {"path": str(data_dir / "coco128"), "train": "images/train2017", "names": {0: "a", 2: "b"}},
+        "gaps.yaml",
+    )
     with pytest.raises(ValueError, match=r"gaps.yaml: 'names' keys"):
         read_yolo(gaps)
     missing = _write_yaml(tmp_path, {"path": str(tmp_path), "train": "nowhere", "names": ["a"]}, "missing.yaml")
@@ -298,25 +306,30 @@ def bad_yolo(tmp_path: Path, coco128_images: list[Path]) -> Path:
     labels.mkdir(parents=True)
     for name in ("a", "b", "c", "d"):
         shutil.copy(coco128_images[0], images / f"{name}.jpg")
-    (labels / "a.txt").write_text("\n".join([
-        "0 0.5 0.5 0.25 0.5",          # 1 good: [240, 120, 400, 360]
-        "1 0.5 0.5 0 0.2",             # 2 zero width
-        "1 0.5 0.5 -0.1 0.2",          # 3 negative width
-        "2 nan 0.5 0.1 0.1",           # 4 NaN
-        "2 0.5 inf 0.1 0.1",           # 5 inf
-        "0 1.5 0.5 0.2 0.2",           # 6 fully outside (x from 896 to 1024 px)
-        "0 0.95 0.5 0.2 0.2",          # 7 partly outside: clipped to x2 = 640
-        "0 0.5 0.5 0.2",               # 8 four columns
-        "0 0.5 0.5 0.2 0.2 0.1",       # 9 six columns
-        "0 0.5 abc 0.2 0.2",           # 10 non-numeric
-        "3 0.5 0.5 0.2 0.2",           # 11 class out of range (3 classes)
-        "-1 0.5 0.5 0.2 0.2",          # 12 negative class
-        "0.5 0.5 0.5 0.2 0.2",         # 13 fractional class
-        "",                            # blank line: ignored
-        "2 0.1 0.1 0.3 0.1 0.2 0.4",   # 15 polygon -> bounding box [64, 48, 192, 192]
-        "1 0.25 0.25 0.5 0.5",         # 16 good, touching the corner
-    ]) + "\n")
-    (labels / "b.txt").write_text("")              # empty label file: background, no problem
+    (labels / "a.txt").write_text(
+        "\n".join(
+            [
+                "0 0.5 0.5 0.25 0.5",  # 1 good: [240, 120, 400, 360]
+                "1 0.5 0.5 0 0.2",  # 2 zero width
+                "1 0.5 0.5 -0.1 0.2",  # 3 negative width
+                "2 nan 0.5 0.1 0.1",  # 4 NaN
+                "2 0.5 inf 0.1 0.1",  # 5 inf
+                "0 1.5 0.5 0.2 0.2",  # 6 fully outside (x from 896 to 1024 px)
+                "0 0.95 0.5 0.2 0.2",  # 7 partly outside: clipped to x2 = 640
+                "0 0.5 0.5 0.2",  # 8 four columns
+                "0 0.5 0.5 0.2 0.2 0.1",  # 9 six columns
+                "0 0.5 abc 0.2 0.2",  # 10 non-numeric
+                "3 0.5 0.5 0.2 0.2",  # 11 class out of range (3 classes)
+                "-1 0.5 0.5 0.2 0.2",  # 12 negative class
+                "0.5 0.5 0.5 0.2 0.2",  # 13 fractional class
+                "",  # blank line: ignored
+                "2 0.1 0.1 0.3 0.1 0.2 0.4",  # 15 polygon -> bounding box [64, 48, 192, 192]
+                "1 0.25 0.25 0.5 0.5",  # 16 good, touching the corner
+            ]
+        )
+        + "\n"
+    )
+    (labels / "b.txt").write_text("")  # empty label file: background, no problem
     # c.jpg has no label file: background.
     (labels / "orphan.txt").write_text("0 0.5 0.5 0.1 0.1\n")
     (images / "d.jpg").write_bytes(b"this is not a jpeg")  # unreadable even without verification
@@ -324,8 +337,9 @@ def bad_yolo(tmp_path: Path, coco128_images: list[Path]) -> Path:
     data = coco128_images[0].read_bytes()
     (images / "e.jpg").write_bytes(data[: len(data) // 2])  # truncated: header fine, pixels missing
     (labels / "e.txt").write_text("0 0.5 0.5 0.1 0.1\n")
-    return _write_yaml(tmp_path, {"path": str(tmp_path / "ds"), "train": "images/train",
-                                  "names": ["person", "bicycle", "car"]})
+    return _write_yaml(
+        tmp_path, {"path": str(tmp_path / "ds"), "train": "images/train", "names": ["person", "bicycle", "car"]}
+    )
 
 
 def test_yolo_bad_input_is_skipped_and_reported(bad_yolo: Path) -> None:
@@ -336,8 +350,9 @@ def test_yolo_bad_input_is_skipped_and_reported(bad_yolo: Path) -> None:
     assert r.images == 5 and r.labelled == 2 and r.background == 2
     a = recs["a.jpg"]
     assert (a.width, a.height) == (640, 480)
-    np.testing.assert_allclose(a.boxes, [[240, 120, 400, 360], [544, 192, 640, 288],
-                                         [64, 48, 192, 192], [0, 0, 320, 240]], atol=1e-4)
+    np.testing.assert_allclose(
+        a.boxes, [[240, 120, 400, 360], [544, 192, 640, 288], [64, 48, 192, 192], [0, 0, 320, 240]], atol=1e-4
+    )
     assert a.labels.tolist() == [0, 0, 2, 1] and a.texts == ["person", "person", "car", "bicycle"]
     assert r.clipped == 1 and r.boxes == 4 + 1
     reasons = _reasons(ds, "a.txt")
@@ -386,21 +401,23 @@ def _coco_json(tmp_path: Path, coco128_images: list[Path]) -> Path:
     shutil.copy(coco128_images[0], tmp_path / "train2017" / "a.jpg")
     shutil.copy(coco128_images[0], tmp_path / "train2017" / "b.jpg")
     anns = [
-        {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 20, 30, 40], "iscrowd": 0},   # good
-        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [0, 0, 100, 100], "iscrowd": 1},   # crowd
-        {"id": 3, "image_id": 1, "category_id": 99, "bbox": [1, 1, 5, 5], "iscrowd": 0},      # unknown cat
-        {"id": 4, "image_id": 1, "category_id": 1, "bbox": [5, 5, 0, 10], "iscrowd": 0},      # zero width
+        {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 20, 30, 40], "iscrowd": 0},  # good
+        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [0, 0, 100, 100], "iscrowd": 1},  # crowd
+        {"id": 3, "image_id": 1, "category_id": 99, "bbox": [1, 1, 5, 5], "iscrowd": 0},  # unknown cat
+        {"id": 4, "image_id": 1, "category_id": 1, "bbox": [5, 5, 0, 10], "iscrowd": 0},  # zero width
         {"id": 5, "image_id": 1, "category_id": 1, "bbox": [600, 400, 100, 100], "iscrowd": 0},  # clipped
         {"id": 6, "image_id": 1, "category_id": 1, "bbox": [700, 10, 10, 10], "iscrowd": 0},  # outside
-        {"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3], "iscrowd": 0},          # 3 numbers
-        {"id": 8, "image_id": 1, "category_id": 1, "bbox": [1, "x", 3, 4], "iscrowd": 0},     # not numeric
-        {"id": 9, "image_id": 42, "category_id": 1, "bbox": [1, 2, 3, 4], "iscrowd": 0},      # unknown image
-        {"id": 10, "image_id": 3, "category_id": 1, "bbox": [1, 2, 3, 4], "iscrowd": 0},      # missing file
+        {"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3], "iscrowd": 0},  # 3 numbers
+        {"id": 8, "image_id": 1, "category_id": 1, "bbox": [1, "x", 3, 4], "iscrowd": 0},  # not numeric
+        {"id": 9, "image_id": 42, "category_id": 1, "bbox": [1, 2, 3, 4], "iscrowd": 0},  # unknown image
+        {"id": 10, "image_id": 3, "category_id": 1, "bbox": [1, 2, 3, 4], "iscrowd": 0},  # missing file
     ]
     data = {
-        "images": [{"id": 1, "file_name": "a.jpg", "width": 640, "height": 480},
-                   {"id": 2, "file_name": "b.jpg", "width": 640, "height": 480},
-                   {"id": 3, "file_name": "missing.jpg", "width": 640, "height": 480}],
+        "images": [
+            {"id": 1, "file_name": "a.jpg", "width": 640, "height": 480},
+            {"id": 2, "file_name": "b.jpg", "width": 640, "height": 480},
+            {"id": 3, "file_name": "missing.jpg", "width": 640, "height": 480},
+        ],
         "annotations": anns,
         "categories": [{"id": 3, "name": "car"}, {"id": 1, "name": "person"}],
     }
@@ -421,8 +438,9 @@ def test_coco_bad_input_is_skipped_and_reported(tmp_path: Path, coco128_images: 
     assert a.labels.tolist() == [1, 0, 0] and a.ignore.tolist() == [False, True, False]
     assert a.texts == ["car", "person", "person"]
     assert (r.images, r.labelled, r.background, r.boxes, r.ignored, r.clipped) == (3, 1, 1, 2, 1, 1)
-    json_problems = {int(re.search(r"annotation id (\d+)", x).group(1)): x
-                     for x in _reasons(ds, "instances_train2017.json")}
+    json_problems = {
+        int(re.search(r"annotation id (\d+)", x).group(1)): x for x in _reasons(ds, "instances_train2017.json")
+    }
     assert sorted(json_problems) == [3, 4, 5, 6, 7, 8, 9]
     assert "unknown category_id 99" in json_problems[3]
     assert "zero or negative size" in json_problems[4]
@@ -490,14 +508,24 @@ def test_odvg_grounding(tmp_path: Path, coco128_images: list[Path]) -> None:
     root = coco128_images[0].parent
     a, b = coco128_images[0].name, coco128_images[1].name
     rows = [
-        {"filename": a, "height": 480, "width": 640, "grounding": {
-            "caption": "a bowl of broccoli next to an orange",
-            "regions": [
-                {"bbox": [1, 2, 101, 52], "phrase": "a bowl", "tokens_positive": [[0, 6]]},
-                {"bbox": [[10, 10, 20, 20], [30, 30, 700, 40]], "phrase": "broccoli", "tokens_positive": [[10, 18]]},
-                {"bbox": [5, 5, 5, 9], "phrase": "an orange", "tokens_positive": [[28, 37]]},
-                {"bbox": [5, 5, 6, 9], "phrase": ""},
-            ]}},
+        {
+            "filename": a,
+            "height": 480,
+            "width": 640,
+            "grounding": {
+                "caption": "a bowl of broccoli next to an orange",
+                "regions": [
+                    {"bbox": [1, 2, 101, 52], "phrase": "a bowl", "tokens_positive": [[0, 6]]},
+                    {
+                        "bbox": [[10, 10, 20, 20], [30, 30, 700, 40]],
+                        "phrase": "broccoli",
+                        "tokens_positive": [[10, 18]],
+                    },
+                    {"bbox": [5, 5, 5, 9], "phrase": "an orange", "tokens_positive": [[28, 37]]},
+                    {"bbox": [5, 5, 6, 9], "phrase": ""},
+                ],
+            },
+        },
         "{not json",
         {"filename": "nope.jpg", "height": 10, "width": 10, "grounding": {"caption": "", "regions": []}},
         {"filename": b, "grounding": {"caption": "nothing", "regions": []}},
@@ -521,12 +549,21 @@ def test_odvg_grounding(tmp_path: Path, coco128_images: list[Path]) -> None:
 def test_odvg_detection_with_and_without_label_map(tmp_path: Path, coco128_images: list[Path]) -> None:
     root = coco128_images[0].parent
     a = coco128_images[0].name
-    rows = [{"filename": a, "height": 480, "width": 640, "detection": {"instances": [
-        {"bbox": [10, 20, 110, 220], "label": 2, "category": "traffic_light"},
-        {"bbox": [0, 0, 50, 50], "label": 0, "category": "person"},
-        {"bbox": [0, 0, 50, 50], "label": 7},
-        {"bbox": [5, 5, 50, 50], "label": 0, "category": "man"},
-    ]}}]
+    rows = [
+        {
+            "filename": a,
+            "height": 480,
+            "width": 640,
+            "detection": {
+                "instances": [
+                    {"bbox": [10, 20, 110, 220], "label": 2, "category": "traffic_light"},
+                    {"bbox": [0, 0, 50, 50], "label": 0, "category": "person"},
+                    {"bbox": [0, 0, 50, 50], "label": 7},
+                    {"bbox": [5, 5, 50, 50], "label": 0, "category": "man"},
+                ]
+            },
+        }
+    ]
     path = _jsonl(tmp_path / "d.jsonl", rows)
     ds = read_dataset(path, image_dir=root)
     assert ds.names == ["person", "traffic light"] and ds.category_ids == [0, 2]
@@ -548,10 +585,18 @@ def test_odvg_detection_with_and_without_label_map(tmp_path: Path, coco128_image
 # ------------------------------------------------------------------------------------------
 
 
-def test_check_data_cli_on_coco128(tmp_path: Path, data_dir: Path, yolo_ds: Dataset,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
-    spec = _write_yaml(tmp_path, {"path": str((data_dir / "coco128").resolve()), "train": "images/train2017",
-                                  "val": "images/train2017", "names": dict(enumerate(yolo_ds.raw_names))})
+def test_check_data_cli_on_coco128(
+    tmp_path: Path, data_dir: Path, yolo_ds: Dataset, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = _write_yaml(
+        tmp_path,
+        {
+            "path": str((data_dir / "coco128").resolve()),
+            "train": "images/train2017",
+            "val": "images/train2017",
+            "names": dict(enumerate(yolo_ds.raw_names)),
+        },
+    )
     assert check_data(spec).boxes == 929
     assert main(["check-data", str(spec), "--split", "val"]) == 0
     out = capsys.readouterr().out
@@ -561,8 +606,9 @@ def test_check_data_cli_on_coco128(tmp_path: Path, data_dir: Path, yolo_ds: Data
     assert "person" in out and " 254" in out
 
 
-def test_check_data_cli_exit_codes(tmp_path: Path, coco128_images: list[Path], lvis_json: Path,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_data_cli_exit_codes(
+    tmp_path: Path, coco128_images: list[Path], lvis_json: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = _coco_json(tmp_path, coco128_images)
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -60,8 +60,11 @@ def test_rows_sorted_by_descending_score() -> None:
 
 def test_validation_errors_name_the_field() -> None:
     ok = dict(
-        boxes=torch.zeros(2, 4), scores=torch.zeros(2), labels=torch.zeros(2, dtype=torch.int64),
-        names=NAMES, image_size=(10, 10),
+        boxes=torch.zeros(2, 4),
+        scores=torch.zeros(2),
+        labels=torch.zeros(2, dtype=torch.int64),
+        names=NAMES,
+        image_size=(10, 10),
     )
     with pytest.raises(ValueError, match=r"boxes must have shape \(N, 4\), got \(2, 5\)"):
         Detections(**{**ok, "boxes": torch.zeros(2, 5)})
@@ -106,8 +109,11 @@ def test_to_coco_known_numbers() -> None:
 
 def test_to_coco_rounds_to_4_decimals() -> None:
     d = Detections(
-        boxes=torch.tensor([[1.123456, 2.0, 3.5, 4.987654]]), scores=torch.tensor([0.1234567]),
-        labels=torch.tensor([0]), names=["a"], image_size=(10, 10),
+        boxes=torch.tensor([[1.123456, 2.0, 3.5, 4.987654]]),
+        scores=torch.tensor([0.1234567]),
+        labels=torch.tensor([0]),
+        names=["a"],
+        image_size=(10, 10),
     )
     r = d.to_coco(0)[0]
     assert r["bbox"] == [1.1235, 2.0, 2.3765, 2.9877]

@@ -159,13 +159,16 @@ def test_non_ascii_names(enc: OpenCLIPTextEncoder) -> None:
     assert cos[~torch.eye(len(names), dtype=torch.bool)].max() < 1 - 1e-4
 
 
-@pytest.mark.parametrize("custom, match", [
-    (dict(TINY, vocab_size=1000), "49408"),
-    ({k: v for k, v in TINY.items() if k != "heads"}, r"missing \['heads'\]"),
-    (dict(TINY, dropout=1), r"unknown \['dropout'\]"),
-    (dict(TINY, heads=3), "must divide"),
-    (dict(TINY, width=0), "positive integer"),
-])
+@pytest.mark.parametrize(
+    "custom, match",
+    [
+        (dict(TINY, vocab_size=1000), "49408"),
+        ({k: v for k, v in TINY.items() if k != "heads"}, r"missing \['heads'\]"),
+        (dict(TINY, dropout=1), r"unknown \['dropout'\]"),
+        (dict(TINY, heads=3), "must divide"),
+        (dict(TINY, width=0), "positive integer"),
+    ],
+)
 def test_bad_custom_config(custom, match) -> None:
     with pytest.raises(ValueError, match=match):
         build_text_encoder(TextConfig(custom=custom))
@@ -180,15 +183,18 @@ def test_encoder_ids() -> None:
 
 
 # --------------------------------------------------------------------------- validation
-@pytest.mark.parametrize("names, exc, match", [
-    ([], ValueError, "no class names"),
-    (["dog", "  "], ValueError, "index 1"),
-    (["dog", ""], ValueError, "index 1"),
-    (["dog", "cat", "dog", "cat", "cow"], ValueError, r"duplicate class names \['dog', 'cat'\]"),
-    (["dog", 3], TypeError, "index 1 .*int"),
-    (["dog", None], TypeError, "index 1"),
-    ("dog", TypeError, "single string"),
-])
+@pytest.mark.parametrize(
+    "names, exc, match",
+    [
+        ([], ValueError, "no class names"),
+        (["dog", "  "], ValueError, "index 1"),
+        (["dog", ""], ValueError, "index 1"),
+        (["dog", "cat", "dog", "cat", "cow"], ValueError, r"duplicate class names \['dog', 'cat'\]"),
+        (["dog", 3], TypeError, "index 1 .*int"),
+        (["dog", None], TypeError, "index 1"),
+        ("dog", TypeError, "single string"),
+    ],
+)
 def test_validate_class_names_errors(names, exc, match) -> None:
     with pytest.raises(exc, match=match):
         validate_class_names(names)
@@ -274,6 +280,7 @@ def test_cache_disk_round_trip(tmp_path: Path, enc: OpenCLIPTextEncoder) -> None
 
     # the file is inspectable: readable keys in the metadata
     from safetensors import safe_open
+
     with safe_open(str(path), "pt") as f:
         keys = json.loads(f.metadata()["keys"])
     assert [enc.id, ["{}"], "自転車"] in keys.values()
@@ -286,7 +293,7 @@ def test_cache_save_keeps_other_writers_entries(tmp_path: Path, enc: OpenCLIPTex
     a.get_or_encode(enc, ["dog"])
     a.save()
     b.save()  # b never saw a's entry, but it survives
-    assert ("dog" not in [k[2] for k in b._entries])
+    assert "dog" not in [k[2] for k in b._entries]
     merged = EmbeddingCache(path)
     assert merged.load() == 2
 
@@ -311,8 +318,11 @@ def test_cache_inconsistent_file_is_rejected(tmp_path: Path) -> None:
     # a valid safetensors file whose key metadata does not match the tensor name
     path = tmp_path / "cache.safetensors"
     keys = {"0" * 64: ["enc", ["{}"], "dog"]}
-    save_file({"0" * 64: torch.ones(4)}, str(path),
-              metadata={"format": "ovdet-embedding-cache", "version": "1", "keys": json.dumps(keys)})
+    save_file(
+        {"0" * 64: torch.ones(4)},
+        str(path),
+        metadata={"format": "ovdet-embedding-cache", "version": "1", "keys": json.dumps(keys)},
+    )
     cache = EmbeddingCache(path)
     with pytest.warns(UserWarning, match="does not match its key"):
         assert cache.load() == 0
@@ -375,9 +385,17 @@ def test_offline_fails_fast_with_instructions(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(TextEncoderUnavailable) as info:
         build_text_encoder(TextConfig(model="ViT-B-32", pretrained="openai"))
     msg = str(info.value)
-    for part in ("'ViT-B-32'", "pretrained='openai'", "offline", "local path", "--text-weights",
-                 "ovdet embed", "set_class_embeddings", "timm/vit_base_patch32_clip_224.openai",
-                 "'ViT-B-32-quickgelu'"):
+    for part in (
+        "'ViT-B-32'",
+        "pretrained='openai'",
+        "offline",
+        "local path",
+        "--text-weights",
+        "ovdet embed",
+        "set_class_embeddings",
+        "timm/vit_base_patch32_clip_224.openai",
+        "'ViT-B-32-quickgelu'",
+    ):
         assert part in msg, part
     assert isinstance(info.value, RuntimeError)
 
@@ -432,8 +450,9 @@ def test_local_checkpoint_matches_open_clip(small_clip) -> None:
         assert enc.id == text_encoder_id(cfg) and enc.id.startswith("open_clip:ViT-S-32-alt:file:")
         assert not hasattr(enc._tower, "visual")
         torch.testing.assert_close(enc.encode(texts), ref, atol=1e-5, rtol=0)
-    assert text_encoder_id(TextConfig(model="ViT-S-32-alt", pretrained=str(full))) != \
-        text_encoder_id(TextConfig(model="ViT-S-32-alt", pretrained=str(text_only)))
+    assert text_encoder_id(TextConfig(model="ViT-S-32-alt", pretrained=str(full))) != text_encoder_id(
+        TextConfig(model="ViT-S-32-alt", pretrained=str(text_only))
+    )
 
 
 def test_bad_local_checkpoints(tmp_path: Path, enc: OpenCLIPTextEncoder) -> None:

@@ -23,15 +23,35 @@ def test_dataset_to_coco_keeps_every_box(data_dir: Path) -> None:
     assert {c["id"] for c in gt["categories"]} == set(ds.category_ids)
 
 
-def test_val_on_coco128_coco_writes_every_output(data_dir: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_val_on_coco128_coco_writes_every_output(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OVDET_HOME", str(tmp_path / "home"))
     det = make_detector()  # random weights with spread scores: metrics are tiny but real
     ckpt = det.save(tmp_path / "ckpt")
     gt = data_dir / "coco128-coco/annotations/instances_train2017.json"
     out = tmp_path / "val"
-    assert main(["val", "--model", str(ckpt), "--data", str(gt), "--imgsz", "256", "--conf", "0.01",
-                 "--max-det", "50", "--save-dir", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "val",
+                "--model",
+                str(ckpt),
+                "--data",
+                str(gt),
+                "--imgsz",
+                "256",
+                "--conf",
+                "0.01",
+                "--max-det",
+                "50",
+                "--save-dir",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
         assert 0.0 <= metrics[key] <= 1.0
@@ -56,10 +76,15 @@ def test_val_on_yolo_yaml_and_empty_dataset(data_dir: Path, tmp_path: Path, monk
     images = sorted((data_dir / "coco128/images/train2017").glob("*.jpg"))[:12]
     listing = tmp_path / "subset.txt"
     listing.write_text("\n".join(str(p) for p in images) + "\n")
-    names = json.loads(json.dumps(__import__("yaml").safe_load((data_dir / "coco128/coco128.yaml").read_text())["names"]))
+    names = json.loads(
+        json.dumps(__import__("yaml").safe_load((data_dir / "coco128/coco128.yaml").read_text())["names"])
+    )
     data = tmp_path / "data.yaml"
-    data.write_text(__import__("yaml").safe_dump({"path": str(tmp_path), "train": "subset.txt", "val": "subset.txt",
-                                                  "names": names}))
+    data.write_text(
+        __import__("yaml").safe_dump(
+            {"path": str(tmp_path), "train": "subset.txt", "val": "subset.txt", "names": names}
+        )
+    )
     det = make_detector()
     metrics = det.val(data, imgsz=256, conf=0.01, max_det=30, progress=False)
     assert metrics["images"] == 12 and 0.0 <= metrics["AP"] <= 1.0
@@ -89,23 +114,34 @@ class GroundTruthPredictor:
             rec = self.by_path[source]
             keep = ~rec.ignore & (rec.labels >= 0)
             n = int(keep.sum())
-            out.append(Detections(boxes=torch.from_numpy(rec.boxes[keep]), scores=torch.linspace(1.0, 0.5, n),
-                                  labels=torch.from_numpy(rec.labels[keep]), names=self.names,
-                                  image_size=image.shape[:2], path=source))
+            out.append(
+                Detections(
+                    boxes=torch.from_numpy(rec.boxes[keep]),
+                    scores=torch.linspace(1.0, 0.5, n),
+                    labels=torch.from_numpy(rec.labels[keep]),
+                    names=self.names,
+                    image_size=image.shape[:2],
+                    path=source,
+                )
+            )
         return out
 
 
 @pytest.mark.parametrize("kind", ["coco-json", "yolo-yaml"])
-def test_perfect_detections_score_ap_one_through_val(kind: str, data_dir: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_perfect_detections_score_ap_one_through_val(
+    kind: str, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Ground-truth boxes fed through Detector.val's whole path (dataset reading, vocabulary,
     image ids, label → category mapping, xyxy → xywh, crowd handling, scorer) score AP 1.0;
     dropping a fifth of them lowers recall, so the number can fail."""
     import ovdet.engine.validate as validate_mod
     from ovdet.data.readers import read_dataset
 
-    data = (data_dir / "coco128-coco/annotations/instances_train2017.json" if kind == "coco-json"
-            else data_dir / "coco128/coco128.yaml")
+    data = (
+        data_dir / "coco128-coco/annotations/instances_train2017.json"
+        if kind == "coco-json"
+        else data_dir / "coco128/coco128.yaml"
+    )
     dataset = read_dataset(data, split="train")
     fake = GroundTruthPredictor(dataset)
     monkeypatch.setattr(validate_mod, "Predictor", lambda *a, **k: fake(*a, **k).predict)
@@ -116,15 +152,21 @@ def test_perfect_detections_score_ap_one_through_val(kind: str, data_dir: Path, 
     assert metrics["AR100"] == pytest.approx(1.0)
 
     full = fake.predict
-    monkeypatch.setattr(fake, "predict", lambda images, sources, keep_images=True: [
-        d[: max(0, len(d) - len(d) // 5 - 1)] if i % 2 == 0 else d
-        for i, d in enumerate(full(images, sources, keep_images))])
+    monkeypatch.setattr(
+        fake,
+        "predict",
+        lambda images, sources, keep_images=True: [
+            d[: max(0, len(d) - len(d) // 5 - 1)] if i % 2 == 0 else d
+            for i, d in enumerate(full(images, sources, keep_images))
+        ],
+    )
     worse = det.val(data, split="train", imgsz=256, progress=False)
     assert worse["AR100"] < 0.95 and worse["AP"] < metrics["AP"]
 
 
-def test_val_leaves_vocabulary_and_mode_as_they_were(data_dir: Path, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_val_leaves_vocabulary_and_mode_as_they_were(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OVDET_HOME", str(tmp_path / "home"))
     images = sorted((data_dir / "coco128/images/train2017").glob("*.jpg"))[:4]
     listing = tmp_path / "subset.txt"

@@ -181,8 +181,9 @@ def test_unknown_name_suggests_closest(isolated_home: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- download + cache
-def test_download_convert_cache_then_offline(official: Official, serve, isolated_home: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_convert_cache_then_offline(
+    official: Official, serve, isolated_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server = serve(official.dir)
     monkeypatch.setenv("OVDET_WEIGHTS_URL", server.url)
     det = Detector.from_pretrained(WORLD_NAME, device="cpu")
@@ -245,8 +246,9 @@ def test_http_404_is_unavailable_without_retry_storm(serve, tmp_path: Path) -> N
     assert server.gets == [f"/{WORLD_FILE}"]  # a 4xx is final: no retry
 
 
-def test_file_put_by_hand_is_used_without_network(official: Official, isolated_home: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_file_put_by_hand_is_used_without_network(
+    official: Official, isolated_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     downloads = isolated_home / "downloads"
     downloads.mkdir(parents=True)
     (downloads / WORLD_FILE).write_bytes((official.dir / WORLD_FILE).read_bytes())
@@ -256,12 +258,16 @@ def test_file_put_by_hand_is_used_without_network(official: Official, isolated_h
 
     monkeypatch.setattr(ow, "_fetch", no_network)
     det = Detector.from_pretrained(WORLD_NAME, device="cpu", base_url=closed_port_url())
-    assert_matches_source(det, official.world_state, ["backbone.stem.conv.weight", "head.contrast.2.bias",
-                                                      "neck.bottom_up_p5.attn.guide.weight"])
+    assert_matches_source(
+        det,
+        official.world_state,
+        ["backbone.stem.conv.weight", "head.contrast.2.bias", "neck.bottom_up_p5.attn.guide.weight"],
+    )
 
 
-def test_interrupted_download_leaves_no_file_with_the_final_name(official: Official, serve,
-                                                                  isolated_home: Path) -> None:
+def test_interrupted_download_leaves_no_file_with_the_final_name(
+    official: Official, serve, isolated_home: Path
+) -> None:
     downloads = isolated_home / "downloads"
     downloads.mkdir(parents=True)
     stale = downloads / f".{WORLD_FILE}.0123abcd.tmp"  # what a killed earlier run may leave
@@ -294,8 +300,9 @@ def test_file_url_plain_yolov8_init_and_incomplete_cache_dir(official: Official,
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def test_cli_convert_needs_trust_and_reports_random_parts(official: Official, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture) -> None:
+def test_cli_convert_needs_trust_and_reports_random_parts(
+    official: Official, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     pt, out = official.dir / "yolov8n.pt", tmp_path / "converted"
     assert main(["convert", str(pt), str(out)]) == 2
     assert "--trust" in capsys.readouterr().err
@@ -318,8 +325,9 @@ def test_cli_convert_needs_trust_and_reports_random_parts(official: Official, tm
     assert backbone and all(k in report.loaded for k in backbone)
 
 
-def test_cli_predict_accepts_pretrained_name(official: Official, tmp_path: Path, isolated_home: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_predict_accepts_pretrained_name(
+    official: Official, tmp_path: Path, isolated_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import cv2
 
     from ovdet.text import save_embeddings
@@ -329,9 +337,25 @@ def test_cli_predict_accepts_pretrained_name(official: Official, tmp_path: Path,
     save_embeddings(tmp_path / "emb.safetensors", ["cat", "dog"], emb, "test", ("{}",))
     image = tmp_path / "img.jpg"
     cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8))
-    rc = main(["predict", "--model", WORLD_NAME, "--embeddings", str(tmp_path / "emb.safetensors"),
-               "--source", str(image), "--save-dir", str(tmp_path / "run"), "--imgsz", "128", "--device", "cpu",
-               "--no-save-images", "--quiet"])
+    rc = main(
+        [
+            "predict",
+            "--model",
+            WORLD_NAME,
+            "--embeddings",
+            str(tmp_path / "emb.safetensors"),
+            "--source",
+            str(image),
+            "--save-dir",
+            str(tmp_path / "run"),
+            "--imgsz",
+            "128",
+            "--device",
+            "cpu",
+            "--no-save-images",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     assert json.loads((tmp_path / "run" / "predictions.json").read_text())["names"] == ["cat", "dog"]
     assert (isolated_home / "models" / WORLD_NAME / "model.safetensors").is_file()

@@ -61,14 +61,22 @@ class Batch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """A copy with every tensor on ``device`` (lists are shared)."""
-        moved = {f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
-                 for f in dataclasses.fields(self) for v in (getattr(self, f.name),)}
+        moved = {
+            f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
+            for f in dataclasses.fields(self)
+            for v in (getattr(self, f.name),)
+        }
         return Batch(**moved)
 
     def pin_memory(self) -> Batch:
         """Page-locked copies of the tensors (DataLoader's ``pin_memory=True`` calls this)."""
-        return Batch(**{f.name: (v.pin_memory() if isinstance(v, torch.Tensor) else v)
-                        for f in dataclasses.fields(self) for v in (getattr(self, f.name),)})
+        return Batch(
+            **{
+                f.name: (v.pin_memory() if isinstance(v, torch.Tensor) else v)
+                for f in dataclasses.fields(self)
+                for v in (getattr(self, f.name),)
+            }
+        )
 
     def normalized_images(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """(B, 3, S, S) images in [0, 1] — the network's input."""

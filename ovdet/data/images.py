@@ -38,8 +38,23 @@ __all__ = [
 
 #: File extensions read as still images (decoded by OpenCV; a GIF gives its first frame).
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".bmp", ".dib", ".gif", ".jpg", ".jpeg", ".jpe", ".jp2", ".png", ".pbm", ".pgm", ".ppm",
-     ".pnm", ".tif", ".tiff", ".webp"}
+    {
+        ".bmp",
+        ".dib",
+        ".gif",
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jp2",
+        ".png",
+        ".pbm",
+        ".pgm",
+        ".ppm",
+        ".pnm",
+        ".tif",
+        ".tiff",
+        ".webp",
+    }
 )
 #: File extensions streamed frame by frame through ``cv2.VideoCapture``.
 VIDEO_EXTENSIONS: frozenset[str] = frozenset(
@@ -208,7 +223,6 @@ def probe_image_size(path: PathLike, verify: bool = False) -> tuple[int, int]:
     return int(w), int(h)
 
 
-
 def _exif_orientation(data: np.ndarray, head: bytes) -> int:
     """Read the EXIF Orientation tag (1..8) from encoded image bytes; 1 when absent or unreadable.
 
@@ -335,8 +349,7 @@ def to_bgr_array(image: ImageLike) -> np.ndarray:
     if isinstance(image, torch.Tensor):
         return _tensor_to_bgr(image)
     raise TypeError(
-        f"unsupported image type {type(image).__name__}; expected numpy.ndarray, PIL.Image.Image "
-        f"or torch.Tensor"
+        f"unsupported image type {type(image).__name__}; expected numpy.ndarray, PIL.Image.Image or torch.Tensor"
     )
 
 

@@ -151,8 +151,9 @@ class DetectionDataset(torch.utils.data.Dataset):
                 h, w = orig
                 r = self.imgsz / max(h, w)
                 if r != 1:
-                    image = cv2.resize(image, (max(round(w * r), 1), max(round(h * r), 1)),
-                                       interpolation=cv2.INTER_LINEAR)
+                    image = cv2.resize(
+                        image, (max(round(w * r), 1), max(round(h * r), 1)), interpolation=cv2.INTER_LINEAR
+                    )
             if self._cache is not None:
                 self._cache[i] = (image, orig)
         return Sample.from_record(self.records[i], image, i, orig_size=orig), orig
@@ -160,9 +161,12 @@ class DetectionDataset(torch.utils.data.Dataset):
     def _mark_bad(self, i: int, error: Exception) -> None:
         if i not in self._bad:
             self._bad[i] = str(error)
-            warnings.warn(f"skipping unreadable image {self.records[i].path}: {error} "
-                          f"(replaced by another image; counted in DetectionDataset.skipped)",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"skipping unreadable image {self.records[i].path}: {error} "
+                f"(replaced by another image; counted in DetectionDataset.skipped)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _try_load(self, i: int, skipped: list[str]) -> tuple[Sample, tuple[int, int]] | None:
         """Load record ``i``, or note it in ``skipped`` and return None when unreadable."""
@@ -174,17 +178,20 @@ class DetectionDataset(torch.utils.data.Dataset):
         skipped.append(str(self.records[i].path))
         return None
 
-    def _load_replacing(self, i: int, rng: np.random.Generator,
-                        skipped: list[str]) -> tuple[int, Sample, tuple[int, int]]:
+    def _load_replacing(
+        self, i: int, rng: np.random.Generator, skipped: list[str]
+    ) -> tuple[int, Sample, tuple[int, int]]:
         """Load record ``i``, replacing it with random other records while unreadable."""
         for _ in range(MAX_REPLACEMENTS + 1):
             loaded = self._try_load(i, skipped)
             if loaded is not None:
                 return i, loaded[0], loaded[1]
             i = int(rng.integers(len(self)))
-        raise RuntimeError(f"{len(skipped)} images in a row could not be read (last: {skipped[-1]}); "
-                           f"{len(self._bad)} of {len(self)} known unreadable: "
-                           f"check the dataset with `ovdet check-data`")
+        raise RuntimeError(
+            f"{len(skipped)} images in a row could not be read (last: {skipped[-1]}); "
+            f"{len(self._bad)} of {len(self)} known unreadable: "
+            f"check the dataset with `ovdet check-data`"
+        )
 
     # ---------------------------------------------------------------------------------------
     # Items
@@ -233,7 +240,11 @@ class DetectionDataset(torch.utils.data.Dataset):
             sample, flipped = self._train_transform(main, int(rng.integers(2**31)), mosaic=False)
 
         texts, per_box, mask = sample_texts(
-            sample.texts, sample.labels, self.names, self.max_texts, rng,
+            sample.texts,
+            sample.labels,
+            self.names,
+            self.max_texts,
+            rng,
             neg_exclude=self._excluded_negatives(used, sample, flipped),
             neg_prefer=self._preferred_negatives(used),
             pad_text=self.pad_text,
@@ -382,11 +393,14 @@ def build_loader(
     """
     initialized = dist.is_available() and dist.is_initialized()
     if distributed and not initialized and (num_replicas is None or rank is None):
-        raise ValueError("distributed=True without a process group needs num_replicas and rank "
-                         "(or call torch.distributed.init_process_group first, e.g. under torchrun)")
+        raise ValueError(
+            "distributed=True without a process group needs num_replicas and rank "
+            "(or call torch.distributed.init_process_group first, e.g. under torchrun)"
+        )
     if distributed or initialized:
-        order = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
-                                   seed=seed, drop_last=drop_last)
+        order = DistributedSampler(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
     else:
         order = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=shuffle, seed=seed)
     return DetectionLoader(

@@ -45,8 +45,10 @@ class ImageRecord:
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
         self.ignore = np.asarray(self.ignore, dtype=bool).reshape(-1)
         if not (len(self.boxes) == len(self.labels) == len(self.ignore) == n):
-            raise ValueError(f"{self.path}: boxes {len(self.boxes)}, texts {n}, labels {len(self.labels)}, "
-                             f"ignore {len(self.ignore)} must have one entry per box")
+            raise ValueError(
+                f"{self.path}: boxes {len(self.boxes)}, texts {n}, labels {len(self.labels)}, "
+                f"ignore {len(self.ignore)} must have one entry per box"
+            )
 
     @property
     def num_boxes(self) -> int:
@@ -84,9 +86,11 @@ class DataReport:
 
     def summary(self) -> str:
         """A short human-readable report (the body of ``ovdet check-data``)."""
-        lines = [f"images {self.images}, labelled {self.labelled}, background {self.background}, "
-                 f"boxes {self.boxes}, ignored (crowd) {self.ignored}, clipped {self.clipped}, "
-                 f"problems {len(self.problems)}"]
+        lines = [
+            f"images {self.images}, labelled {self.labelled}, background {self.background}, "
+            f"boxes {self.boxes}, ignored (crowd) {self.ignored}, clipped {self.clipped}, "
+            f"problems {len(self.problems)}"
+        ]
         for name, n in sorted(self.per_class.items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"  {name:<30} {n}")
         for file, reason in self.problems:

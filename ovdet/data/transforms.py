@@ -70,8 +70,9 @@ class Sample:
     source: np.ndarray
 
     @classmethod
-    def from_record(cls, record: ImageRecord, image: np.ndarray, index: int,
-                    orig_size: tuple[int, int] | None = None) -> Sample:
+    def from_record(
+        cls, record: ImageRecord, image: np.ndarray, index: int, orig_size: tuple[int, int] | None = None
+    ) -> Sample:
         """Pair a decoded image with a copy of its record's annotations.
 
         Args:
@@ -97,8 +98,14 @@ class Sample:
     def take(self, keep: np.ndarray) -> Sample:
         """The same image with only the boxes selected by ``keep`` ((N,) bool or int indices)."""
         idx = np.arange(len(self.texts))[keep]
-        return Sample(self.image, self.boxes[idx], [self.texts[i] for i in idx], self.labels[idx],
-                      self.ignore[idx], self.source[idx])
+        return Sample(
+            self.image,
+            self.boxes[idx],
+            [self.texts[i] for i in idx],
+            self.labels[idx],
+            self.ignore[idx],
+            self.source[idx],
+        )
 
 
 def _box_filter(raw: np.ndarray, clipped: np.ndarray, cfg: AugmentConfig) -> np.ndarray:
@@ -117,9 +124,15 @@ def _box_filter(raw: np.ndarray, clipped: np.ndarray, cfg: AugmentConfig) -> np.
     area = w * h
     raw_area = (raw[:, 2] - raw[:, 0]) * (raw[:, 3] - raw[:, 1])
     ratio = np.maximum(w / np.maximum(h, 1e-9), h / np.maximum(w, 1e-9))
-    return ((w >= cfg.min_size) & (h >= cfg.min_size) & (area >= cfg.min_area)
-            & (area >= cfg.min_visibility * np.maximum(raw_area, 1e-9)) & (ratio <= cfg.max_aspect_ratio)
-            & (w > 0) & (h > 0))
+    return (
+        (w >= cfg.min_size)
+        & (h >= cfg.min_size)
+        & (area >= cfg.min_area)
+        & (area >= cfg.min_visibility * np.maximum(raw_area, 1e-9))
+        & (ratio <= cfg.max_aspect_ratio)
+        & (w > 0)
+        & (h > 0)
+    )
 
 
 def letterbox_sample(sample: Sample, imgsz: int, scaleup: bool = True) -> tuple[Sample, LetterboxInfo]:
@@ -281,20 +294,38 @@ class TrainAugment:
         # The affine runs on the 2s mosaic canvas, so its shift limit is halved there to move the
         # content by up to ``translate`` of the s×s output.
         t = cfg.translate / 2 if mosaic else cfg.translate
-        affine = dict(scale=tuple(cfg.scale), keep_ratio=True, translate_percent=(-t, t),
-                      rotate=(-cfg.degrees, cfg.degrees), shear=(-cfg.shear, cfg.shear),
-                      interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_CONSTANT, fill=PAD_VALUE, p=1.0)
+        affine = dict(
+            scale=tuple(cfg.scale),
+            keep_ratio=True,
+            translate_percent=(-t, t),
+            rotate=(-cfg.degrees, cfg.degrees),
+            shear=(-cfg.shear, cfg.shear),
+            interpolation=cv2.INTER_LINEAR,
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=PAD_VALUE,
+            p=1.0,
+        )
         steps: list[A.BasicTransform] = [AffineCenterCrop(self.imgsz, **affine) if mosaic else A.Affine(**affine)]
         if cfg.hsv_h or cfg.hsv_s or cfg.hsv_v:
             # Applied to BGR as if RGB: the hue axis runs backwards, which symmetric limits make
             # identical in distribution; saturation and value do not depend on channel order.
-            steps.append(A.HueSaturationValue(hue_shift_limit=cfg.hsv_h, sat_shift_limit=cfg.hsv_s,
-                                              val_shift_limit=cfg.hsv_v, p=1.0))
+            steps.append(
+                A.HueSaturationValue(
+                    hue_shift_limit=cfg.hsv_h, sat_shift_limit=cfg.hsv_s, val_shift_limit=cfg.hsv_v, p=1.0
+                )
+            )
         steps.append(A.HorizontalFlip(p=cfg.fliplr))
-        bbox_params = A.BboxParams(format="pascal_voc", label_fields=["box_ids"], min_area=cfg.min_area,
-                                   min_visibility=cfg.min_visibility, min_width=cfg.min_size,
-                                   min_height=cfg.min_size, max_accept_ratio=cfg.max_aspect_ratio,
-                                   clip=True, check_each_transform=True)
+        bbox_params = A.BboxParams(
+            format="pascal_voc",
+            label_fields=["box_ids"],
+            min_area=cfg.min_area,
+            min_visibility=cfg.min_visibility,
+            min_width=cfg.min_size,
+            min_height=cfg.min_size,
+            max_accept_ratio=cfg.max_aspect_ratio,
+            clip=True,
+            check_each_transform=True,
+        )
         return A.Compose(steps, bbox_params=bbox_params, save_applied_params=True, seed=0)
 
     def __call__(self, sample: Sample, seed: int, mosaic: bool) -> tuple[Sample, bool]:
@@ -314,8 +345,9 @@ class TrainAugment:
             sample, _ = letterbox_sample(sample, self.imgsz, scaleup=False)
         pipeline = self._mosaic if mosaic else self._plain
         pipeline.set_random_seed(int(seed))
-        out = pipeline(image=sample.image, bboxes=sample.boxes.reshape(-1, 4),
-                       box_ids=np.arange(len(sample.texts), dtype=np.int64))
+        out = pipeline(
+            image=sample.image, bboxes=sample.boxes.reshape(-1, 4), box_ids=np.arange(len(sample.texts), dtype=np.int64)
+        )
         ids = np.asarray(out["box_ids"], dtype=np.int64).reshape(-1)
         result = sample.take(ids)
         boxes = np.asarray(out["bboxes"], dtype=np.float64).reshape(-1, 4)

@@ -35,17 +35,26 @@ class Predictor:
         dtype: autocast dtype (None: float32).
     """
 
-    def __init__(self, model: OVDetector, names: Sequence[str], embeddings: torch.Tensor, nms: NMSConfig,
-                 imgsz: int | tuple[int, int] = 640, dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        model: OVDetector,
+        names: Sequence[str],
+        embeddings: torch.Tensor,
+        nms: NMSConfig,
+        imgsz: int | tuple[int, int] = 640,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         if embeddings.ndim != 2 or embeddings.shape[0] != len(names):
-            raise ValueError(f"embeddings must be ({len(names)}, D) for {len(names)} names, got "
-                             f"{tuple(embeddings.shape)}")
+            raise ValueError(
+                f"embeddings must be ({len(names)}, D) for {len(names)} names, got {tuple(embeddings.shape)}"
+            )
         self.model, self.names, self.embeddings = model, list(names), embeddings
         self.nms, self.imgsz, self.dtype = nms, imgsz, dtype
 
     @torch.inference_mode()
-    def __call__(self, images: Sequence[np.ndarray], sources: Sequence[str | None],
-                 keep_images: bool = True) -> list[Detections]:
+    def __call__(
+        self, images: Sequence[np.ndarray], sources: Sequence[str | None], keep_images: bool = True
+    ) -> list[Detections]:
         """Detections of ``images``, in order.
 
         Images whose letterboxed shapes differ run as separate sub-batches, so a batched
@@ -71,10 +80,15 @@ class Predictor:
                     raw = self.model(x, self.embeddings)
                 for i, result in zip(idx, self.model.postprocess(raw, self.nms)):
                     info = boxed[i][1]
-                    out[i] = Detections(boxes=unletterbox_boxes(result.boxes.cpu(), info), scores=result.scores.cpu(),
-                                        labels=result.labels.cpu(), names=list(self.names),
-                                        image_size=info.orig_shape, path=sources[i],
-                                        image=images[i] if keep_images else None)
+                    out[i] = Detections(
+                        boxes=unletterbox_boxes(result.boxes.cpu(), info),
+                        scores=result.scores.cpu(),
+                        labels=result.labels.cpu(),
+                        names=list(self.names),
+                        image_size=info.orig_shape,
+                        path=sources[i],
+                        image=images[i] if keep_images else None,
+                    )
         finally:
             self.model.train(was_training)
         return out  # type: ignore[return-value]
@@ -96,8 +110,9 @@ class PredictionStream(Iterable[Detections]):
         seen: items read successfully so far.
     """
 
-    def __init__(self, predictor: Predictor, source: Any, batch: int = 1, keep_images: bool = True,
-                 video_stride: int = 1) -> None:
+    def __init__(
+        self, predictor: Predictor, source: Any, batch: int = 1, keep_images: bool = True, video_stride: int = 1
+    ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         self.predictor, self.batch, self.keep_images = predictor, batch, keep_images

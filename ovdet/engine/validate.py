@@ -38,17 +38,32 @@ def dataset_to_coco(dataset: Dataset) -> tuple[dict[str, Any], list[int]]:
         ids.append(image_id)
         images.append({"id": image_id, "file_name": Path(rec.path).name, "height": rec.height, "width": rec.width})
         keep = rec.labels >= 0  # free grounding phrases have no category to score
-        for xywh, label, ignore in zip(xyxy_to_xywh(rec.boxes[keep].astype("float64")).tolist(),
-                                       rec.labels[keep].tolist(), rec.ignore[keep].tolist()):
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": dataset.category_ids[label], "bbox": xywh,
-                                "area": xywh[2] * xywh[3], "iscrowd": int(ignore)})
+        for xywh, label, ignore in zip(
+            xyxy_to_xywh(rec.boxes[keep].astype("float64")).tolist(),
+            rec.labels[keep].tolist(),
+            rec.ignore[keep].tolist(),
+        ):
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": dataset.category_ids[label],
+                    "bbox": xywh,
+                    "area": xywh[2] * xywh[3],
+                    "iscrowd": int(ignore),
+                }
+            )
     categories = [{"id": c, "name": n} for c, n in zip(dataset.category_ids, dataset.raw_names)]
     return {"images": images, "annotations": annotations, "categories": categories}, ids
 
 
-def validate(model: OVDetector, data: str | Path | Dataset, embed: Callable[[Sequence[str]], torch.Tensor],
-             cfg: EvalConfig | None = None, device: torch.device | str | None = None) -> dict[str, Any]:
+def validate(
+    model: OVDetector,
+    data: str | Path | Dataset,
+    embed: Callable[[Sequence[str]], torch.Tensor],
+    cfg: EvalConfig | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
     """Evaluate ``model`` zero-shot on a dataset: its vocabulary is the dataset's class names.
 
     Args:
@@ -81,14 +96,19 @@ def validate(model: OVDetector, data: str | Path | Dataset, embed: Callable[[Seq
         ids = [r.image_id for r in dataset.records]
     else:
         gt, ids = dataset_to_coco(dataset)
-    evaluator = build_evaluator(gt, lvis=lvis or cfg.fixed_ap, fixed_ap=cfg.fixed_ap, backend=cfg.backend,
-                                category_ids=dataset.category_ids)
+    evaluator = build_evaluator(
+        gt, lvis=lvis or cfg.fixed_ap, fixed_ap=cfg.fixed_ap, backend=cfg.backend, category_ids=dataset.category_ids
+    )
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     emb = embed(dataset.names).to(device, torch.float32)  # (K, D)
     nms = NMSConfig(conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_detections)
-    run = PredictionStream(Predictor(model, dataset.names, emb, nms, cfg.imgsz),
-                           [str(r.path) for r in dataset.records], batch=cfg.batch, keep_images=False)
+    run = PredictionStream(
+        Predictor(model, dataset.names, emb, nms, cfg.imgsz),
+        [str(r.path) for r in dataset.records],
+        batch=cfg.batch,
+        keep_images=False,
+    )
     id_of = {str(r.path): i for r, i in zip(dataset.records, ids)}
     sample_dir = Path(cfg.save_dir) / "samples" if cfg.save_dir is not None and cfg.samples > 0 else None
     start, n = time.perf_counter(), 0
@@ -102,8 +122,11 @@ def validate(model: OVDetector, data: str | Path | Dataset, embed: Callable[[Seq
             bar.update(1)
     elapsed = time.perf_counter() - start
     metrics = evaluator.evaluate()
-    metrics.update(images=n, skipped=[{"source": s, "reason": r} for s, r in run.skipped],
-                   images_per_s=n / elapsed if elapsed > 0 else 0.0)
+    metrics.update(
+        images=n,
+        skipped=[{"source": s, "reason": r} for s, r in run.skipped],
+        images_per_s=n / elapsed if elapsed > 0 else 0.0,
+    )
     if cfg.save_dir is not None:
         save_results(Path(cfg.save_dir) / "results.json", evaluator.results)
         write_report(metrics, cfg.save_dir, evaluator.precision, evaluator.names)

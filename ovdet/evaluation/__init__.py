@@ -18,13 +18,30 @@ from ovdet.evaluation.coco import BACKENDS, COCOEvaluator
 from ovdet.evaluation.lvis import LVISEvaluator
 from ovdet.evaluation.report import format_metrics, plot_pr_curves, save_results, write_report
 
-__all__ = ["BACKENDS", "DROP_REASONS", "BoxEvaluator", "COCOEvaluator", "LVISEvaluator", "build_evaluator",
-           "evaluate_results_file", "format_metrics", "plot_pr_curves", "save_results", "write_report"]
+__all__ = [
+    "BACKENDS",
+    "DROP_REASONS",
+    "BoxEvaluator",
+    "COCOEvaluator",
+    "LVISEvaluator",
+    "build_evaluator",
+    "evaluate_results_file",
+    "format_metrics",
+    "plot_pr_curves",
+    "save_results",
+    "write_report",
+]
 
 
-def build_evaluator(gt: str | os.PathLike | Mapping[str, Any], *, lvis: bool = False, fixed_ap: bool = False,
-                    backend: str = "pycocotools", strict: bool = False,
-                    category_ids: Sequence[Any] | None = None) -> COCOEvaluator | LVISEvaluator:
+def build_evaluator(
+    gt: str | os.PathLike | Mapping[str, Any],
+    *,
+    lvis: bool = False,
+    fixed_ap: bool = False,
+    backend: str = "pycocotools",
+    strict: bool = False,
+    category_ids: Sequence[Any] | None = None,
+) -> COCOEvaluator | LVISEvaluator:
     """The evaluator for a dataset kind: LVIS (standard or Fixed AP) or COCO with a backend.
 
     ``category_ids[label]`` is the dataset category of a detection label (default: the GT
@@ -39,9 +56,14 @@ def build_evaluator(gt: str | os.PathLike | Mapping[str, Any], *, lvis: bool = F
     return COCOEvaluator(gt, category_ids, backend=backend, strict=strict)
 
 
-def evaluate_results_file(results_json: str | os.PathLike, gt_json: str | os.PathLike | Mapping[str, Any],
-                          lvis: bool = False, fixed_ap: bool = False, backend: str = "pycocotools",
-                          strict: bool = False) -> dict[str, Any]:
+def evaluate_results_file(
+    results_json: str | os.PathLike,
+    gt_json: str | os.PathLike | Mapping[str, Any],
+    lvis: bool = False,
+    fixed_ap: bool = False,
+    backend: str = "pycocotools",
+    strict: bool = False,
+) -> dict[str, Any]:
     """Re-score saved detections without the model.
 
     Args:
@@ -57,4 +79,3 @@ def evaluate_results_file(results_json: str | os.PathLike, gt_json: str | os.Pat
     evaluator = build_evaluator(gt_json, lvis=lvis, fixed_ap=fixed_ap, backend=backend, strict=strict)
     evaluator.process_results_file(results_json)
     return evaluator.evaluate()
-

@@ -70,8 +70,10 @@ def _load_gt(gt: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
         with open(path, encoding="utf-8") as f:
             data, source = json.load(f), str(path)
         if not isinstance(data, dict):
-            raise ValueError(f"{source} is not a COCO/LVIS annotation file (top level is {type(data).__name__}, "
-                             f"expected an object with 'images', 'annotations', 'categories')")
+            raise ValueError(
+                f"{source} is not a COCO/LVIS annotation file (top level is {type(data).__name__}, "
+                f"expected an object with 'images', 'annotations', 'categories')"
+            )
     images = list(data.get("images") or [])
     if not images:
         raise ValueError(f"{source} has no images: there is nothing to evaluate against")
@@ -111,8 +113,9 @@ def _numpy(x: Any, dtype: Any) -> np.ndarray:
 class BoxEvaluator:
     """Accumulation and validation shared by the COCO and LVIS evaluators; subclasses score."""
 
-    def __init__(self, gt: str | os.PathLike | Mapping[str, Any], category_ids: Sequence[Any] | None,
-                 strict: bool) -> None:
+    def __init__(
+        self, gt: str | os.PathLike | Mapping[str, Any], category_ids: Sequence[Any] | None, strict: bool
+    ) -> None:
         self.gt = _load_gt(gt)
         cats = sorted(self.gt["categories"], key=lambda c: c["id"])
         self.gt_category_ids: list[Any] = [c["id"] for c in cats]
@@ -151,8 +154,9 @@ class BoxEvaluator:
                 would be dropped (the message names the offending ids/values).
         """
         if len(image_ids) != len(detections):
-            raise ValueError(f"process() got {len(image_ids)} image ids but {len(detections)} detection items; "
-                             f"give one per image")
+            raise ValueError(
+                f"process() got {len(image_ids)} image ids but {len(detections)} detection items; give one per image"
+            )
         for image_id, item in zip(image_ids, detections):
             image_id = _py(image_id)
             xywh, scores, cats = self._convert(image_id, item)  # (N, 4), (N,), N
@@ -177,8 +181,10 @@ class BoxEvaluator:
         metrics, precision = self._score([dict(r) for r in self._results])
         self.precision = precision
         metrics["per_class"] = self._per_class(precision)
-        metrics["dropped"] = {**{k: int(self._dropped[k]) for k in DROP_REASONS},
-                              "total": int(sum(self._dropped.values()))}
+        metrics["dropped"] = {
+            **{k: int(self._dropped[k]) for k in DROP_REASONS},
+            "total": int(sum(self._dropped.values())),
+        }
         return metrics
 
     # -- extras ------------------------------------------------------------------------------
@@ -206,8 +212,9 @@ class BoxEvaluator:
                 boxes.append(r["bbox"])
                 scores.append(r["score"])
             except (KeyError, TypeError) as e:
-                raise ValueError(f"result {i} is not a COCO result dict with image_id, category_id, bbox, score: "
-                                 f"{r!r}") from e
+                raise ValueError(
+                    f"result {i} is not a COCO result dict with image_id, category_id, bbox, score: {r!r}"
+                ) from e
         xywh = self._as_boxes(boxes, "bbox of the results")
         self._accept(image_ids, xywh, self._as_scores(scores, len(xywh)), cats)
 
@@ -234,8 +241,9 @@ class BoxEvaluator:
         elif is_predictions(data):
             self.process_results(predictions_to_results(data, self.gt, self.gt_category_ids, self.names))
         else:
-            raise ValueError(f"{path} is neither a COCO results list nor an ovdet predictions.json "
-                             f"(an object with 'images')")
+            raise ValueError(
+                f"{path} is neither a COCO results list nor an ovdet predictions.json (an object with 'images')"
+            )
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -282,32 +290,40 @@ class BoxEvaluator:
         elif isinstance(item, Mapping):
             missing = [k for k in ("boxes", "scores", "labels") if k not in item]
             if missing:
-                raise ValueError(f"detections for image {image_id!r} lack {missing}: a mapping needs 'boxes' "
-                                 f"(N, 4) xyxy pixels, 'scores' (N,), 'labels' (N,)")
+                raise ValueError(
+                    f"detections for image {image_id!r} lack {missing}: a mapping needs 'boxes' "
+                    f"(N, 4) xyxy pixels, 'scores' (N,), 'labels' (N,)"
+                )
             xyxy = self._as_boxes(item["boxes"], f"boxes of image {image_id!r}")
             scores = self._as_scores(item["scores"], len(xyxy))
             cats = self._labels_to_categories(item["labels"], len(xyxy))
         elif isinstance(item, Sequence) and not isinstance(item, str):
             for r in item:
                 if not isinstance(r, Mapping) or not {"bbox", "score", "category_id"} <= r.keys():
-                    raise ValueError(f"detections for image {image_id!r} must be Detections, a mapping with boxes/"
-                                     f"scores/labels, or COCO result dicts with bbox/score/category_id; got {r!r}")
+                    raise ValueError(
+                        f"detections for image {image_id!r} must be Detections, a mapping with boxes/"
+                        f"scores/labels, or COCO result dicts with bbox/score/category_id; got {r!r}"
+                    )
                 if "image_id" in r and _py(r["image_id"]) != image_id:
                     raise ValueError(f"a result dict with image_id {r['image_id']!r} was given for image {image_id!r}")
             xywh = self._as_boxes([r["bbox"] for r in item], f"bbox of image {image_id!r}")
             scores = self._as_scores([r["score"] for r in item], len(xywh))
             return xywh, scores, [_py(r["category_id"]) for r in item]
         else:
-            raise TypeError(f"detections for image {image_id!r} must be Detections, a mapping or a list of COCO "
-                            f"result dicts, got {type(item).__name__}")
+            raise TypeError(
+                f"detections for image {image_id!r} must be Detections, a mapping or a list of COCO "
+                f"result dicts, got {type(item).__name__}"
+            )
         return xyxy_to_xywh(xyxy), scores, cats  # the one place detections change box format
 
     def _drop(self, reason: str, count: int, examples: Iterable[str]) -> None:
         examples = list(dict.fromkeys(examples))  # distinct, in order
         if self.strict:
             shown = ", ".join(examples[:_MAX_EXAMPLES]) + (", ..." if len(examples) > _MAX_EXAMPLES else "")
-            raise ValueError(f"{count} detection(s) with {DROP_REASONS[reason]}: {shown} "
-                             f"(strict=True; fix the input, or use strict=False to drop and count them)")
+            raise ValueError(
+                f"{count} detection(s) with {DROP_REASONS[reason]}: {shown} "
+                f"(strict=True; fix the input, or use strict=False to drop and count them)"
+            )
         self._dropped[reason] += count
         seen = self._examples[reason]
         seen.extend(e for e in examples if e not in seen and len(seen) < _MAX_EXAMPLES)
@@ -339,17 +355,25 @@ class BoxEvaluator:
                 self._drop(reason, len(idx), (example(int(i)) for i in idx[: 50 * _MAX_EXAMPLES]))
                 keep &= ~bad
         for i in np.flatnonzero(keep).tolist():
-            self._results.append({"image_id": image_ids[i], "category_id": cats[i],
-                                  "bbox": xywh[i].tolist(), "score": float(scores[i])})
+            self._results.append(
+                {"image_id": image_ids[i], "category_id": cats[i], "bbox": xywh[i].tolist(), "score": float(scores[i])}
+            )
 
     def _warn_dropped(self) -> None:
         total = sum(self._dropped.values())
         if not total:
             return
-        parts = [f"{self._dropped[k]} with {DROP_REASONS[k]} (e.g. {', '.join(self._examples[k])})"
-                 for k in DROP_REASONS if self._dropped[k]]
-        warnings.warn(f"{type(self).__name__}: dropped {total} of {total + len(self._results)} detections: "
-                      + "; ".join(parts) + ". Pass strict=True to raise instead.", stacklevel=3)
+        parts = [
+            f"{self._dropped[k]} with {DROP_REASONS[k]} (e.g. {', '.join(self._examples[k])})"
+            for k in DROP_REASONS
+            if self._dropped[k]
+        ]
+        warnings.warn(
+            f"{type(self).__name__}: dropped {total} of {total + len(self._results)} detections: "
+            + "; ".join(parts)
+            + ". Pass strict=True to raise instead.",
+            stacklevel=3,
+        )
 
     def _score(self, results: list[dict[str, Any]]) -> tuple[dict[str, Any], np.ndarray]:
         raise NotImplementedError
@@ -365,5 +389,3 @@ class BoxEvaluator:
             valid = p[:, :, k][p[:, :, k] > -1]
             table.append((cid, name, float(valid.mean()) if valid.size else float("nan")))
         return table
-
-

@@ -21,8 +21,10 @@ def _faster_coco_eval():
     try:
         import faster_coco_eval
     except ImportError as e:
-        raise ImportError("backend='faster_coco_eval' needs the faster-coco-eval package: "
-                          "pip install faster-coco-eval (or pip install 'ovdet[eval]')") from e
+        raise ImportError(
+            "backend='faster_coco_eval' needs the faster-coco-eval package: "
+            "pip install faster-coco-eval (or pip install 'ovdet[eval]')"
+        ) from e
     return faster_coco_eval
 
 
@@ -48,18 +50,37 @@ class COCOEvaluator(BoxEvaluator):
         ImportError: ``backend="faster_coco_eval"`` without the package installed.
     """
 
-    def __init__(self, gt: str | os.PathLike | Mapping[str, Any], category_ids: Sequence[Any] | None = None, *,
-                 backend: str = "pycocotools", max_dets: Sequence[int] = (1, 10, 100), strict: bool = False) -> None:
+    def __init__(
+        self,
+        gt: str | os.PathLike | Mapping[str, Any],
+        category_ids: Sequence[Any] | None = None,
+        *,
+        backend: str = "pycocotools",
+        max_dets: Sequence[int] = (1, 10, 100),
+        strict: bool = False,
+    ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         max_dets = tuple(int(m) for m in max_dets)
         if len(max_dets) != 3 or any(m < 1 for m in max_dets) or list(max_dets) != sorted(max_dets):
-            raise ValueError(f"max_dets must be three increasing positive ints (COCO summarizes AR at each, "
-                             f"AP at the last), got {max_dets}")
+            raise ValueError(
+                f"max_dets must be three increasing positive ints (COCO summarizes AR at each, "
+                f"AP at the last), got {max_dets}"
+            )
         self.backend, self.max_dets = backend, max_dets
         super().__init__(gt, category_ids, strict)
-        self.stat_names = ("AP", "AP50", "AP75", "APs", "APm", "APl", *(f"AR{m}" for m in max_dets),
-                           "ARs", "ARm", "ARl")
+        self.stat_names = (
+            "AP",
+            "AP50",
+            "AP75",
+            "APs",
+            "APm",
+            "APl",
+            *(f"AR{m}" for m in max_dets),
+            "ARs",
+            "ARm",
+            "ARl",
+        )
         with contextlib.redirect_stdout(io.StringIO()):
             if backend == "pycocotools":
                 from pycocotools.coco import COCO
@@ -87,8 +108,9 @@ class COCOEvaluator(BoxEvaluator):
                 coco_eval = COCOeval(self._gt_api, dt, "bbox")
             else:
                 fce = _faster_coco_eval()
-                coco_eval = fce.COCOeval_faster(self._gt_api, self._gt_api.loadRes(results), "bbox",
-                                                print_function=_silent)
+                coco_eval = fce.COCOeval_faster(
+                    self._gt_api, self._gt_api.loadRes(results), "bbox", print_function=_silent
+                )
             coco_eval.params.maxDets = list(self.max_dets)
             coco_eval.evaluate()
             coco_eval.accumulate()
@@ -100,4 +122,3 @@ class COCOEvaluator(BoxEvaluator):
 
     def _class_precision(self, precision: np.ndarray) -> np.ndarray:
         return precision[:, :, :, 0, -1]  # area "all", max_dets[-1]
-

@@ -23,8 +23,9 @@ def _lvis():
     try:
         import lvis
     except ImportError as e:
-        raise ImportError("LVIS evaluation needs the lvis package: pip install lvis "
-                          "(or pip install 'ovdet[eval]')") from e
+        raise ImportError(
+            "LVIS evaluation needs the lvis package: pip install lvis (or pip install 'ovdet[eval]')"
+        ) from e
     return lvis
 
 
@@ -44,7 +45,7 @@ def _lvis_accumulate(lvis_eval: Any) -> None:
     for k in range(n_cat):
         for a in range(n_area):
             start = (k * n_area + a) * n_img  # eval_imgs is ordered category, area, image
-            evals = [e for e in lvis_eval.eval_imgs[start:start + n_img] if e is not None]
+            evals = [e for e in lvis_eval.eval_imgs[start : start + n_img] if e is not None]
             if not evals:
                 continue
             order = np.argsort(-np.concatenate([e["dt_scores"] for e in evals]), kind="mergesort")
@@ -66,8 +67,7 @@ def _lvis_accumulate(lvis_eval: Any) -> None:
                 ok = idx < len(pr)
                 q[ok] = pr[idx[ok]]
                 precision[t, :, k, a] = q
-    lvis_eval.eval = {"params": p, "counts": [n_thr, n_rec, n_cat, n_area], "precision": precision,
-                      "recall": recall}
+    lvis_eval.eval = {"params": p, "counts": [n_thr, n_rec, n_cat, n_area], "precision": precision, "recall": recall}
 
 
 class LVISEvaluator(BoxEvaluator):
@@ -93,21 +93,33 @@ class LVISEvaluator(BoxEvaluator):
     ARl@300 (``@all`` instead of ``@300`` for Fixed AP), ``capped``, plus the common ones.
     """
 
-    def __init__(self, gt: str | os.PathLike | Mapping[str, Any], category_ids: Sequence[Any] | None = None, *,
-                 fixed_ap: bool = False, max_dets: int = 300, topk_per_class: int = 10_000,
-                 strict: bool = False) -> None:
+    def __init__(
+        self,
+        gt: str | os.PathLike | Mapping[str, Any],
+        category_ids: Sequence[Any] | None = None,
+        *,
+        fixed_ap: bool = False,
+        max_dets: int = 300,
+        topk_per_class: int = 10_000,
+        strict: bool = False,
+    ) -> None:
         _lvis()
         if max_dets < 1 or topk_per_class < 1:
             raise ValueError(f"max_dets and topk_per_class must be >= 1, got {max_dets}, {topk_per_class}")
         self.fixed_ap, self.max_dets, self.topk_per_class = fixed_ap, int(max_dets), int(topk_per_class)
         super().__init__(gt, category_ids, strict)
-        bad_img = [img["id"] for img in self.gt["images"]
-                   if "neg_category_ids" not in img or "not_exhaustive_category_ids" not in img]
+        bad_img = [
+            img["id"]
+            for img in self.gt["images"]
+            if "neg_category_ids" not in img or "not_exhaustive_category_ids" not in img
+        ]
         bad_cat = [c["id"] for c in self.gt["categories"] if c.get("frequency") not in ("r", "c", "f")]
         if bad_img or bad_cat:
-            raise ValueError(f"not an LVIS annotation set: {len(bad_img)} images lack neg_category_ids/"
-                             f"not_exhaustive_category_ids and {len(bad_cat)} categories lack frequency r/c/f "
-                             f"(for COCO-style data use COCOEvaluator, i.e. drop --lvis/--fixed-ap)")
+            raise ValueError(
+                f"not an LVIS annotation set: {len(bad_img)} images lack neg_category_ids/"
+                f"not_exhaustive_category_ids and {len(bad_cat)} categories lack frequency r/c/f "
+                f"(for COCO-style data use COCOEvaluator, i.e. drop --lvis/--fixed-ap)"
+            )
         from lvis import LVIS
 
         self._gt_api = LVIS.__new__(LVIS)  # LVIS() only reads paths; index the normalised dict instead
@@ -150,4 +162,3 @@ class LVISEvaluator(BoxEvaluator):
 
     def _class_precision(self, precision: np.ndarray) -> np.ndarray:
         return precision[:, :, :, 0]  # area "all"
-

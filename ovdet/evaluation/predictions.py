@@ -23,8 +23,9 @@ from ovdet.structures import xyxy_to_xywh
 __all__ = ["is_predictions", "predictions_to_results", "read_predictions", "write_predictions"]
 
 
-def write_predictions(path: str | Path, names: Sequence[str], images: Iterable[Mapping[str, Any]],
-                      skipped: Iterable[tuple[str, str]] = ()) -> Path:
+def write_predictions(
+    path: str | Path, names: Sequence[str], images: Iterable[Mapping[str, Any]], skipped: Iterable[tuple[str, str]] = ()
+) -> Path:
     """Write ``predictions.json`` atomically.
 
     Args:
@@ -33,8 +34,11 @@ def write_predictions(path: str | Path, names: Sequence[str], images: Iterable[M
         images: one :meth:`~ovdet.structures.Detections.to_dict` per image (extra keys kept).
         skipped: (source, reason) of every input that could not be read.
     """
-    data = {"names": list(names), "skipped": [{"source": s, "reason": r} for s, r in skipped],
-            "images": [dict(i) for i in images]}
+    data = {
+        "names": list(names),
+        "skipped": [{"source": s, "reason": r} for s, r in skipped],
+        "images": [dict(i) for i in images],
+    }
     return atomic_write_text(path, json.dumps(data, indent=1))
 
 
@@ -62,8 +66,9 @@ def is_predictions(data: Any) -> bool:
     return isinstance(data, dict) and isinstance(data.get("images"), list)
 
 
-def predictions_to_results(data: Mapping[str, Any], gt: Mapping[str, Any], category_ids: Sequence[Any],
-                           category_names: Sequence[str]) -> list[dict[str, Any]]:
+def predictions_to_results(
+    data: Mapping[str, Any], gt: Mapping[str, Any], category_ids: Sequence[Any], category_names: Sequence[str]
+) -> list[dict[str, Any]]:
     """A ``predictions.json`` as COCO result dicts of a ground truth.
 
     Images are matched by file name (the basename of ``path`` against the basename of the
@@ -104,6 +109,12 @@ def predictions_to_results(data: Mapping[str, Any], gt: Mapping[str, Any], categ
             if name is None and "label" in d and 0 <= int(d["label"]) < len(names):
                 name = names[int(d["label"])]
             cid = by_name.get(name, by_name.get(norm(str(name)), f"<name {name!r} not a ground-truth category>"))
-            results.append({"image_id": image_id, "category_id": cid, "bbox": xyxy_to_xywh([d["box"]])[0].tolist(),
-                            "score": d["score"]})
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": cid,
+                    "bbox": xyxy_to_xywh([d["box"]])[0].tolist(),
+                    "score": d["score"],
+                }
+            )
     return results

@@ -57,12 +57,15 @@ def _precision_source(source: Any) -> tuple[np.ndarray, np.ndarray]:
         params = eval_.get("params") or getattr(source, "params", None)
         thrs = getattr(params, "iouThrs", getattr(params, "iou_thrs", default_thrs))
         return np.asarray(eval_["precision"]), np.asarray(thrs)
-    raise TypeError(f"plot_pr_curves needs a precision array, an evaluated COCOEvaluator/LVISEvaluator or a "
-                    f"COCOeval/LVISEval after accumulate(), got {type(source).__name__}")
+    raise TypeError(
+        f"plot_pr_curves needs a precision array, an evaluated COCOEvaluator/LVISEvaluator or a "
+        f"COCOeval/LVISEval after accumulate(), got {type(source).__name__}"
+    )
 
 
-def plot_pr_curves(source: Any, names: Sequence[str], path: str | os.PathLike, iou: float = 0.5,
-                   num_classes: int = 5) -> Path:
+def plot_pr_curves(
+    source: Any, names: Sequence[str], path: str | os.PathLike, iou: float = 0.5, num_classes: int = 5
+) -> Path:
     """Precision-recall curves at one IoU threshold to a PNG: the class mean plus a few classes.
 
     Args:
@@ -104,8 +107,13 @@ def plot_pr_curves(source: Any, names: Sequence[str], path: str | os.PathLike, i
         ax.legend(loc="lower left", fontsize="small")
     else:
         ax.text(0.5, 0.5, "no class has ground truth", ha="center", va="center")
-    ax.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1.02),
-           title=f"Precision-recall at IoU={iou:g} (legend: AP{round(iou * 100)})")
+    ax.set(
+        xlabel="Recall",
+        ylabel="Precision",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title=f"Precision-recall at IoU={iou:g} (legend: AP{round(iou * 100)})",
+    )
     ax.grid(alpha=0.3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,8 +121,9 @@ def plot_pr_curves(source: Any, names: Sequence[str], path: str | os.PathLike, i
     return path
 
 
-def write_report(metrics: Mapping[str, Any], save_dir: str | os.PathLike, precision: Any = None,
-                 names: Sequence[str] | None = None) -> Path:
+def write_report(
+    metrics: Mapping[str, Any], save_dir: str | os.PathLike, precision: Any = None, names: Sequence[str] | None = None
+) -> Path:
     """Print the metrics table; write ``metrics.json`` (NaN → null) and, given a precision array, ``pr_curve.png``.
 
     Returns:
@@ -143,4 +152,3 @@ def write_report(metrics: Mapping[str, Any], save_dir: str | os.PathLike, precis
             print(f"warning: no pr_curve.png ({e})", file=sys.stderr)
     print(f"results: {', '.join(str(save_dir / w) for w in written)}")
     return save_dir
-

@@ -63,8 +63,9 @@ def complete_iou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-7) -> t
     b2_x1, b2_y1, b2_x2, b2_y2 = box2.unbind(-1)  # (...,) each
     w1, h1 = b1_x2 - b1_x1, b1_y2 - b1_y1 + eps  # (...,)
     w2, h2 = b2_x2 - b2_x1, b2_y2 - b2_y1 + eps  # (...,)
-    inter = ((b1_x2.minimum(b2_x2) - b1_x1.maximum(b2_x1)).clamp(0)
-             * (b1_y2.minimum(b2_y2) - b1_y1.maximum(b2_y1)).clamp(0))  # (...,)
+    inter = (b1_x2.minimum(b2_x2) - b1_x1.maximum(b2_x1)).clamp(0) * (
+        b1_y2.minimum(b2_y2) - b1_y1.maximum(b2_y1)
+    ).clamp(0)  # (...,)
     union = w1 * h1 + w2 * h2 - inter + eps  # (...,)
     iou = inter / union  # (...,)
     cw = b1_x2.maximum(b2_x2) - b1_x1.minimum(b2_x1)  # (...,) enclosing box width
@@ -77,8 +78,9 @@ def complete_iou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-7) -> t
     return iou - (rho2 / c2 + v * alpha)
 
 
-def candidates_inside(anchors: torch.Tensor, gt_boxes: torch.Tensor, min_size: float,
-                      eps: float = 1e-9) -> torch.Tensor:
+def candidates_inside(
+    anchors: torch.Tensor, gt_boxes: torch.Tensor, min_size: float, eps: float = 1e-9
+) -> torch.Tensor:
     """Which anchor centres lie strictly inside each ground-truth box.
 
     Box sides shorter than ``min_size`` are first widened to it about the box centre, so that a
@@ -95,8 +97,9 @@ def candidates_inside(anchors: torch.Tensor, gt_boxes: torch.Tensor, min_size: f
     """
     # Through centre/size and back even when nothing is widened: the round trip moves the sides
     # by a few ulps, exactly as ultralytics' xyxy→xywh→xyxy does, so border anchors agree.
-    centre = torch.stack(((gt_boxes[..., 0] + gt_boxes[..., 2]) / 2,
-                          (gt_boxes[..., 1] + gt_boxes[..., 3]) / 2), -1)  # (B, M, 2)
+    centre = torch.stack(
+        ((gt_boxes[..., 0] + gt_boxes[..., 2]) / 2, (gt_boxes[..., 1] + gt_boxes[..., 3]) / 2), -1
+    )  # (B, M, 2)
     size = gt_boxes[..., 2:] - gt_boxes[..., :2]  # (B, M, 2)
     size = torch.where(size < min_size, torch.full_like(size, min_size), size)  # (B, M, 2)
     half = size / 2  # (B, M, 2)
@@ -109,9 +112,15 @@ def candidates_inside(anchors: torch.Tensor, gt_boxes: torch.Tensor, min_size: f
     return inside
 
 
-def align_metrics(scores: torch.Tensor, pred_boxes: torch.Tensor, gt_labels: torch.Tensor,
-                  gt_boxes: torch.Tensor, candidates: torch.Tensor, alpha: float,
-                  beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def align_metrics(
+    scores: torch.Tensor,
+    pred_boxes: torch.Tensor,
+    gt_labels: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    candidates: torch.Tensor,
+    alpha: float,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Alignment metric and overlap of every candidate (box, anchor) pair; zero elsewhere.
 
     Args:
@@ -182,10 +191,20 @@ def resolve_overlaps(positive: torch.Tensor, overlap: torch.Tensor) -> tuple[tor
 
 
 @torch.no_grad()
-def task_aligned_assign(scores: torch.Tensor, pred_boxes: torch.Tensor, anchors: torch.Tensor,
-                        gt_labels: torch.Tensor, gt_boxes: torch.Tensor, gt_mask: torch.Tensor, *,
-                        topk: int = 10, alpha: float = 0.5, beta: float = 6.0, min_size: float = 16.0,
-                        eps: float = 1e-9) -> Assignment:
+def task_aligned_assign(
+    scores: torch.Tensor,
+    pred_boxes: torch.Tensor,
+    anchors: torch.Tensor,
+    gt_labels: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    gt_mask: torch.Tensor,
+    *,
+    topk: int = 10,
+    alpha: float = 0.5,
+    beta: float = 6.0,
+    min_size: float = 16.0,
+    eps: float = 1e-9,
+) -> Assignment:
     """Assign ground-truth boxes to anchors by the task-aligned metric (no gradients).
 
     Args:
@@ -211,11 +230,15 @@ def task_aligned_assign(scores: torch.Tensor, pred_boxes: torch.Tensor, anchors:
     b, a, k = scores.shape
     m = gt_boxes.shape[1]
     if pred_boxes.shape != (b, a, 4) or anchors.shape != (a, 2):
-        raise ValueError(f"pred_boxes must be ({b}, {a}, 4) and anchors ({a}, 2) for scores {tuple(scores.shape)}, "
-                         f"got {tuple(pred_boxes.shape)} and {tuple(anchors.shape)}")
+        raise ValueError(
+            f"pred_boxes must be ({b}, {a}, 4) and anchors ({a}, 2) for scores {tuple(scores.shape)}, "
+            f"got {tuple(pred_boxes.shape)} and {tuple(anchors.shape)}"
+        )
     if gt_boxes.shape != (b, m, 4) or gt_labels.shape != (b, m, 1) or gt_mask.shape != (b, m, 1):
-        raise ValueError(f"gt_boxes, gt_labels, gt_mask must be ({b}, M, 4), ({b}, M, 1), ({b}, M, 1), got "
-                         f"{tuple(gt_boxes.shape)}, {tuple(gt_labels.shape)}, {tuple(gt_mask.shape)}")
+        raise ValueError(
+            f"gt_boxes, gt_labels, gt_mask must be ({b}, M, 4), ({b}, M, 1), ({b}, M, 1), got "
+            f"{tuple(gt_boxes.shape)}, {tuple(gt_labels.shape)}, {tuple(gt_mask.shape)}"
+        )
     if m == 0:
         return Assignment(
             target_labels=torch.full((b, a), k, dtype=torch.long, device=scores.device),

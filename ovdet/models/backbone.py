@@ -32,13 +32,17 @@ class Backbone(nn.Module):
         P5 (B, c5, H/32, W/32)], the P5 map after SPPF.
     """
 
-    def __init__(self, channels: tuple[int, int, int, int, int], depths: tuple[int, int, int, int],
-                 bn_eps: float = 1e-3, bn_momentum: float = 0.03) -> None:
+    def __init__(
+        self,
+        channels: tuple[int, int, int, int, int],
+        depths: tuple[int, int, int, int],
+        bn_eps: float = 1e-3,
+        bn_momentum: float = 0.03,
+    ) -> None:
         super().__init__()
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         self.stem = ConvBNAct(3, channels[0], 3, 2, **bn)
-        self.stages = nn.ModuleList(
-            Stage(channels[i], channels[i + 1], depths[i], **bn) for i in range(4))
+        self.stages = nn.ModuleList(Stage(channels[i], channels[i + 1], depths[i], **bn) for i in range(4))
         self.sppf = SPPF(channels[4], channels[4], 5, **bn)
         self.out_channels = (channels[2], channels[3], channels[4])
 

@@ -35,8 +35,7 @@ class OVDetector(nn.Module):
         self.neck = TextGuidedPAN(cfg, self.backbone.out_channels)
         self.head = WorldHead(cfg, self.neck.out_channels)
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor,
-                text_mask: torch.Tensor | None = None) -> RawOutputs:
+    def forward(self, images: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None) -> RawOutputs:
         """Run the network.
 
         Args:
@@ -59,13 +58,15 @@ class OVDetector(nn.Module):
         if text.ndim == 2:
             text = text.unsqueeze(0).expand(b, -1, -1)
         if text.ndim != 3 or text.shape[0] != b or text.shape[2] != self.cfg.embed_dim:
-            raise ValueError(f"text must be (K, {self.cfg.embed_dim}) or ({b}, K, {self.cfg.embed_dim}), "
-                             f"got {tuple(text.shape)}")
+            raise ValueError(
+                f"text must be (K, {self.cfg.embed_dim}) or ({b}, K, {self.cfg.embed_dim}), got {tuple(text.shape)}"
+            )
         feats = self.backbone(images)
         feats = self.neck(feats, text, text_mask)
         box_logits, cls_logits = self.head(feats, text)
-        anchors, strides = make_anchors([f.shape[2:] for f in feats], self.cfg.strides, box_logits.dtype,
-                                        box_logits.device)
+        anchors, strides = make_anchors(
+            [f.shape[2:] for f in feats], self.cfg.strides, box_logits.dtype, box_logits.device
+        )
         return RawOutputs(box_logits, cls_logits, anchors, strides)
 
     def decode(self, raw: RawOutputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,8 +118,9 @@ class OVDetector(nn.Module):
             batch: targets: boxes in input pixels, labels indexing each image's texts.
             cfg: gains and assigner settings (default :class:`~ovdet.config.LossConfig`).
         """
-        return detection_loss(raw, batch.boxes, batch.labels, batch.batch_idx, batch.ignore, batch.text_mask,
-                              self.cfg.reg_max, cfg)
+        return detection_loss(
+            raw, batch.boxes, batch.labels, batch.batch_idx, batch.ignore, batch.text_mask, self.cfg.reg_max, cfg
+        )
 
     @torch.no_grad()
     def fuse(self) -> OVDetector:

@@ -64,8 +64,9 @@ class BNContrastiveHead(nn.Module):
 
 
 def _branch(c_in: int, hidden: int, c_out: int, bn: dict) -> nn.Sequential:
-    return nn.Sequential(ConvBNAct(c_in, hidden, 3, **bn), ConvBNAct(hidden, hidden, 3, **bn),
-                         nn.Conv2d(hidden, c_out, 1))
+    return nn.Sequential(
+        ConvBNAct(c_in, hidden, 3, **bn), ConvBNAct(hidden, hidden, 3, **bn), nn.Conv2d(hidden, c_out, 1)
+    )
 
 
 class WorldHead(nn.Module):
@@ -83,15 +84,15 @@ class WorldHead(nn.Module):
         self.box_branches = nn.ModuleList(_branch(c, cfg.box_channels, 4 * cfg.reg_max, bn) for c in in_channels)
         self.embed_branches = nn.ModuleList(_branch(c, cfg.embed_channels, cfg.embed_dim, bn) for c in in_channels)
         self.contrast = nn.ModuleList(
-            (ContrastiveHead() if cfg.version == 1 else BNContrastiveHead(cfg.embed_dim, **bn)) for _ in in_channels)
+            (ContrastiveHead() if cfg.version == 1 else BNContrastiveHead(cfg.embed_dim, **bn)) for _ in in_channels
+        )
         for branch in self.box_branches:  # ultralytics' box prior: every bin starts equal
             nn.init.constant_(branch[-1].bias, 1.0)
 
     def forward(self, feats: list[torch.Tensor], text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = feats[0].shape[0]
         box, cls = [], []
-        for x, box_branch, embed_branch, contrast in zip(feats, self.box_branches, self.embed_branches,
-                                                         self.contrast):
+        for x, box_branch, embed_branch, contrast in zip(feats, self.box_branches, self.embed_branches, self.contrast):
             box.append(box_branch(x).view(b, 4 * self.reg_max, -1))  # (B, 4R, H·W)
             cls.append(contrast(embed_branch(x), text).flatten(2))  # (B, K, H·W)
         return torch.cat(box, 2), torch.cat(cls, 2)

@@ -28,8 +28,16 @@ class ConvBNAct(nn.Module):
         (B, c_in, H, W) → (B, c_out, ceil(H / s), ceil(W / s)).
     """
 
-    def __init__(self, c_in: int, c_out: int, k: int = 1, s: int = 1, act: bool = True,
-                 bn_eps: float = 1e-3, bn_momentum: float = 0.03) -> None:
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        k: int = 1,
+        s: int = 1,
+        act: bool = True,
+        bn_eps: float = 1e-3,
+        bn_momentum: float = 0.03,
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, k, s, k // 2, bias=False)
         self.bn: nn.Module = nn.BatchNorm2d(c_out, eps=bn_eps, momentum=bn_momentum)
@@ -52,10 +60,19 @@ def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     With ``s = gamma / sqrt(var + eps)``: ``W' = W * s`` per output channel and
     ``b' = (b - mean) * s + beta``.
     """
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                      conv.padding, conv.dilation, conv.groups, bias=True).to(conv.weight.device)
-    weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
-                                        bn.weight, bn.bias)
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+    ).to(conv.weight.device)
+    weight, bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+    )
     fused.weight.copy_(weight)
     fused.bias.copy_(bias)
     return fused.requires_grad_(False)
@@ -85,8 +102,9 @@ class C2f(nn.Module):
         (B, c_in, H, W) → (B, c_out, H, W); hidden width c = c_out // 2.
     """
 
-    def __init__(self, c_in: int, c_out: int, n: int, shortcut: bool,
-                 bn_eps: float = 1e-3, bn_momentum: float = 0.03) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, n: int, shortcut: bool, bn_eps: float = 1e-3, bn_momentum: float = 0.03
+    ) -> None:
         super().__init__()
         self.hidden = c_out // 2
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
@@ -138,8 +156,9 @@ def dfl_decode(box_logits: torch.Tensor, reg_max: int) -> torch.Tensor:
     return (prob * bins).sum(2)
 
 
-def make_anchors(sizes: list[tuple[int, int]], strides: tuple[int, ...], dtype: torch.dtype,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def make_anchors(
+    sizes: list[tuple[int, int]], strides: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Anchor centres of every cell of every level, in grid units.
 
     Args:

@@ -41,8 +41,9 @@ class LossOutput(NamedTuple):
     dfl: torch.Tensor
 
 
-def pad_targets(boxes: torch.Tensor, labels: torch.Tensor, batch_idx: torch.Tensor,
-                batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_targets(
+    boxes: torch.Tensor, labels: torch.Tensor, batch_idx: torch.Tensor, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-image rows of a flat target list, padded to the busiest image.
 
     Args:
@@ -131,8 +132,15 @@ def distribution_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch
     return -(lp_left * w_left + lp_right * w_right).mean(-1, keepdim=True)
 
 
-def _check_targets(raw: RawOutputs, boxes: torch.Tensor, labels: torch.Tensor, batch_idx: torch.Tensor,
-                   ignore: torch.Tensor, text_mask: torch.Tensor | None, reg_max: int | None) -> int:
+def _check_targets(
+    raw: RawOutputs,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    batch_idx: torch.Tensor,
+    ignore: torch.Tensor,
+    text_mask: torch.Tensor | None,
+    reg_max: int | None,
+) -> int:
     """Validate shapes and index ranges; returns reg_max."""
     b, c, a = raw.box_logits.shape
     if c % 4 or (reg_max is not None and c != 4 * reg_max):
@@ -143,8 +151,11 @@ def _check_targets(raw: RawOutputs, boxes: torch.Tensor, labels: torch.Tensor, b
     n = len(boxes)
     if boxes.shape != (n, 4) or not boxes.is_floating_point():
         raise ValueError(f"boxes must be a float (M, 4) xyxy tensor, got {tuple(boxes.shape)} {boxes.dtype}")
-    for name, t, dtypes in (("labels", labels, (torch.int64, torch.int32)),
-                            ("batch_idx", batch_idx, (torch.int64, torch.int32)), ("ignore", ignore, (torch.bool,))):
+    for name, t, dtypes in (
+        ("labels", labels, (torch.int64, torch.int32)),
+        ("batch_idx", batch_idx, (torch.int64, torch.int32)),
+        ("ignore", ignore, (torch.bool,)),
+    ):
         if t.shape != (n,) or t.dtype not in dtypes:
             raise ValueError(f"{name} must be a ({n},) {dtypes[0]} tensor like boxes, got {tuple(t.shape)} {t.dtype}")
     if n and (int(batch_idx.min()) < 0 or int(batch_idx.max()) >= b):
@@ -153,19 +164,29 @@ def _check_targets(raw: RawOutputs, boxes: torch.Tensor, labels: torch.Tensor, b
         raise ValueError(f"labels must index the {k} texts, got values {int(labels.min())}..{int(labels.max())}")
     if text_mask is not None:
         if text_mask.shape != (b, k) or text_mask.dtype != torch.bool:
-            raise ValueError(f"text_mask must be a bool ({b}, {k}) tensor, got {tuple(text_mask.shape)} "
-                             f"{text_mask.dtype}")
+            raise ValueError(
+                f"text_mask must be a bool ({b}, {k}) tensor, got {tuple(text_mask.shape)} {text_mask.dtype}"
+            )
         bad = ~text_mask[batch_idx, labels] & ~ignore  # (N,)
         if bool(bad.any()):
             i = int(bad.nonzero()[0])
-            raise ValueError(f"box {i} (image {int(batch_idx[i])}) has label {int(labels[i])}, a padding text "
-                             f"(text_mask False); padded texts must never be targets")
+            raise ValueError(
+                f"box {i} (image {int(batch_idx[i])}) has label {int(labels[i])}, a padding text "
+                f"(text_mask False); padded texts must never be targets"
+            )
     return c // 4
 
 
-def detection_loss(raw: RawOutputs, boxes: torch.Tensor, labels: torch.Tensor, batch_idx: torch.Tensor,
-                   ignore: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
-                   reg_max: int | None = None, cfg: LossConfig | None = None) -> LossOutput:
+def detection_loss(
+    raw: RawOutputs,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    batch_idx: torch.Tensor,
+    ignore: torch.Tensor | None = None,
+    text_mask: torch.Tensor | None = None,
+    reg_max: int | None = None,
+    cfg: LossConfig | None = None,
+) -> LossOutput:
     """YOLOv8 training loss of one batch, equal to ultralytics' ``v8DetectionLoss``.
 
     Args:
@@ -200,8 +221,17 @@ def detection_loss(raw: RawOutputs, boxes: torch.Tensor, labels: torch.Tensor, b
 
     gt_labels, gt_boxes, gt_mask = pad_targets(boxes[~ignore], labels[~ignore], batch_idx[~ignore], b)
     assigned = task_aligned_assign(
-        cls_logits.detach().sigmoid(), (pred_boxes.detach() * strides).to(gt_boxes.dtype), anchors * strides,
-        gt_labels, gt_boxes, gt_mask, topk=cfg.topk, alpha=cfg.alpha, beta=cfg.beta, min_size=cfg.min_size)
+        cls_logits.detach().sigmoid(),
+        (pred_boxes.detach() * strides).to(gt_boxes.dtype),
+        anchors * strides,
+        gt_labels,
+        gt_boxes,
+        gt_mask,
+        topk=cfg.topk,
+        alpha=cfg.alpha,
+        beta=cfg.beta,
+        min_size=cfg.min_size,
+    )
     target_scores, fg = assigned.target_scores, assigned.fg_mask  # (B, A, K), (B, A)
     score_sum = target_scores.sum().clamp(min=1)  # ()
 
@@ -225,8 +255,13 @@ def detection_loss(raw: RawOutputs, boxes: torch.Tensor, labels: torch.Tensor, b
     return LossOutput(parts.sum() * b, box, cls, dfl_part)
 
 
-def _classification_mask(anchors: torch.Tensor, fg: torch.Tensor, ignore_boxes: torch.Tensor,
-                         ignore_idx: torch.Tensor, text_mask: torch.Tensor | None) -> torch.Tensor | None:
+def _classification_mask(
+    anchors: torch.Tensor,
+    fg: torch.Tensor,
+    ignore_boxes: torch.Tensor,
+    ignore_idx: torch.Tensor,
+    text_mask: torch.Tensor | None,
+) -> torch.Tensor | None:
     """Which (anchor, text) BCE terms count: valid texts, and not background inside an ignore region.
 
     Args:

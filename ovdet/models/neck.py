@@ -43,7 +43,7 @@ class MaxSigmoidAttention(nn.Module):
         if text_mask is not None:  # padded texts never win the max
             sim = sim.masked_fill(~text_mask.view(b, 1, 1, k), float("-inf"))
         weight = sim.max(dim=-1).values.view(b, self.heads, h, w)  # (B, nh, H, W)
-        weight = (weight / self.head_dim ** 0.5 + self.bias.view(1, -1, 1, 1)).sigmoid()
+        weight = (weight / self.head_dim**0.5 + self.bias.view(1, -1, 1, 1)).sigmoid()
         y = self.proj(x).view(b, self.heads, self.head_dim, h, w)
         return (y * weight.unsqueeze(2)).view(b, c, h, w)
 
@@ -55,8 +55,9 @@ class C2fTextAttn(nn.Module):
         x (B, c_in, H, W), text (B, K, D) → (B, c_out, H, W); hidden width c = c_out // 2.
     """
 
-    def __init__(self, c_in: int, c_out: int, n: int, heads: int, text_dim: int,
-                 bn_eps: float = 1e-3, bn_momentum: float = 0.03) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, n: int, heads: int, text_dim: int, bn_eps: float = 1e-3, bn_momentum: float = 0.03
+    ) -> None:
         super().__init__()
         self.hidden = c_out // 2
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
@@ -99,13 +100,14 @@ class ImagePoolingAttention(nn.Module):
 
     def forward(self, feats: list[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
         b, k, _ = text.shape
-        patches = torch.cat([self.pooling(proj(f)).flatten(2) for f, proj in zip(feats, self.projections)],
-                            dim=-1).transpose(1, 2)  # (B, P, dim), P = levels · pool²
+        patches = torch.cat(
+            [self.pooling(proj(f)).flatten(2) for f, proj in zip(feats, self.projections)], dim=-1
+        ).transpose(1, 2)  # (B, P, dim), P = levels · pool²
         hd = self.dim // self.heads
         q = self.query(text).view(b, k, self.heads, hd)  # (B, K, nh, hd)
         key = self.key(patches).view(b, -1, self.heads, hd)  # (B, P, nh, hd)
         val = self.value(patches).view(b, -1, self.heads, hd)  # (B, P, nh, hd)
-        attn = torch.einsum("bknd,bpnd->bnkp", q, key) / hd ** 0.5  # (B, nh, K, P)
+        attn = torch.einsum("bknd,bpnd->bnkp", q, key) / hd**0.5  # (B, nh, K, P)
         ctx = torch.einsum("bnkp,bpnd->bknd", attn.softmax(-1), val).reshape(b, k, self.dim)
         return text + self.proj(ctx)
 
@@ -128,16 +130,20 @@ class TextGuidedPAN(nn.Module):
         bn = dict(bn_eps=cfg.bn_eps, bn_momentum=cfg.bn_momentum)
         self.top_down_p4 = C2fTextAttn(c5 + c4, td4, n, heads[0], d, **bn)
         self.top_down_p3 = C2fTextAttn(td4 + c3, out3, n, heads[1], d, **bn)
-        self.pool_attn = (ImagePoolingAttention((out3, td4, c5), cfg.pool_channels, d, cfg.pool_heads, cfg.pool_size)
-                          if cfg.version == 1 else None)
+        self.pool_attn = (
+            ImagePoolingAttention((out3, td4, c5), cfg.pool_channels, d, cfg.pool_heads, cfg.pool_size)
+            if cfg.version == 1
+            else None
+        )
         self.down_p3 = ConvBNAct(out3, out3, 3, 2, **bn)
         self.bottom_up_p4 = C2fTextAttn(out3 + td4, out4, n, heads[2], d, **bn)
         self.down_p4 = ConvBNAct(out4, out4, 3, 2, **bn)
         self.bottom_up_p5 = C2fTextAttn(out4 + c5, out5, n, heads[3], d, **bn)
         self.out_channels = (out3, out4, out5)
 
-    def forward(self, feats: list[torch.Tensor], text: torch.Tensor,
-                text_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def forward(
+        self, feats: list[torch.Tensor], text: torch.Tensor, text_mask: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         p3, p4, p5 = feats
         t4 = self.top_down_p4(torch.cat((upsample2x(p5), p4), 1), text, text_mask)
         n3 = self.top_down_p3(torch.cat((upsample2x(t4), p3), 1), text, text_mask)

@@ -8,12 +8,12 @@
 """
 
 from ovdet.text.base import (
-                             TextEncoder,
-                             TextEncoderUnavailable,
-                             apply_template,
-                             check_texts,
-                             validate_class_names,
-                             validate_templates,
+    TextEncoder,
+    TextEncoderUnavailable,
+    apply_template,
+    check_texts,
+    validate_class_names,
+    validate_templates,
 )
 from ovdet.text.cache import EmbeddingCache
 from ovdet.text.encoders import build_text_encoder, text_encoder_id
@@ -21,7 +21,19 @@ from ovdet.text.files import load_embeddings, save_embeddings
 from ovdet.text.openclip import CLIP_VOCAB_SIZE, CUSTOM_KEYS, DEFAULT_BATCH_SIZE, OpenCLIPTextEncoder
 
 __all__ = [
-    "CLIP_VOCAB_SIZE", "CUSTOM_KEYS", "DEFAULT_BATCH_SIZE", "EmbeddingCache", "OpenCLIPTextEncoder", "TextEncoder",
-    "TextEncoderUnavailable", "apply_template", "build_text_encoder", "check_texts", "load_embeddings",
-    "save_embeddings", "text_encoder_id", "validate_class_names", "validate_templates",
+    "CLIP_VOCAB_SIZE",
+    "CUSTOM_KEYS",
+    "DEFAULT_BATCH_SIZE",
+    "EmbeddingCache",
+    "OpenCLIPTextEncoder",
+    "TextEncoder",
+    "TextEncoderUnavailable",
+    "apply_template",
+    "build_text_encoder",
+    "check_texts",
+    "load_embeddings",
+    "save_embeddings",
+    "text_encoder_id",
+    "validate_class_names",
+    "validate_templates",
 ]

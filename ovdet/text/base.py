@@ -11,8 +11,14 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["TextEncoder", "TextEncoderUnavailable", "apply_template", "check_texts", "validate_class_names",
-           "validate_templates"]
+__all__ = [
+    "TextEncoder",
+    "TextEncoderUnavailable",
+    "apply_template",
+    "check_texts",
+    "validate_class_names",
+    "validate_templates",
+]
 
 
 class TextEncoderUnavailable(RuntimeError):
@@ -55,7 +61,6 @@ class TextEncoder(Protocol):
         ...
 
 
-
 def validate_class_names(names: Sequence[str]) -> list[str]:
     """Check a vocabulary and return it as a new list.
 
@@ -72,8 +77,9 @@ def validate_class_names(names: Sequence[str]) -> list[str]:
             names repeat (the duplicates are named).
     """
     if isinstance(names, (str, bytes)):
-        raise TypeError(f"class names must be a list of strings, got a single string {names!r}; "
-                        f"wrap it in a list: [{names!r}]")
+        raise TypeError(
+            f"class names must be a list of strings, got a single string {names!r}; wrap it in a list: [{names!r}]"
+        )
     try:
         out = list(names)
     except TypeError as e:
@@ -104,8 +110,10 @@ def validate_templates(templates: Sequence[str]) -> tuple[str, ...]:
         ValueError: no templates, or a template without exactly one ``{}`` (named).
     """
     if isinstance(templates, str):
-        raise TypeError(f"templates must be a list of strings, got a single string {templates!r}; "
-                        f"wrap it in a list: [{templates!r}]")
+        raise TypeError(
+            f"templates must be a list of strings, got a single string {templates!r}; "
+            f"wrap it in a list: [{templates!r}]"
+        )
     out = tuple(templates)
     if not out:
         raise ValueError("no prompt templates: use ('{}',) to feed names as they are")
@@ -113,15 +121,16 @@ def validate_templates(templates: Sequence[str]) -> tuple[str, ...]:
         if not isinstance(t, str):
             raise TypeError(f"template at index {i} must be a string, got {type(t).__name__} ({t!r})")
         if t.count("{}") != 1:
-            raise ValueError(f"template {t!r} (index {i}) must contain exactly one '{{}}' where the "
-                             f"class name goes, found {t.count('{}')}")
+            raise ValueError(
+                f"template {t!r} (index {i}) must contain exactly one '{{}}' where the "
+                f"class name goes, found {t.count('{}')}"
+            )
     return out
 
 
 def apply_template(template: str, text: str) -> str:
     """``template`` with its ``{}`` replaced by ``text`` (other braces are kept literally)."""
     return template.replace("{}", text, 1)
-
 
 
 def check_texts(texts: Sequence[str]) -> list[str]:
@@ -137,4 +146,3 @@ def check_texts(texts: Sequence[str]) -> list[str]:
         if not isinstance(t, str):
             raise TypeError(f"text at index {i} must be a string, got {type(t).__name__} ({t!r})")
     return out
-

@@ -81,8 +81,9 @@ class EmbeddingCache:
             return None
         return torch.stack(rows)  # type: ignore[arg-type]
 
-    def get_or_encode(self, encoder: TextEncoder, texts: Sequence[str],
-                      templates: Sequence[str] | None = None) -> torch.Tensor:
+    def get_or_encode(
+        self, encoder: TextEncoder, texts: Sequence[str], templates: Sequence[str] | None = None
+    ) -> torch.Tensor:
         """Embeddings of ``texts``, encoding only the ones not cached (in one encoder call).
 
         Args:
@@ -106,8 +107,10 @@ class EmbeddingCache:
             emb = encoder.encode(missing, templates=key_templates)  # (M, D)
             if not isinstance(emb, torch.Tensor) or emb.shape != (len(missing), encoder.dim):
                 shape = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
-                raise RuntimeError(f"text encoder {eid!r} returned {shape} for {len(missing)} texts, "
-                                   f"expected ({len(missing)}, {encoder.dim})")
+                raise RuntimeError(
+                    f"text encoder {eid!r} returned {shape} for {len(missing)} texts, "
+                    f"expected ({len(missing)}, {encoder.dim})"
+                )
             emb = emb.detach().to("cpu", torch.float32)
             if not torch.isfinite(emb).all():
                 raise RuntimeError(f"text encoder {eid!r} returned NaN or infinite embeddings")
@@ -141,8 +144,11 @@ class EmbeddingCache:
         try:
             entries = self._read(self.path)
         except Exception as e:  # safetensors, JSON and OS errors alike: a cache is never fatal
-            warnings.warn(f"embedding cache {self.path} is unreadable ({type(e).__name__}: {e}); ignoring it, "
-                          f"it will be rewritten on the next save()", stacklevel=2)
+            warnings.warn(
+                f"embedding cache {self.path} is unreadable ({type(e).__name__}: {e}); ignoring it, "
+                f"it will be rewritten on the next save()",
+                stacklevel=2,
+            )
             return 0
         added = 0
         for key, row in entries.items():
@@ -200,4 +206,3 @@ class EmbeddingCache:
                 raise ValueError(f"entry for {key!r} is not a finite 1-D float32 vector")
             out[key] = row
         return out
-

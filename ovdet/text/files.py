@@ -40,8 +40,9 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     return tensors, metadata
 
 
-def save_embeddings(path: str | Path, names: Sequence[str], emb: torch.Tensor, encoder_id: str,
-                    templates: Sequence[str]) -> Path:
+def save_embeddings(
+    path: str | Path, names: Sequence[str], emb: torch.Tensor, encoder_id: str, templates: Sequence[str]
+) -> Path:
     """Write class embeddings to a safetensors file (the format ``ovdet embed`` produces).
 
     The file holds one tensor ``"embeddings"`` (K, D) float32; the metadata holds the names
@@ -69,8 +70,13 @@ def save_embeddings(path: str | Path, names: Sequence[str], emb: torch.Tensor, e
     emb = emb.detach().to("cpu", torch.float32).contiguous()
     if not torch.isfinite(emb).all():
         raise ValueError(f"embeddings for {path} contain NaN or infinite values")
-    metadata = {"format": _EMBEDDINGS_FORMAT, "version": FORMAT_VERSION, "names": json.dumps(names),
-                "encoder_id": str(encoder_id), "templates": json.dumps(list(templates))}
+    metadata = {
+        "format": _EMBEDDINGS_FORMAT,
+        "version": FORMAT_VERSION,
+        "names": json.dumps(names),
+        "encoder_id": str(encoder_id),
+        "templates": json.dumps(list(templates)),
+    }
     write_safetensors(path, {"embeddings": emb}, metadata)
     return path
 
@@ -93,8 +99,10 @@ def load_embeddings(path: str | Path) -> tuple[list[str], torch.Tensor, dict[str
     try:
         tensors, metadata = read_safetensors(path)
     except Exception as e:  # safetensors raises its own error types
-        raise ValueError(f"{path}: not a readable safetensors embeddings file ({type(e).__name__}: {e}); "
-                         f"write one with `ovdet embed`") from e
+        raise ValueError(
+            f"{path}: not a readable safetensors embeddings file ({type(e).__name__}: {e}); "
+            f"write one with `ovdet embed`"
+        ) from e
     if "embeddings" not in tensors:
         raise ValueError(f"{path}: no 'embeddings' tensor (found {sorted(tensors)}); write one with `ovdet embed`")
     if "names" not in metadata:
@@ -116,6 +124,10 @@ def load_embeddings(path: str | Path) -> tuple[list[str], torch.Tensor, dict[str
     emb = emb.to(torch.float32)
     if not torch.isfinite(emb).all():
         raise ValueError(f"{path}: embeddings contain NaN or infinite values")
-    meta = {"encoder_id": metadata.get("encoder_id", ""), "templates": templates,
-            "format": metadata.get("format", ""), "version": metadata.get("version", "")}
+    meta = {
+        "encoder_id": metadata.get("encoder_id", ""),
+        "templates": templates,
+        "format": metadata.get("format", ""),
+        "version": metadata.get("version", ""),
+    }
     return names, emb, meta

@@ -50,8 +50,9 @@ def validate_custom(custom: Mapping[str, Any]) -> dict[str, int]:
     missing = [k for k in CUSTOM_KEYS if k not in custom]
     unknown = sorted(set(custom) - set(CUSTOM_KEYS))
     if missing or unknown:
-        raise ValueError(f"text.custom needs exactly the keys {list(CUSTOM_KEYS)}; "
-                         f"missing {missing}, unknown {unknown}")
+        raise ValueError(
+            f"text.custom needs exactly the keys {list(CUSTOM_KEYS)}; missing {missing}, unknown {unknown}"
+        )
     out: dict[str, int] = {}
     for k in CUSTOM_KEYS:
         v = custom[k]
@@ -59,15 +60,18 @@ def validate_custom(custom: Mapping[str, Any]) -> dict[str, int]:
             raise ValueError(f"text.custom.{k} must be a positive integer, got {v!r}")
         out[k] = v
     if out["vocab_size"] != CLIP_VOCAB_SIZE:
-        raise ValueError(f"text.custom.vocab_size={out['vocab_size']} does not match the CLIP tokenizer's "
-                         f"{CLIP_VOCAB_SIZE} tokens; set vocab_size: {CLIP_VOCAB_SIZE}")
+        raise ValueError(
+            f"text.custom.vocab_size={out['vocab_size']} does not match the CLIP tokenizer's "
+            f"{CLIP_VOCAB_SIZE} tokens; set vocab_size: {CLIP_VOCAB_SIZE}"
+        )
     if out["width"] % out["heads"]:
         raise ValueError(f"text.custom.heads={out['heads']} must divide text.custom.width={out['width']}")
     if out["context_length"] < 3:
-        raise ValueError(f"text.custom.context_length={out['context_length']} leaves no room for a token "
-                         f"between the start and end tokens; use at least 3 (CLIP uses 77)")
+        raise ValueError(
+            f"text.custom.context_length={out['context_length']} leaves no room for a token "
+            f"between the start and end tokens; use at least 3 (CLIP uses 77)"
+        )
     return out
-
 
 
 # --------------------------------------------------------------------------- identifiers
@@ -192,9 +196,11 @@ def _resolve_pretrained_tag(model: str, tag: str, cache_dir: str | None) -> tupl
     pcfg = dict(open_clip.get_pretrained_cfg(model, tag) or {})
     if not pcfg:
         tags = open_clip.list_pretrained_tags_by_model(model)
-        raise ValueError(f"pretrained={tag!r} for open_clip model {model!r} is neither an existing file nor a "
-                         f"known tag; known tags: {tags}. Pass a tag, the path of a local checkpoint, or "
-                         f"null for random weights")
+        raise ValueError(
+            f"pretrained={tag!r} for open_clip model {model!r} is neither an existing file nor a "
+            f"known tag; known tags: {tags}. Pass a tag, the path of a local checkpoint, or "
+            f"null for random weights"
+        )
     if pcfg.get("file"):
         return str(pcfg["file"]), pcfg
     cached = _find_cached_pretrained(pcfg, cache_dir)
@@ -206,15 +212,17 @@ def _resolve_pretrained_tag(model: str, tag: str, cache_dir: str | None) -> tupl
         from huggingface_hub import constants as hf_constants
 
         if hf_constants.HF_HUB_OFFLINE:
-            raise TextEncoderUnavailable(_offline_message(model, tag, pcfg, "HF_HUB_OFFLINE is set and the "
-                                                          "weights are not in the local cache"))
+            raise TextEncoderUnavailable(
+                _offline_message(model, tag, pcfg, "HF_HUB_OFFLINE is set and the weights are not in the local cache")
+            )
         probe = hf_constants.ENDPOINT
     else:
         probe = pcfg.get("url") or ""
     if probe and not can_reach(probe):
         host = urllib.parse.urlsplit(probe).hostname
-        raise TextEncoderUnavailable(_offline_message(
-            model, tag, pcfg, f"the weights are not cached and {host} cannot be reached"))
+        raise TextEncoderUnavailable(
+            _offline_message(model, tag, pcfg, f"the weights are not cached and {host} cannot be reached")
+        )
     try:
         path = ocp.download_pretrained(pcfg, cache_dir=cache_dir)
     except Exception as e:  # open_clip and huggingface_hub raise many types; all mean "no weights"
@@ -264,7 +272,7 @@ def _read_state_dict(path: str) -> tuple[dict[str, torch.Tensor], bool]:
         ckpt = ckpt["state_dict"]
     if not isinstance(ckpt, Mapping) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         raise ValueError(f"checkpoint {path} is not a state dict of tensors")
-    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt.items()}
+    sd = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in ckpt.items()}
     return sd, False
 
 
@@ -275,7 +283,7 @@ def _text_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     ``CustomTextCLIP`` layout (``text.*``).
     """
     if any(k.startswith("text.") for k in sd):
-        return {k[len("text."):]: v for k, v in sd.items() if k.startswith("text.")}
+        return {k[len("text.") :]: v for k, v in sd.items() if k.startswith("text.")}
     drop = {"logit_scale", "logit_bias", "attn_mask"}
     return {k: v for k, v in sd.items() if not k.startswith("visual.") and k not in drop}
 
@@ -285,14 +293,20 @@ def _load_tower_state(tower: nn.Module, state: Mapping[str, torch.Tensor], what:
     own = tower.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state and state[k].shape != v.shape]
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or shapes:
+
         def few(xs: list[str]) -> str:
             return f"{xs[:4]}{f' and {len(xs) - 4} more' if len(xs) > 4 else ''}"
 
-        raise ValueError(f"{what}: missing keys {few(missing)}, unexpected keys {few(unexpected)}, "
-                         f"shape mismatches (file vs model) {few(shapes)}")
+        raise ValueError(
+            f"{what}: missing keys {few(missing)}, unexpected keys {few(unexpected)}, "
+            f"shape mismatches (file vs model) {few(shapes)}"
+        )
     tower.load_state_dict(state, strict=True)
 
 
@@ -323,9 +337,18 @@ class OpenCLIPTextEncoder:
         batch_size: texts per forward pass.
     """
 
-    def __init__(self, tower: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], *, id: str, dim: int,
-                 context_length: int, templates: Sequence[str] = ("{}",),
-                 device: str | torch.device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(
+        self,
+        tower: nn.Module,
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        *,
+        id: str,
+        dim: int,
+        context_length: int,
+        templates: Sequence[str] = ("{}",),
+        device: str | torch.device = "cpu",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.id = id
@@ -338,8 +361,14 @@ class OpenCLIPTextEncoder:
         self._tokenizer = tokenizer
 
     @classmethod
-    def from_config(cls, cfg: TextConfig, device: str | torch.device = "cpu", *,
-                    batch_size: int = DEFAULT_BATCH_SIZE, cache_dir: str | None = None) -> OpenCLIPTextEncoder:
+    def from_config(
+        cls,
+        cfg: TextConfig,
+        device: str | torch.device = "cpu",
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        cache_dir: str | None = None,
+    ) -> OpenCLIPTextEncoder:
         """Build the encoder a :class:`~ovdet.config.TextConfig` describes.
 
         * ``cfg.custom`` set: a random tower of that shape, deterministic from ``cfg.seed``.
@@ -373,20 +402,31 @@ class OpenCLIPTextEncoder:
             text_cfg = {k: custom[k] for k in ("context_length", "vocab_size", "width", "heads", "layers")}
             tower = _build_tower(custom["embed_dim"], text_cfg, quick_gelu=False, seed=cfg.seed)
             tokenizer = SimpleTokenizer(context_length=custom["context_length"])
-            return cls(tower, tokenizer, id=openclip_encoder_id(cfg), dim=custom["embed_dim"],
-                       context_length=custom["context_length"], templates=templates, device=device,
-                       batch_size=batch_size)
+            return cls(
+                tower,
+                tokenizer,
+                id=openclip_encoder_id(cfg),
+                dim=custom["embed_dim"],
+                context_length=custom["context_length"],
+                templates=templates,
+                device=device,
+                batch_size=batch_size,
+            )
 
         import open_clip
 
         model = cfg.model
         if ":" in model:
-            raise ValueError(f"text.model={model!r}: schema model names (hf-hub:, local-dir:) are not supported; "
-                             f"use a built-in open_clip model name and pass a local checkpoint as `pretrained`")
+            raise ValueError(
+                f"text.model={model!r}: schema model names (hf-hub:, local-dir:) are not supported; "
+                f"use a built-in open_clip model name and pass a local checkpoint as `pretrained`"
+            )
         model_cfg = open_clip.get_model_config(model)
         if model_cfg is None:
-            raise ValueError(f"unknown open_clip model {model!r}; see open_clip.list_models() for the "
-                             f"{len(open_clip.list_models())} built-in names (e.g. 'ViT-B-32')")
+            raise ValueError(
+                f"unknown open_clip model {model!r}; see open_clip.list_models() for the "
+                f"{len(open_clip.list_models())} built-in names (e.g. 'ViT-B-32')"
+            )
         if "multimodal_cfg" in model_cfg:
             raise ValueError(f"open_clip model {model!r} is a CoCa model, whose text tower is not supported")
 
@@ -416,17 +456,29 @@ class OpenCLIPTextEncoder:
             raise TextEncoderUnavailable(
                 f"cannot build the text tower or tokenizer of open_clip model {model!r}: {e}. Its Hugging "
                 f"Face config/tokenizer must be downloaded once on a connected machine (or use "
-                f"`ovdet embed` there and `Detector.set_class_embeddings` here)") from e
+                f"`ovdet embed` there and `Detector.set_class_embeddings` here)"
+            ) from e
         if state is not None:
-            _load_tower_state(tower, state, f"checkpoint {path} does not fit the text tower of open_clip "
-                                            f"model {model!r}")
+            _load_tower_state(
+                tower, state, f"checkpoint {path} does not fit the text tower of open_clip model {model!r}"
+            )
         ctx = int(getattr(tokenizer, "context_length", None) or text_cfg.get("context_length", 77))
-        return cls(tower, tokenizer, id=openclip_encoder_id(cfg), dim=model_cfg["embed_dim"], context_length=ctx,
-                   templates=templates, device=device, batch_size=batch_size)
+        return cls(
+            tower,
+            tokenizer,
+            id=openclip_encoder_id(cfg),
+            dim=model_cfg["embed_dim"],
+            context_length=ctx,
+            templates=templates,
+            device=device,
+            batch_size=batch_size,
+        )
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(id={self.id!r}, dim={self.dim}, context_length={self.context_length}, "
-                f"templates={self.templates!r}, device={str(self.device)!r})")
+        return (
+            f"{type(self).__name__}(id={self.id!r}, dim={self.dim}, context_length={self.context_length}, "
+            f"templates={self.templates!r}, device={str(self.device)!r})"
+        )
 
     def token_count(self, text: str) -> int | None:
         """Tokens ``text`` needs, start and end tokens included; None if the tokenizer can't say."""
@@ -457,9 +509,11 @@ class OpenCLIPTextEncoder:
             n = max((self.token_count(apply_template(t, text)) or 0) for t in templates)
             if n > self.context_length:
                 shown = text if len(text) <= 80 else text[:77] + "..."
-                warnings.warn(f"text {shown!r} needs {n} tokens with its prompt template but the text encoder "
-                              f"{self.id!r} reads {self.context_length} (start/end included); it is truncated",
-                              stacklevel=2)
+                warnings.warn(
+                    f"text {shown!r} needs {n} tokens with its prompt template but the text encoder "
+                    f"{self.id!r} reads {self.context_length} (start/end included); it is truncated",
+                    stacklevel=2,
+                )
         prompts = [apply_template(t, x) for t in templates for x in texts]  # T*K, template-major
         feats = self._encode_prompts(prompts).view(len(templates), len(texts), self.dim)  # (T, K, D)
         emb = feats[0] if len(templates) == 1 else F.normalize(feats.mean(0), dim=-1)  # (K, D)
@@ -470,10 +524,9 @@ class OpenCLIPTextEncoder:
         out = []
         with torch.no_grad():
             for i in range(0, len(prompts), self.batch_size):
-                tokens = self._tokenizer(prompts[i:i + self.batch_size]).to(self.device)  # (B, ctx)
+                tokens = self._tokenizer(prompts[i : i + self.batch_size]).to(self.device)  # (B, ctx)
                 feats = self._tower(tokens)  # (B, D)
                 if isinstance(feats, tuple):  # towers built with output_tokens return (pooled, tokens)
                     feats = feats[0]
                 out.append(F.normalize(feats.float(), dim=-1).cpu())
         return torch.cat(out)  # (N, D)
-

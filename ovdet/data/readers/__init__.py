@@ -16,12 +16,27 @@ from ovdet.data.readers.odvg import read_odvg
 from ovdet.data.readers.yolo import read_yolo
 from ovdet.data.records import DataReport, Dataset
 
-__all__ = ["CLIP_TOLERANCE", "check_data", "clean_name", "prompt_names", "read_coco", "read_dataset", "read_lvis",
-           "read_odvg", "read_yolo"]
+__all__ = [
+    "CLIP_TOLERANCE",
+    "check_data",
+    "clean_name",
+    "prompt_names",
+    "read_coco",
+    "read_dataset",
+    "read_lvis",
+    "read_odvg",
+    "read_yolo",
+]
 
 
-def read_dataset(spec: PathLike, split: str = "train", *, image_dir: PathLike | None = None,
-                 verify_images: bool = False, require_images: bool = True) -> Dataset:
+def read_dataset(
+    spec: PathLike,
+    split: str = "train",
+    *,
+    image_dir: PathLike | None = None,
+    verify_images: bool = False,
+    require_images: bool = True,
+) -> Dataset:
     """Read any supported dataset, chosen by the spec's file type.
 
     ``.yaml``/``.yml`` → :func:`read_yolo` (``split`` picks the split); ``.json`` → :func:`read_lvis`
@@ -51,16 +66,25 @@ def read_dataset(spec: PathLike, split: str = "train", *, image_dir: PathLike | 
         data = load_json(path)
         images = data.get("images") if isinstance(data, dict) else None
         lvis = isinstance(images, list) and any(isinstance(i, dict) and "neg_category_ids" in i for i in images)
-        return read_instances(data, path, image_dir, lvis=lvis, verify_images=verify_images,
-                               require_images=require_images)
+        return read_instances(
+            data, path, image_dir, lvis=lvis, verify_images=verify_images, require_images=require_images
+        )
     if suffix == ".jsonl":
         return read_odvg(path, image_dir, verify_images=verify_images, require_images=require_images)
-    raise ValueError(f"{path}: unsupported dataset file type {suffix!r}; expected a data .yaml (YOLO), "
-                     f"an instances .json (COCO/LVIS) or an ODVG .jsonl")
+    raise ValueError(
+        f"{path}: unsupported dataset file type {suffix!r}; expected a data .yaml (YOLO), "
+        f"an instances .json (COCO/LVIS) or an ODVG .jsonl"
+    )
 
 
-def check_data(spec: PathLike, split: str = "train", *, image_dir: PathLike | None = None,
-               verify_images: bool = False, require_images: bool = True) -> DataReport:
+def check_data(
+    spec: PathLike,
+    split: str = "train",
+    *,
+    image_dir: PathLike | None = None,
+    verify_images: bool = False,
+    require_images: bool = True,
+) -> DataReport:
     """Read a dataset and return what the reader found (the body of ``ovdet check-data``).
 
     Args:
@@ -73,6 +97,6 @@ def check_data(spec: PathLike, split: str = "train", *, image_dir: PathLike | No
     Returns:
         The dataset's report: counts, per-class positives and every problem with its file.
     """
-    return read_dataset(spec, split, image_dir=image_dir, verify_images=verify_images,
-                        require_images=require_images).report
-
+    return read_dataset(
+        spec, split, image_dir=image_dir, verify_images=verify_images, require_images=require_images
+    ).report

@@ -24,8 +24,9 @@ from ovdet.structures import xywh_to_xyxy
 __all__ = ["read_coco", "read_instances", "read_lvis"]
 
 
-def read_coco(json_path: PathLike, image_dir: PathLike | None = None, *, verify_images: bool = False,
-              require_images: bool = True) -> Dataset:
+def read_coco(
+    json_path: PathLike, image_dir: PathLike | None = None, *, verify_images: bool = False, require_images: bool = True
+) -> Dataset:
     """Read a COCO instances json.
 
     ``bbox`` ``[x, y, w, h]`` becomes xyxy pixels; ``iscrowd=1`` regions are kept with
@@ -54,12 +55,14 @@ def read_coco(json_path: PathLike, image_dir: PathLike | None = None, *, verify_
         FileNotFoundError: The json, or (with ``require_images``) its image folder, is missing.
     """
     path = Path(json_path)
-    return read_instances(load_json(path), path, image_dir, lvis=False, verify_images=verify_images,
-                           require_images=require_images)
+    return read_instances(
+        load_json(path), path, image_dir, lvis=False, verify_images=verify_images, require_images=require_images
+    )
 
 
-def read_lvis(json_path: PathLike, image_dir: PathLike | None = None, *, verify_images: bool = False,
-              require_images: bool = True) -> Dataset:
+def read_lvis(
+    json_path: PathLike, image_dir: PathLike | None = None, *, verify_images: bool = False, require_images: bool = True
+) -> Dataset:
     """Read an LVIS (v0.5 or v1) json.
 
     Names come from each category's ``synonyms[0]`` (else ``name``) through :func:`prompt_names`;
@@ -84,8 +87,9 @@ def read_lvis(json_path: PathLike, image_dir: PathLike | None = None, *, verify_
         FileNotFoundError: The json, or (with ``require_images``) its image folder, is missing.
     """
     path = Path(json_path)
-    return read_instances(load_json(path), path, image_dir, lvis=True, verify_images=verify_images,
-                           require_images=require_images)
+    return read_instances(
+        load_json(path), path, image_dir, lvis=True, verify_images=verify_images, require_images=require_images
+    )
 
 
 def _image_rels(img: Mapping[str, Any], lvis: bool) -> list[str]:
@@ -103,12 +107,14 @@ def _image_rels(img: Mapping[str, Any], lvis: bool) -> list[str]:
     return out
 
 
-def read_instances(data: Any, json_path: Path, image_dir: PathLike | None, *, lvis: bool,
-                    verify_images: bool, require_images: bool) -> Dataset:
+def read_instances(
+    data: Any, json_path: Path, image_dir: PathLike | None, *, lvis: bool, verify_images: bool, require_images: bool
+) -> Dataset:
     """COCO/LVIS json body → Dataset (see :func:`read_coco`, :func:`read_lvis`)."""
     if not isinstance(data, dict):
-        raise ValueError(f"{json_path}: expected a JSON object with 'images' and 'categories', "
-                         f"got {type(data).__name__}")
+        raise ValueError(
+            f"{json_path}: expected a JSON object with 'images' and 'categories', got {type(data).__name__}"
+        )
     for key in ("images", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"{json_path}: field {key!r} is missing or not a list")
@@ -118,8 +124,12 @@ def read_instances(data: Any, json_path: Path, image_dir: PathLike | None, *, lv
 
     cats = []
     for c in data["categories"]:
-        if not isinstance(c, dict) or isinstance(c.get("id"), bool) or not isinstance(c.get("id"), int) \
-                or not isinstance(c.get("name"), str):
+        if (
+            not isinstance(c, dict)
+            or isinstance(c.get("id"), bool)
+            or not isinstance(c.get("id"), int)
+            or not isinstance(c.get("name"), str)
+        ):
             raise ValueError(f"{json_path}: category {c!r} needs an integer 'id' and a string 'name'")
         cats.append(c)
     cats.sort(key=lambda c: c["id"])
@@ -145,8 +155,16 @@ def read_instances(data: Any, json_path: Path, image_dir: PathLike | None, *, lv
     if lvis:
         roots = [jd.parent, jd.parent / "images", jd.parent / "coco", jd, jd / "images"]
     else:
-        roots = [jd.parent / split, jd.parent / "images" / split, jd / split, jd / "images" / split,
-                 jd.parent, jd.parent / "images", jd, jd / "images"]
+        roots = [
+            jd.parent / split,
+            jd.parent / "images" / split,
+            jd / split,
+            jd / "images" / split,
+            jd.parent,
+            jd.parent / "images",
+            jd,
+            jd / "images",
+        ]
     probe = [r for r in (_image_rels(i, lvis) for i in images[:ROOT_PROBE] if isinstance(i, dict)) if r]
     root = resolve_image_root(json_path, image_dir, roots, probe, require_images)
 
@@ -162,8 +180,9 @@ def read_instances(data: Any, json_path: Path, image_dir: PathLike | None, *, lv
             report.problem(json_path, f"{ref}: image_id {a.get('image_id')!r} is not in 'images': skipped")
             continue
         if a.get("category_id") not in label_of:
-            report.problem(json_path, f"{ref} (image id {a['image_id']}): unknown category_id "
-                                      f"{a.get('category_id')!r}: skipped")
+            report.problem(
+                json_path, f"{ref} (image id {a['image_id']}): unknown category_id {a.get('category_id')!r}: skipped"
+            )
             continue
         bbox = a.get("bbox")
         try:
@@ -189,8 +208,9 @@ def read_instances(data: Any, json_path: Path, image_dir: PathLike | None, *, lv
         seen.add(iid)
         rels = _image_rels(img, lvis)
         if not rels:
-            report.problem(json_path, f"image id {iid!r} has no 'file_name'" + (" or 'coco_url'" if lvis else "")
-                           + ": skipped")
+            report.problem(
+                json_path, f"image id {iid!r} has no 'file_name'" + (" or 'coco_url'" if lvis else "") + ": skipped"
+            )
             continue
         path = existing_file(root, rels)
         size = annotated_size(path, img, report, verify_images, require_images)
@@ -201,11 +221,22 @@ def read_instances(data: Any, json_path: Path, image_dir: PathLike | None, *, lv
         group = [a for a, _ in pairs]
         boxes = xywh_to_xyxy([xywh for _, xywh in pairs])  # (N, 4) float64
         labels = [label_of[a["category_id"]] for a in group]
-        records.append(make_record(
-            report, names, path=path, image_id=iid, width=width, height=height, boxes=boxes, labels=labels,
-            texts=[names[k] for k in labels], ignore=[bool(a.get("iscrowd", 0)) for a in group],
-            refs=[f"annotation id {a.get('id')} (image {rels[-1]})" for a in group], problem_file=json_path,
-            neg_category_ids=img.get("neg_category_ids") or (),
-            not_exhaustive_category_ids=img.get("not_exhaustive_category_ids") or ()))
+        records.append(
+            make_record(
+                report,
+                names,
+                path=path,
+                image_id=iid,
+                width=width,
+                height=height,
+                boxes=boxes,
+                labels=labels,
+                texts=[names[k] for k in labels],
+                ignore=[bool(a.get("iscrowd", 0)) for a in group],
+                refs=[f"annotation id {a.get('id')} (image {rels[-1]})" for a in group],
+                problem_file=json_path,
+                neg_category_ids=img.get("neg_category_ids") or (),
+                not_exhaustive_category_ids=img.get("not_exhaustive_category_ids") or (),
+            )
+        )
     return Dataset(records=records, names=names, raw_names=raw_names, category_ids=category_ids, report=report)
-

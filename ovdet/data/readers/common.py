@@ -80,8 +80,7 @@ def prompt_names(raw_names: Sequence[str]) -> list[str]:
     """
     cleaned = [clean_name(n) for n in raw_names]
     counts = Counter(cleaned)
-    return [c if counts[c] == 1 else (" ".join(r.replace("_", " ").split()) or c)
-            for c, r in zip(cleaned, raw_names)]
+    return [c if counts[c] == 1 else (" ".join(r.replace("_", " ").split()) or c) for c, r in zip(cleaned, raw_names)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,8 +88,9 @@ def prompt_names(raw_names: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def check_image(path: Path, report: DataReport, verify: bool,
-                 expected: tuple[int, int] | None = None) -> tuple[int, int] | None:
+def check_image(
+    path: Path, report: DataReport, verify: bool, expected: tuple[int, int] | None = None
+) -> tuple[int, int] | None:
     """Size of an image file, or None (and a problem recorded) when it is missing or unreadable.
 
     Args:
@@ -108,15 +108,18 @@ def check_image(path: Path, report: DataReport, verify: bool,
         report.problem(path, f"unreadable image ({type(e).__name__}: {e})")
         return None
     if expected is not None and size != expected:
-        report.problem(path, f"image is {size[0]}x{size[1]} (w x h) but annotated as "
-                             f"{expected[0]}x{expected[1]}; boxes would not match its pixels")
+        report.problem(
+            path,
+            f"image is {size[0]}x{size[1]} (w x h) but annotated as "
+            f"{expected[0]}x{expected[1]}; boxes would not match its pixels",
+        )
         return None
     return size
 
 
-
-def annotated_size(path: Path, entry: Mapping[str, Any], report: DataReport, verify_images: bool,
-                    require_images: bool) -> tuple[int, int] | None:
+def annotated_size(
+    path: Path, entry: Mapping[str, Any], report: DataReport, verify_images: bool, require_images: bool
+) -> tuple[int, int] | None:
     """(width, height) of an image whose annotation (json entry) states its size.
 
     The stated size is trusted and existence is enough, unless ``verify_images`` is set or the
@@ -134,6 +137,7 @@ def annotated_size(path: Path, entry: Mapping[str, Any], report: DataReport, ver
         report.problem(path, "image file not found")
         return None
     return expected
+
 
 def sanitize_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
     """Check and clip boxes to an image.
@@ -172,10 +176,23 @@ def sanitize_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarr
     return c, inside & moved, reasons
 
 
-def make_record(report: DataReport, names: Sequence[str], *, path: Path, image_id: int | str,
-                 width: int, height: int, boxes: np.ndarray, labels: Sequence[int], texts: Sequence[str],
-                 ignore: Sequence[bool], refs: Sequence[str], problem_file: PathLike,
-                 neg_category_ids: Iterable[int] = (), not_exhaustive_category_ids: Iterable[int] = ()) -> ImageRecord:
+def make_record(
+    report: DataReport,
+    names: Sequence[str],
+    *,
+    path: Path,
+    image_id: int | str,
+    width: int,
+    height: int,
+    boxes: np.ndarray,
+    labels: Sequence[int],
+    texts: Sequence[str],
+    ignore: Sequence[bool],
+    refs: Sequence[str],
+    problem_file: PathLike,
+    neg_category_ids: Iterable[int] = (),
+    not_exhaustive_category_ids: Iterable[int] = (),
+) -> ImageRecord:
     """Check boxes, record what was dropped or clipped, count, and build the image's record.
 
     Args:
@@ -201,11 +218,17 @@ def make_record(report: DataReport, names: Sequence[str], *, path: Path, image_i
             report.problem(problem_file, f"{refs[i]}: {r}: skipped")
     for i in np.flatnonzero(clipped):
         box = ", ".join(f"{v:.6g}" for v in np.asarray(boxes, np.float64).reshape(-1, 4)[i].tolist())
-        report.problem(problem_file, f"{refs[i]}: box [{box}] partly outside the {width}x{height} image: "
-                                     f"clipped to [{', '.join(f'{v:.6g}' for v in kept_boxes[i].tolist())}]")
+        report.problem(
+            problem_file,
+            f"{refs[i]}: box [{box}] partly outside the {width}x{height} image: "
+            f"clipped to [{', '.join(f'{v:.6g}' for v in kept_boxes[i].tolist())}]",
+        )
     report.clipped += int(clipped.sum())
     rec = ImageRecord(
-        path=path, image_id=image_id, height=int(height), width=int(width),
+        path=path,
+        image_id=image_id,
+        height=int(height),
+        width=int(width),
         boxes=kept_boxes[keep] if keep else np.zeros((0, 4), np.float32),
         texts=[texts[i] for i in keep],
         labels=np.asarray([labels[i] for i in keep], dtype=np.int64),
@@ -265,8 +288,13 @@ def pick_root(roots: Sequence[Path], rels: Sequence[Sequence[str]]) -> Path | No
     return best
 
 
-def resolve_image_root(ann_file: Path, image_dir: PathLike | None, default_roots: list[Path],
-                        rels: Sequence[Sequence[str]], require_images: bool) -> Path:
+def resolve_image_root(
+    ann_file: Path,
+    image_dir: PathLike | None,
+    default_roots: list[Path],
+    rels: Sequence[Sequence[str]],
+    require_images: bool,
+) -> Path:
     """The folder image paths of an annotation file are relative to.
 
     Args:
@@ -293,8 +321,13 @@ def resolve_image_root(ann_file: Path, image_dir: PathLike | None, default_roots
     if found is None:
         # Last resort: folders next to and below the json's folder (tiny-coco keeps its images
         # in small_coco/train_2017_small beside instances_train2017_small.json).
-        near = [p for base in (ann_file.parent, ann_file.parent.parent) if base.is_dir()
-                for p in sorted(base.iterdir()) if p.is_dir() and p not in tried]
+        near = [
+            p
+            for base in (ann_file.parent, ann_file.parent.parent)
+            if base.is_dir()
+            for p in sorted(base.iterdir())
+            if p.is_dir() and p not in tried
+        ]
         found = pick_root(near, rels)
         tried += near
     if found is not None:
@@ -305,7 +338,8 @@ def resolve_image_root(ann_file: Path, image_dir: PathLike | None, default_roots
             f"cannot find the images of {ann_file} (e.g. {example!r}); tried "
             f"{', '.join(str(p) for p in tried)}. Pass the image folder explicitly "
             f"(image_dir=..., or --image-dir), or require_images=False (--annotations-only) to read "
-            f"annotations only")
+            f"annotations only"
+        )
     return default_roots[0]
 
 
@@ -316,5 +350,3 @@ def existing_file(root: Path, options: Sequence[str]) -> Path:
         if p.is_file():
             return p
     return root / options[0]
-
-

@@ -30,7 +30,7 @@ def _odvg_label_map(label_map: PathLike | Mapping[Any, str]) -> dict[int, str]:
     if not isinstance(label_map, Mapping):
         label_map = load_json(Path(label_map))
     if not isinstance(label_map, Mapping):
-        raise ValueError(f"{src}: a label map must be a JSON object {{\"0\": \"name\", ...}}")
+        raise ValueError(f'{src}: a label map must be a JSON object {{"0": "name", ...}}')
     try:
         return {int(k): str(v) for k, v in label_map.items()}
     except (TypeError, ValueError) as e:
@@ -51,9 +51,14 @@ def _odvg_boxes(value: Any) -> list[list[float]]:
     return out
 
 
-def read_odvg(jsonl_path: PathLike, image_root: PathLike | None = None, *,
-              label_map: PathLike | Mapping[Any, str] | None = None, verify_images: bool = False,
-              require_images: bool = True) -> Dataset:
+def read_odvg(
+    jsonl_path: PathLike,
+    image_root: PathLike | None = None,
+    *,
+    label_map: PathLike | Mapping[Any, str] | None = None,
+    verify_images: bool = False,
+    require_images: bool = True,
+) -> Dataset:
     """Read an ODVG jsonl file (Open-GroundingDino ``data_format.md``), one image per line.
 
     A line is ``{"filename", "height", "width", ...}`` with either or both of:
@@ -119,13 +124,19 @@ def read_odvg(jsonl_path: PathLike, image_root: PathLike | None = None, *,
         by_label = {}
         for n, obj in entries:
             for inst in instances(obj):
-                if not (isinstance(inst, dict) and isinstance(inst.get("label"), int)
-                        and isinstance(inst.get("category"), str)):
+                if not (
+                    isinstance(inst, dict)
+                    and isinstance(inst.get("label"), int)
+                    and isinstance(inst.get("category"), str)
+                ):
                     continue
                 name = by_label.setdefault(inst["label"], inst["category"])
                 if name != inst["category"]:
-                    report.problem(path, f"line {n}: label {inst['label']} is named {inst['category']!r} here "
-                                         f"but {name!r} earlier; the first name is used (pass a label_map)")
+                    report.problem(
+                        path,
+                        f"line {n}: label {inst['label']} is named {inst['category']!r} here "
+                        f"but {name!r} earlier; the first name is used (pass a label_map)",
+                    )
     category_ids = sorted(by_label)
     raw_names = [by_label[k] for k in category_ids]
     names = prompt_names(raw_names)
@@ -154,8 +165,10 @@ def read_odvg(jsonl_path: PathLike, image_root: PathLike | None = None, *,
                 box = _odvg_boxes(inst.get("bbox"))[0]
                 lab = inst.get("label")
                 if lab not in label_of:
-                    raise ValueError(f"label {lab!r} is not in the vocabulary "
-                                     f"({'label map' if label_map is not None else 'no category name given for it'})")
+                    raise ValueError(
+                        f"label {lab!r} is not in the vocabulary "
+                        f"({'label map' if label_map is not None else 'no category name given for it'})"
+                    )
             except ValueError as e:
                 report.problem(path, f"{ref}: {e}: skipped")
                 continue
@@ -183,9 +196,20 @@ def read_odvg(jsonl_path: PathLike, image_root: PathLike | None = None, *,
                 texts.append(" ".join(phrase.split()))
                 refs.append(ref)
         image_id = obj["image_id"] if isinstance(obj.get("image_id"), (int, str)) else Path(obj["filename"]).stem
-        records.append(make_record(
-            report, names, path=image, image_id=image_id,
-            width=expected[0], height=expected[1], boxes=np.asarray(boxes, np.float64).reshape(-1, 4),
-            labels=labels, texts=texts, ignore=[False] * len(boxes), refs=refs, problem_file=path))
+        records.append(
+            make_record(
+                report,
+                names,
+                path=image,
+                image_id=image_id,
+                width=expected[0],
+                height=expected[1],
+                boxes=np.asarray(boxes, np.float64).reshape(-1, 4),
+                labels=labels,
+                texts=texts,
+                ignore=[False] * len(boxes),
+                refs=refs,
+                problem_file=path,
+            )
+        )
     return Dataset(records=records, names=names, raw_names=raw_names, category_ids=category_ids, report=report)
-

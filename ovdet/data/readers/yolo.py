@@ -40,8 +40,10 @@ def _yolo_names(raw: Any, yaml_path: Path) -> list[str]:
         except (TypeError, ValueError) as e:
             raise ValueError(f"{yaml_path}: 'names' keys must be class indices 0..K-1 ({e})") from e
         if sorted(keyed) != list(range(len(keyed))):
-            raise ValueError(f"{yaml_path}: 'names' keys must be 0..{len(keyed) - 1} without gaps, "
-                             f"got {sorted(keyed)[:10]}{'...' if len(keyed) > 10 else ''}")
+            raise ValueError(
+                f"{yaml_path}: 'names' keys must be 0..{len(keyed) - 1} without gaps, "
+                f"got {sorted(keyed)[:10]}{'...' if len(keyed) > 10 else ''}"
+            )
         return [keyed[i] for i in range(len(keyed))]
     raise ValueError(f"{yaml_path}: 'names' must be a list or a {{index: name}} mapping, got {raw!r}")
 
@@ -91,8 +93,11 @@ def _list_images(sources: Sequence[Path]) -> tuple[list[Path], list[Path]]:
     for src in sources:
         if src.is_dir():
             dirs.append(src)
-            images += [Path(f) for f in glob.glob(os.path.join(glob.escape(str(src)), "**", "*.*"), recursive=True)
-                       if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(f)]
+            images += [
+                Path(f)
+                for f in glob.glob(os.path.join(glob.escape(str(src)), "**", "*.*"), recursive=True)
+                if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(f)
+            ]
         elif src.suffix.lower() in IMAGE_EXTENSIONS:
             images.append(src)
         else:
@@ -108,8 +113,11 @@ def _list_images(sources: Sequence[Path]) -> tuple[list[Path], list[Path]]:
     return sorted(images), dirs
 
 
-def _parse_label_file(label_file: Path, num_classes: int, report: DataReport,
-                      ) -> tuple[np.ndarray, list[int], list[str]] | None:
+def _parse_label_file(
+    label_file: Path,
+    num_classes: int,
+    report: DataReport,
+) -> tuple[np.ndarray, list[int], list[str]] | None:
     """Normalised boxes of one YOLO label file, bad lines reported and skipped.
 
     A line is ``class cx cy w h`` (normalised to [0, 1]) or a polygon ``class x1 y1 x2 y2 x3 y3 ...``
@@ -133,8 +141,11 @@ def _parse_label_file(label_file: Path, num_classes: int, report: DataReport,
             continue
         cols = len(parts)
         if cols != 5 and (cols < 7 or cols % 2 == 0):
-            report.problem(label_file, f"line {n}: {cols} columns, expected 5 (class cx cy w h) or a polygon "
-                                       f"(class x1 y1 x2 y2 x3 y3 ...): {line.strip()[:80]!r}: skipped")
+            report.problem(
+                label_file,
+                f"line {n}: {cols} columns, expected 5 (class cx cy w h) or a polygon "
+                f"(class x1 y1 x2 y2 x3 y3 ...): {line.strip()[:80]!r}: skipped",
+            )
             continue
         try:
             values = [float(v) for v in parts]
@@ -216,10 +227,22 @@ def read_yolo(data_yaml: PathLike, split: str = "train", *, verify_images: bool 
             norm, classes, refs = np.zeros((0, 4)), [], []
         boxes = norm * np.array([width, height, width, height], dtype=np.float64)  # (N, 4) pixels
         image_id = image.stem if stems[image.stem] == 1 else image.with_suffix("").as_posix()
-        records.append(make_record(
-            report, names, path=image, image_id=image_id, width=width, height=height, boxes=boxes,
-            labels=classes, texts=[names[c] for c in classes], ignore=[False] * len(classes), refs=refs,
-            problem_file=label_file))
+        records.append(
+            make_record(
+                report,
+                names,
+                path=image,
+                image_id=image_id,
+                width=width,
+                height=height,
+                boxes=boxes,
+                labels=classes,
+                texts=[names[c] for c in classes],
+                ignore=[False] * len(classes),
+                refs=refs,
+                problem_file=label_file,
+            )
+        )
 
     # Label files in the labels folders of the listed image folders that no image claims.
     for d in dirs:
@@ -230,6 +253,6 @@ def read_yolo(data_yaml: PathLike, split: str = "train", *, verify_images: bool 
             if os.path.normpath(f) not in used_labels:
                 used_labels.add(os.path.normpath(f))
                 report.problem(f, "label file without an image: ignored")
-    return Dataset(records=records, names=names, raw_names=raw_names,
-                   category_ids=list(range(len(names))), report=report)
-
+    return Dataset(
+        records=records, names=names, raw_names=raw_names, category_ids=list(range(len(names))), report=report
+    )
