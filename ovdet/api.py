@@ -7,6 +7,7 @@ in :mod:`ovdet.weights`, inference in :mod:`ovdet.engine.predict`, validation in
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from dataclasses import fields
@@ -178,6 +179,16 @@ class Detector:
             self._encoder = build_text_encoder(self.cfg.text, device=self.device)
         return self._encoder
 
+    def set_text_encoder(self, text: TextConfig) -> Detector:
+        """Use another text encoder for :meth:`set_classes` (e.g. local weights on an offline machine).
+
+        The current vocabulary is kept (its embeddings came from the previous encoder); the
+        new encoder is built on first use and must produce ``cfg.embed_dim``-wide embeddings.
+        """
+        self.model.cfg = dataclasses.replace(self.model.cfg, text=text)
+        self._encoder = None
+        return self
+
     def encode(self, names: Sequence[str]) -> torch.Tensor:
         """Embeddings of ``names`` from the cache, or the text encoder; the vocabulary is unchanged.
 
@@ -220,7 +231,13 @@ class Detector:
                 message says how to supply local files or precomputed embeddings.
         """
         names = validate_class_names(names)
-        return self._set(names, self.encode(names), text_encoder_id(self.cfg.text))
+        emb = self.encode(names)
+        if emb.shape[1] != self.cfg.embed_dim:
+            raise ValueError(
+                f"the text encoder {text_encoder_id(self.cfg.text)!r} gives {emb.shape[1]}-d embeddings but the "
+                f"model reads {self.cfg.embed_dim}-d ones (model.embed_dim); use a matching text encoder"
+            )
+        return self._set(names, emb, text_encoder_id(self.cfg.text))
 
     def set_class_embeddings(self, names: Sequence[str], embeddings: torch.Tensor) -> Detector:
         """Set the vocabulary from precomputed embeddings (no text encoder needed).
@@ -269,6 +286,7 @@ class Detector:
         stream: bool = False,
         keep_images: bool = True,
         video_stride: int = 1,
+        max_pixels: int | None = None,
     ) -> list[Detections] | PredictionStream:
         """Detect the current vocabulary in images.
 
@@ -284,6 +302,8 @@ class Detector:
                 large folders; its ``skipped`` lists unreadable items) instead of a list.
             keep_images: keep each original image on its Detections (for ``plot``/``save``).
             video_stride: use every n-th video frame.
+            max_pixels: largest image (width × height) decoded; larger ones are skipped as
+                possible decompression bombs (None: ``$OVDET_MAX_PIXELS`` or 89,478,485; 0: no limit).
 
         Returns:
             One :class:`Detections` per readable image, in source order. Unreadable items of a
@@ -298,7 +318,9 @@ class Detector:
         dtype = resolve_precision(precision, self.device)
         nms = NMSConfig(conf=conf, iou=iou, max_det=max_det, agnostic=agnostic_nms)
         predictor = Predictor(self.model, self._names, self._embeddings, nms, imgsz, dtype)
-        run = PredictionStream(predictor, source, batch=batch, keep_images=keep_images, video_stride=video_stride)
+        run = PredictionStream(
+            predictor, source, batch=batch, keep_images=keep_images, video_stride=video_stride, max_pixels=max_pixels
+        )
         if stream:
             return run
         results = list(run)

@@ -1,99 +1,199 @@
 """The ``ovdet`` command line: ``ovdet predict|embed|convert|check-data|val``.
 
-Each sub-command is argparse → Detector → a summary; ``tools/*.py`` call :func:`main`.
+Each sub-command validates its arguments first (nothing is loaded or created for a command
+line that cannot work), then runs through :class:`~ovdet.api.Detector` and prints a summary.
+Every failure ends with one ``error: ...`` line and no traceback (``--debug`` shows it): exit
+code 2 for a wrong command line (bad values, missing files, a missing flag), 1 for work that
+failed. ``tools/*.py`` and ``python -m ovdet`` call :func:`main`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 import time
+import traceback
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ovdet.config import ConfigError
 
+#: Exit codes.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-def _read_classes(spec: str) -> list[str]:
-    """Class names from ``"a,b,c"`` or from a text file with one name per line."""
+
+class UsageError(Exception):
+    """The command line cannot work as given (exit code 2); the message says what to change."""
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def read_classes(spec: str) -> list[str]:
+    """Class names from ``"a,b,c"`` or from a text file with one name per line (``#`` comments).
+
+    A spec is a file when it names an existing file or ends in ``.txt``/``.names``; anything
+    else (a long inline list included) is split on commas.
+
+    Raises:
+        UsageError: a ``.txt``/``.names`` file that does not exist, or no names at all.
+    """
     path = Path(spec)
-    if path.suffix in {".txt", ".names"} or path.is_file():
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError):  # a value too long or odd to be a path is an inline list
+        is_file = False
+    if is_file or path.suffix in {".txt", ".names"}:
+        if not is_file:
+            raise UsageError(f"class file not found: {path}")
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        names = [n for n in lines if n and not n.startswith("#")]
+    else:
+        names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise UsageError(f"--classes {spec!r} holds no class name")
+    return names
+
+
+def check_model_spec(model: str) -> None:
+    """Fail fast when ``--model`` names nothing usable (before anything is loaded).
+
+    Raises:
+        UsageError: not a checkpoint folder, model YAML or pretrained name (the closest name is
+            suggested), or an ultralytics ``.pt`` (which must be converted first).
+    """
+    import difflib
+
+    from ovdet.checkpoint import is_checkpoint_dir
+    from ovdet.weights import PRETRAINED
+
+    path = Path(model)
+    if path.is_dir():
+        if not is_checkpoint_dir(path):
+            raise UsageError(
+                f"--model {model}: the folder is not an ovdet checkpoint (no config.json + model.safetensors)"
+            )
+        return
+    if path.suffix in {".yaml", ".yml"}:
         if not path.is_file():
-            raise FileNotFoundError(f"class file not found: {path}")
-        names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-        return [n for n in names if n and not n.startswith("#")]
-    return [n.strip() for n in spec.split(",") if n.strip()]
+            raise UsageError(f"--model {model}: model config not found")
+        return
+    if path.suffix == ".pt":
+        raise UsageError(
+            f"--model {model} is an ultralytics checkpoint (a pickle): convert it first with "
+            f"`ovdet convert {model} <out_dir> --trust`, then pass --model <out_dir>"
+        )
+    if model not in PRETRAINED:
+        close = difflib.get_close_matches(model, list(PRETRAINED), n=1, cutoff=0.5)
+        hint = f" (did you mean the pretrained model {close[0]!r}?)" if close else ""
+        raise UsageError(
+            f"--model must be an ovdet checkpoint folder, a model YAML or a pretrained name "
+            f"({', '.join(PRETRAINED)}); got {model!r}{hint}"
+        )
 
 
 def load_detector(model: str, device: str = "auto"):
-    """A Detector from an ovdet checkpoint directory, a model YAML (random init) or a pretrained name.
+    """A Detector from an ovdet checkpoint folder, a model YAML (random init) or a pretrained name.
 
-    A local directory wins over a pretrained name of the same spelling.
+    A local folder wins over a pretrained name of the same spelling.
+
+    Raises:
+        UsageError: ``model`` names nothing usable (see :func:`check_model_spec`).
     """
     from ovdet.api import Detector
-    from ovdet.weights import PRETRAINED
 
+    check_model_spec(model)
     path = Path(model)
     if path.is_dir():
         return Detector.load(path, device=device)
     if path.suffix in {".yaml", ".yml"}:
         return Detector.from_config(path, device=device)
-    if path.suffix == ".pt":
-        raise SystemExit(
-            f"{path} is an ultralytics checkpoint (a pickle): convert it first with "
-            f"`ovdet convert {path} <out_dir> --trust`, then pass --model <out_dir>"
-        )
-    if model in PRETRAINED:
-        return Detector.from_pretrained(model, device=device)
-    import difflib
-
-    close = difflib.get_close_matches(model, list(PRETRAINED), n=1, cutoff=0.5)
-    hint = f" (did you mean the pretrained model {close[0]!r}?)" if close else ""
-    raise FileNotFoundError(
-        f"--model must be an ovdet checkpoint directory, a model YAML or a pretrained name "
-        f"({', '.join(PRETRAINED)}); got {model!r}{hint}"
-    )
+    return Detector.from_pretrained(model, device=device)
 
 
-def _set_vocabulary(det, classes: str | None, embeddings: str | None) -> None:
+def _check_device(device: str) -> str:
+    from ovdet.device import resolve_device
+
+    try:
+        resolve_device(device)
+    except ValueError as e:
+        raise UsageError(f"--device: {e}") from e
+    return device
+
+
+def _text_config(base, text_model: str | None, text_weights: str | None, templates: list[str] | None = None):
+    """``base`` (a TextConfig) with the command line's text-encoder options applied."""
+    changes: dict[str, Any] = {}
+    if text_model:
+        changes.update(model=text_model, custom=None)
+    if text_weights:
+        if not Path(text_weights).is_file():
+            raise UsageError(f"--text-weights {text_weights}: file not found")
+        changes.update(pretrained=text_weights, custom=None)
+    if templates:
+        changes.update(templates=tuple(templates))
+    return dataclasses.replace(base, **changes) if changes else base
+
+
+def _set_vocabulary(det, classes: list[str] | None, embeddings: str | None) -> None:
     if embeddings:
         from ovdet.text import load_embeddings
 
         names, emb, _ = load_embeddings(embeddings)
         if classes:
-            wanted = _read_classes(classes)
-            missing = [n for n in wanted if n not in names]
+            missing = [n for n in classes if n not in names]
             if missing:
-                raise SystemExit(f"classes {missing} are not in {embeddings}")
-            idx = [names.index(n) for n in wanted]
-            names, emb = wanted, emb[idx]
+                raise UsageError(f"classes {missing} are not in {embeddings} (it holds {len(names)} names)")
+            idx = [names.index(n) for n in classes]
+            names, emb = classes, emb[idx]
         det.set_class_embeddings(names, emb)
     elif classes:
-        det.set_classes(_read_classes(classes))
+        det.set_classes(classes)
     elif not det.names:
-        raise SystemExit("no vocabulary: pass --classes 'a,b,c' (or a .txt file) or --embeddings FILE")
+        raise UsageError("no vocabulary: pass --classes 'a,b,c' (or a .txt file) or --embeddings FILE")
 
 
-def _unique(path: Path, used: set[Path]) -> Path:
-    out, i = path, 1
-    while out in used:
-        out = path.with_name(f"{path.stem}_{i}{path.suffix}")
-        i += 1
-    used.add(out)
-    return out
+def _positive(name: str, value: int, minimum: int = 1) -> None:
+    if value < minimum:
+        raise UsageError(f"{name} must be >= {minimum}, got {value}")
 
 
+# ------------------------------------------------------------------------------------------------ commands
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ovdet.data.images import count_sources
-    from ovdet.evaluation.predictions import write_predictions
+    from ovdet.config import NMSConfig
+    from ovdet.data.images import count_sources, resolve_max_pixels
+    from ovdet.device import resolve_device, resolve_precision
+    from ovdet.engine.outputs import PredictionWriter
+
+    # Everything the command line says is checked before the model is loaded.
+    _check_device(args.device)
+    try:
+        resolve_precision(args.precision, resolve_device(args.device))
+        NMSConfig(conf=args.conf, iou=args.iou, max_det=args.max_det)
+        resolve_max_pixels(args.max_pixels)
+    except (ValueError, ConfigError) as e:
+        raise UsageError(str(e)) from e
+    if args.imgsz < 32 or args.imgsz % 32:
+        raise UsageError(f"--imgsz must be a positive multiple of 32, got {args.imgsz}")
+    _positive("--batch", args.batch)
+    _positive("--video-stride", args.video_stride)
+    classes = read_classes(args.classes) if args.classes else None
+    if args.embeddings and not Path(args.embeddings).is_file():
+        raise UsageError(f"--embeddings {args.embeddings}: file not found")
+    try:
+        total = count_sources(args.source, video_stride=args.video_stride)
+    except (FileNotFoundError, ValueError, TypeError) as e:
+        raise UsageError(f"--source: {e}") from e
+    check_model_spec(args.model)
 
     det = load_detector(args.model, args.device)
-    _set_vocabulary(det, args.classes, args.embeddings)
-    save_dir = Path(args.save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
+    if args.text_model or args.text_weights:
+        det.set_text_encoder(_text_config(det.cfg.text, args.text_model, args.text_weights))
+    _set_vocabulary(det, classes, args.embeddings)
     run = det.predict(
         args.source,
         conf=args.conf,
@@ -106,24 +206,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
         stream=True,
         keep_images=not args.no_save_images,
         video_stride=args.video_stride,
+        max_pixels=args.max_pixels,
     )
+    save = not args.no_save_images
+    writer = PredictionWriter(args.save_dir, images=save, videos=save, frames=save and args.save_frames, fps=run.fps)
     per_class: Counter[str] = Counter()
-    records, used = [], set()
     start = time.perf_counter()
-    with tqdm(total=count_sources(args.source), unit="img", desc="predict", disable=args.quiet) as bar:
+    with tqdm(total=total, unit="img", desc="predict", disable=args.quiet) as bar:
         for d in run:
             per_class.update(d.names[i] for i in d.labels.tolist())
-            rec = d.to_dict()
-            if not args.no_save_images:
-                name, _, frame = Path(str(d.path)).name.partition(":frame")  # video frames: clip.mp4:frame12
-                out = _unique(save_dir / (Path(name).stem + (f"_frame{frame}" if frame else "") + ".jpg"), used)
-                d.save(out)
-                rec["annotated"] = out.name
-            records.append(rec)
+            writer.add(d)
             bar.update(1)
     elapsed = time.perf_counter() - start
-    out_json = write_predictions(save_dir / "predictions.json", det.names, records, run.skipped)
-    n = len(records)
+    n = len(writer.records)
+    if n == 0:
+        for _, reason in run.skipped:
+            print(f"  skipped: {reason}", file=sys.stderr)
+        raise RuntimeError(f"no image could be read from {args.source} ({len(run.skipped)} skipped)")
+    out_json = writer.close(det.names, run.skipped)
     print(
         f"\n{n} images, {sum(per_class.values())} detections, {len(run.skipped)} skipped, "
         f"{n / elapsed if elapsed > 0 else 0:.1f} images/s ({det.device})"
@@ -131,42 +231,36 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for name in det.names:
         if per_class[name]:
             print(f"  {name:<30} {per_class[name]}")
-    for _, r in run.skipped:
-        print(f"  skipped: {r}")
-    print(f"results: {out_json}" + ("" if args.no_save_images else f", annotated images in {save_dir}"))
-    if n == 0:
-        print("error: no image could be read", file=sys.stderr)
-        return 1
-    return 0
+    for _, reason in run.skipped:
+        print(f"  skipped: {reason}")
+    if run.notes:
+        sources = len({s for s, _ in run.notes})
+        print(f"  {len(run.notes)} decoder message(s) from {sources} file(s) (corrupt data); --debug shows them")
+        if args.debug:
+            for source, message in run.notes:
+                print(f"    {source}: {message}")
+    videos = sorted({p.name for p in writer.written if p.suffix == ".mp4"})
+    print(f"results: {out_json}" + (f", annotated files in {args.save_dir}" if save else ""))
+    if videos:
+        print(f"annotated video(s): {', '.join(videos)}")
+    return EXIT_OK
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from ovdet.config import TextConfig, load_model_config
     from ovdet.text import EmbeddingCache, build_text_encoder, save_embeddings, validate_class_names
 
-    text_cfg = load_model_config(args.model).text if args.model else TextConfig()
-    if args.text_weights:
-        text_cfg = TextConfig(
-            model=text_cfg.model,
-            pretrained=args.text_weights,
-            templates=text_cfg.templates,
-            custom=text_cfg.custom,
-            seed=text_cfg.seed,
-        )
-    if args.template:
-        text_cfg = TextConfig(
-            model=text_cfg.model,
-            pretrained=text_cfg.pretrained,
-            templates=tuple(args.template),
-            custom=text_cfg.custom,
-            seed=text_cfg.seed,
-        )
-    names = validate_class_names(_read_classes(args.classes))
+    _check_device(args.device)
+    names = validate_class_names(read_classes(args.classes))
+    if args.model and not Path(args.model).is_file():
+        raise UsageError(f"--model {args.model}: model config not found")
+    base = load_model_config(args.model).text if args.model else TextConfig()
+    text_cfg = _text_config(base, args.text_model, args.text_weights, args.template)
     encoder = build_text_encoder(text_cfg, device=args.device if args.device != "auto" else "cpu")
     emb = EmbeddingCache(None).get_or_encode(encoder, names, text_cfg.templates)
     save_embeddings(args.output, names, emb, encoder.id, text_cfg.templates)
     print(f"{len(names)} embeddings of dim {emb.shape[1]} from {encoder.id} -> {args.output}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -174,11 +268,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from ovdet.config import ModelConfig
     from ovdet.weights import UntrustedCheckpointError
 
+    _check_device(args.device)
+    if not Path(args.checkpoint).is_file():
+        raise UsageError(f"checkpoint not found: {args.checkpoint}")
     try:
         det = Detector.from_ultralytics(args.checkpoint, trust=args.trust, device=args.device)
     except UntrustedCheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from e
     out = det.save(args.out_dir)
     report, cfg = det.conversion_report, det.cfg
     total = len(report.loaded) + len(report.missing)
@@ -196,13 +292,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
             print(f"  {mod:<24} {n_missing}/{n_all} tensors" + ("" if n_missing < n_all else " (all)"))
     if report.unused:
         print(f"checkpoint tensors with no counterpart (dropped): {len(report.unused)}")
+    if det.names:
+        shown = ", ".join(det.names[:8]) + (" ..." if len(det.names) > 8 else "")
+        print(f"vocabulary kept from the checkpoint: {len(det.names)} classes ({shown})")
     print(f"load it with Detector.load({str(out)!r}) or `ovdet predict --model {out} ...`")
-    return 0
+    return EXIT_OK
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
     from ovdet.data.readers import read_dataset
 
+    if not Path(args.data).is_file():
+        raise UsageError(f"dataset file not found: {args.data}")
     ds = read_dataset(
         args.data,
         args.split,
@@ -211,32 +312,45 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         require_images=not args.annotations_only,
     )
     report = ds.report
-    print(
-        f"{args.data}"
-        + (f" [{args.split}]" if Path(args.data).suffix.lower() in {".yaml", ".yml"} else "")
-        + f": {len(ds.names)} classes, {len(ds.records)} usable images"
-    )
+    split = f" [{args.split}]" if Path(args.data).suffix.lower() in {".yaml", ".yml"} else ""
+    print(f"{args.data}{split}: {len(ds.names)} classes, {len(ds.records)} usable images")
     print(report.summary())
     if not ds.records:
-        print("error: the dataset has no usable image", file=sys.stderr)
-        return 1
-    return 0
+        raise RuntimeError(f"{args.data}: the dataset has no usable image (see the problems above)")
+    return EXIT_OK
 
 
 def cmd_val(args: argparse.Namespace) -> int:
     from ovdet.evaluation import build_evaluator, write_report
 
+    if not Path(args.data).is_file():
+        raise UsageError(f"--data {args.data}: file not found")
     if args.results:  # re-score saved results; no model involved
-        evaluator = build_evaluator(
-            args.data, lvis=args.lvis or args.fixed_ap, fixed_ap=args.fixed_ap, backend=args.backend, strict=args.strict
-        )
+        if not Path(args.results).is_file():
+            raise UsageError(f"--results {args.results}: file not found")
+        try:
+            evaluator = build_evaluator(
+                args.data,
+                lvis=args.lvis or args.fixed_ap,
+                fixed_ap=args.fixed_ap,
+                backend=args.backend,
+                strict=args.strict,
+            )
+        except ValueError as e:  # e.g. --lvis with COCO ground truth: the flags do not fit the data
+            raise UsageError(str(e)) from e
         evaluator.process_results_file(args.results)
         metrics = evaluator.evaluate()
         write_report(metrics, args.save_dir, evaluator.precision, evaluator.names)
-        return 0
+        return EXIT_OK
     if not args.model:
-        raise SystemExit("ovdet val needs --model (config, checkpoint or pretrained name) or --results FILE")
+        raise UsageError("ovdet val needs --model (config, checkpoint or pretrained name) or --results FILE")
+    _check_device(args.device)
+    if args.imgsz < 32 or args.imgsz % 32:
+        raise UsageError(f"--imgsz must be a positive multiple of 32, got {args.imgsz}")
+    check_model_spec(args.model)
     det = load_detector(args.model, args.device)
+    if args.text_model or args.text_weights:
+        det.set_text_encoder(_text_config(det.cfg.text, args.text_model, args.text_weights))
     metrics = det.val(
         args.data,
         split=args.split,
@@ -252,60 +366,98 @@ def cmd_val(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(f"{metrics['images']} images, {len(metrics['skipped'])} skipped, {metrics['images_per_s']:.1f} images/s")
-    return 0
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------ parser
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's help line shows its default."""
+
+
+def _add_text_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--text-model",
+        help="open_clip model of the text encoder, overriding the model config's (e.g. ViT-B-32-quickgelu for "
+        "OpenAI CLIP weights)",
+    )
+    p.add_argument(
+        "--text-weights",
+        help="local text-encoder checkpoint file (offline use), overriding the config's pretrained tag",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ovdet", description="Open-vocabulary object detection.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(
+        prog="ovdet", description="Open-vocabulary object detection.", formatter_class=_Formatter
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks and native decoder messages")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    pr = sub.add_parser("predict", help="detect text-named classes in images, folders, globs or videos")
+    def command(name: str, help: str):
+        sp = sub.add_parser(name, help=help, description=help, formatter_class=_Formatter)
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="as ovdet --debug")
+        return sp
+
+    pr = command("predict", "detect text-named classes in images, folders, globs or videos")
     pr.add_argument(
         "--model",
         required=True,
-        help="ovdet checkpoint directory, model YAML (random init), or pretrained name "
-        "(e.g. yolo-world-v2-s; downloaded and converted once)",
+        help="ovdet checkpoint folder, model YAML (random init), or pretrained name (e.g. yolo-world-v2-s; "
+        "downloaded and converted once)",
     )
     pr.add_argument("--classes", help="comma-separated names, or a .txt file with one name per line")
     pr.add_argument("--embeddings", help="precomputed embeddings from `ovdet embed` (no text encoder needed)")
-    pr.add_argument("--source", required=True, help="image, directory, glob, or video file")
-    pr.add_argument("--save-dir", default="runs/predict")
-    pr.add_argument("--conf", type=float, default=0.25)
-    pr.add_argument("--iou", type=float, default=0.7)
-    pr.add_argument("--imgsz", type=int, default=640)
-    pr.add_argument("--max-det", type=int, default=300)
-    pr.add_argument("--batch", type=int, default=1)
-    pr.add_argument("--device", default="auto")
-    pr.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    pr.add_argument("--agnostic-nms", action="store_true")
-    pr.add_argument("--video-stride", type=int, default=1)
-    pr.add_argument("--no-save-images", action="store_true", help="write only predictions.json")
+    pr.add_argument("--source", required=True, help="image, folder, glob, or video file")
+    pr.add_argument("--save-dir", default="runs/predict", help="output folder (created when there is output)")
+    pr.add_argument("--conf", type=float, default=0.25, help="minimum score of a detection, in [0, 1]")
+    pr.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold, in [0, 1]")
+    pr.add_argument("--imgsz", type=int, default=640, help="letterbox size in pixels (a multiple of 32)")
+    pr.add_argument("--max-det", type=int, default=300, help="detections kept per image")
+    pr.add_argument("--batch", type=int, default=1, help="images per forward pass")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto: the first GPU if any)")
+    pr.add_argument(
+        "--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="numeric precision (fp16: CUDA only)"
+    )
+    pr.add_argument("--agnostic-nms", action="store_true", help="suppress overlapping boxes across classes")
+    pr.add_argument("--video-stride", type=int, default=1, help="use every n-th video frame")
+    pr.add_argument("--save-frames", action="store_true", help="also write each annotated video frame as an image")
+    pr.add_argument(
+        "--no-save-images", action="store_true", help="write only predictions.json (no annotated images or videos)"
+    )
+    pr.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="skip images declaring more pixels than this (decompression bombs); default $OVDET_MAX_PIXELS or "
+        "89478485, 0 = no limit",
+    )
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_text_options(pr)
     pr.set_defaults(func=cmd_predict)
 
-    em = sub.add_parser("embed", help="precompute class-name embeddings to a safetensors file")
+    em = command("embed", "precompute class-name embeddings to a safetensors file")
     em.add_argument("--classes", required=True, help="comma-separated names or a .txt file")
     em.add_argument("-o", "--output", required=True, help="output .safetensors file")
     em.add_argument("--model", help="model YAML whose text encoder to use (default: open_clip ViT-B-32 openai)")
-    em.add_argument("--text-weights", help="local open_clip checkpoint file (offline use)")
     em.add_argument("--template", action="append", help="prompt template with {} (repeatable; averaged)")
-    em.add_argument("--device", default="auto")
+    em.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _add_text_options(em)
     em.set_defaults(func=cmd_embed)
 
-    cv = sub.add_parser("convert", help="convert an ultralytics YOLO-World/YOLOv8 .pt to ovdet's safe format")
+    cv = command("convert", "convert an ultralytics YOLO-World/YOLOv8 .pt to ovdet's safe format")
     cv.add_argument("checkpoint", help="ultralytics .pt file (a pickle: read only with --trust)")
-    cv.add_argument("out_dir", help="output directory (model.safetensors + config.json)")
+    cv.add_argument("out_dir", help="output folder (model.safetensors + config.json)")
     cv.add_argument(
         "--trust",
         action="store_true",
         help="allow unpickling the checkpoint, which can run code inside it; only for trusted files",
     )
-    cv.add_argument("--device", default="cpu")
+    cv.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     cv.set_defaults(func=cmd_convert)
 
-    cd = sub.add_parser("check-data", help="read a dataset and report counts, per-class boxes and problems")
+    cd = command("check-data", "read a dataset and report counts, per-class boxes and problems")
     cd.add_argument("data", help="YOLO data .yaml, COCO/LVIS instances .json, or ODVG .jsonl")
-    cd.add_argument("--split", default="train", help="split of a YOLO data yaml (default: train)")
+    cd.add_argument("--split", default="train", help="split of a YOLO data yaml")
     cd.add_argument("--image-dir", help="image folder of a .json/.jsonl (default: found next to the file)")
     cd.add_argument(
         "--verify-images",
@@ -319,12 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cd.set_defaults(func=cmd_check_data)
 
-    va = sub.add_parser("val", help="zero-shot COCO/LVIS box AP of a model, or of saved detections")
-    va.add_argument("--model", help="model YAML, ovdet checkpoint directory or pretrained name to evaluate")
+    va = command("val", "zero-shot COCO/LVIS box AP of a model, or of saved detections")
+    va.add_argument("--model", help="model YAML, ovdet checkpoint folder or pretrained name to evaluate")
     va.add_argument(
         "--results",
-        help="COCO results json (list of image_id/category_id/bbox xywh/score) or an "
-        "`ovdet predict` predictions.json (matched by file name and class name)",
+        help="COCO results json (list of image_id/category_id/bbox xywh/score) or an `ovdet predict` "
+        "predictions.json (matched by file name and class name)",
     )
     va.add_argument(
         "--data",
@@ -332,12 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="ground truth: COCO or LVIS instances .json, or (with --model) an ultralytics data yaml",
     )
     va.add_argument("--split", default="val", help="data yaml split to evaluate (with --model)")
-    va.add_argument("--imgsz", type=int, default=640)
-    va.add_argument("--conf", type=float, default=0.001)
-    va.add_argument("--iou", type=float, default=0.7)
+    va.add_argument("--imgsz", type=int, default=640, help="letterbox size in pixels (a multiple of 32)")
+    va.add_argument("--conf", type=float, default=0.001, help="minimum score kept")
+    va.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold")
     va.add_argument("--max-det", type=int, default=None, help="boxes per image (default 300; 1000 with --fixed-ap)")
-    va.add_argument("--batch", type=int, default=8)
-    va.add_argument("--device", default="auto")
+    va.add_argument("--batch", type=int, default=8, help="images per forward pass")
+    va.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     va.add_argument("--quiet", action="store_true", help="no progress bar")
     va.add_argument("--lvis", action="store_true", help="LVIS evaluation (lvis package): APr/APc/APf, 300 dets/image")
     va.add_argument(
@@ -359,20 +511,42 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument(
         "--save-dir",
         default="runs/val",
-        help="where metrics.json, pr_curve.png (and with --model results.json, samples/) are written",
+        help="where metrics.json, pr_curve.png (and with --model results.json, samples/) go",
     )
+    _add_text_options(va)
     va.set_defaults(func=cmd_val)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``ovdet`` console script; returns the exit code."""
+    """Entry point of the ``ovdet`` console script; returns the exit code.
+
+    argparse reports malformed command lines itself (exit 2). Afterwards a :class:`UsageError`,
+    a missing file, a refused pickle or an invalid config value exits with 2, anything else
+    that fails with 1, each as one ``error:`` line on stderr (a traceback only with ``--debug``
+    or ``OVDET_DEBUG=1``).
+    """
+    from ovdet.weights import UntrustedCheckpointError
+
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get("OVDET_DEBUG", "") not in ("", "0")
+    args.debug = debug
+    if debug:  # the process entry point: lower layers read it (e.g. to leave ffmpeg's logging on)
+        os.environ["OVDET_DEBUG"] = "1"
     try:
-        return int(args.func(args) or 0)
-    except (FileNotFoundError, ConfigError, ValueError, RuntimeError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return int(args.func(args) or EXIT_OK)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - the one place every failure becomes a message
+        if debug:
+            traceback.print_exc()
+        usage = isinstance(e, (UsageError, FileNotFoundError, UntrustedCheckpointError, ConfigError))
+        message = str(e) or type(e).__name__
+        if isinstance(e, FileNotFoundError) and e.filename and str(e.filename) not in message:
+            message = f"{message}: {e.filename}"
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE if usage else EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

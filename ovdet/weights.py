@@ -328,7 +328,12 @@ def read_ultralytics_checkpoint(path: str | Path, trust: bool = False) -> tuple[
         raise ImportError(
             "reading an ultralytics checkpoint needs the ultralytics package: pip install 'ovdet[ultralytics]'"
         ) from e
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # trusted by the caller, see above
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # trusted by the caller, see above
+    except Exception as e:  # corrupt, truncated or not a torch file: unpickling errors come in many types
+        raise ConversionError(
+            f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e}); re-download or re-export it"
+        ) from e
     model = ckpt
     if isinstance(ckpt, dict):
         model = ckpt.get("ema") if ckpt.get("ema") is not None else ckpt.get("model")

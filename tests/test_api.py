@@ -438,26 +438,21 @@ def test_predict_streams_a_video(det: Detector, coco128_images: list[Path], tmp_
     assert all(r.image_size == (128, 160) for r in results) and run.skipped == []
     ckpt = det.save(tmp_path / "ckpt")
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(ckpt),
-                "--classes",
-                "person",
-                "--source",
-                str(path),
-                "--save-dir",
-                str(out),
-                "--imgsz",
-                "160",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    assert sorted(p.name for p in out.glob("*.jpg")) == [f"clip_frame{i}.jpg" for i in range(5)]
+    args = ["predict", "--model", str(ckpt), "--classes", "person", "--source", str(path), "--imgsz", "160", "--quiet"]
+    assert main([*args, "--save-dir", str(out)]) == 0
+    # An annotated video with the source's size, frame rate and frame count; no frame images by default.
+    assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", "predictions.json"]
+    video = cv2.VideoCapture(str(out / "clip.mp4"))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 5 and video.get(cv2.CAP_PROP_FPS) == pytest.approx(5.0)
+    ok, first = video.read()
+    video.release()
+    assert ok and first.shape == (128, 160, 3)
+    records = json.loads((out / "predictions.json").read_text())["images"]
+    assert [r["frame"] for r in records] == list(range(5)) and all(r["annotated"] == "clip.mp4" for r in records)
+    # Frame images on request, zero-padded so they sort in frame order.
+    assert main([*args, "--save-dir", str(tmp_path / "frames"), "--save-frames", "--video-stride", "2"]) == 0
+    names = sorted(p.name for p in (tmp_path / "frames").glob("*.jpg"))
+    assert names == ["clip_frame000000.jpg", "clip_frame000002.jpg", "clip_frame000004.jpg"]
 
 
 @pytest.mark.parametrize(

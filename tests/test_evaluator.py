@@ -560,5 +560,5 @@ def test_cli_val_bad_combinations(vectors, tmp_path, capsys):
     ]
     assert main(args + ["--lvis"]) == 2  # a COCO json is not LVIS
     assert "not an LVIS annotation set" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["val", "--data", str(vectors["gt_path"])])  # no --results (no model path yet)
+    assert main(["val", "--data", str(vectors["gt_path"])]) == 2  # neither --model nor --results
+    assert "needs --model" in capsys.readouterr().err

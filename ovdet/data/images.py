@@ -10,11 +10,15 @@ job keeps going, while "nothing to do" (missing path, empty directory, empty glo
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import os
+import sys
+import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +71,14 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The IEND chunk is always empty, so its type and CRC are fixed bytes.
 _PNG_IEND = b"IEND\xaeB`\x82"
 
+#: Default limit on the pixels an image file may declare before it is decoded (Pillow's
+#: ``Image.MAX_IMAGE_PIXELS``): a 100 kB PNG can declare 30000×30000 pixels and take 6 GB to
+#: decode. Override per call (``max_pixels=``), with ``--max-pixels``, or ``$OVDET_MAX_PIXELS``.
+DEFAULT_MAX_PIXELS = 89_478_485
+MAX_PIXELS_ENV = "OVDET_MAX_PIXELS"
+# Start-of-frame markers of a JPEG (baseline, progressive, lossless, arithmetic), which hold its size.
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
 ImageLike = np.ndarray | Image.Image | torch.Tensor
 PathLike = str | os.PathLike
 
@@ -86,12 +98,17 @@ class SourceItem:
         image: ``(H, W, 3)`` uint8 BGR array, or None when ``error`` is set.
         error: Why the item could not be read, or None.
         frame: 0-based frame index for video frames, else None.
+        fps: frames per second of the video a frame comes from, else None.
+        notes: messages native decoders (libpng, ffmpeg) printed while reading the item,
+            captured instead of reaching the terminal raw.
     """
 
     name: str
     image: np.ndarray | None
     error: str | None = None
     frame: int | None = None
+    fps: float | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -104,9 +121,10 @@ class SourceItem:
 # --------------------------------------------------------------------------------------------
 
 
-def decode_image(path: PathLike) -> np.ndarray:
+def decode_image(path: PathLike, max_pixels: int | None = None, notes: list[str] | None = None) -> np.ndarray:
     """Read an image file as a 3-channel 8-bit BGR array.
 
+    The size the file declares is checked against ``max_pixels`` before any pixel is decoded.
     The file is decoded with ``cv2.IMREAD_UNCHANGED`` so bit depth and alpha are visible, then
     EXIF orientation is applied (all 8 orientations), grayscale is expanded to 3 channels,
     alpha is dropped (not composited) and 16-bit values are scaled to 8-bit with
@@ -114,14 +132,18 @@ def decode_image(path: PathLike) -> np.ndarray:
 
     Args:
         path: Image file path.
+        max_pixels: Largest width × height accepted (see :func:`resolve_max_pixels`; None:
+            ``$OVDET_MAX_PIXELS`` or :data:`DEFAULT_MAX_PIXELS`; 0: no limit).
+        notes: When given, receives what the native decoder printed (e.g. libpng warnings),
+            which is kept off the terminal.
 
     Returns:
         ``(H, W, 3)`` uint8 BGR array, C-contiguous, in display orientation.
 
     Raises:
         FileNotFoundError: The file does not exist.
-        ImageReadError: The file is empty, truncated, corrupt, not an image, or has an
-            unsupported pixel type (float, signed, more than 4 channels).
+        ImageReadError: The file is empty, truncated, corrupt, not an image, over the pixel
+            limit, or has an unsupported pixel type (float, signed, more than 4 channels).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -139,10 +161,14 @@ def decode_image(path: PathLike) -> np.ndarray:
     reason = truncation_reason(data, head)
     if reason is not None:
         raise ImageReadError(f"{path}: {reason}")
-    try:
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    except cv2.error as e:  # e.g. an image over OpenCV's pixel limit
-        raise ImageReadError(f"{path}: OpenCV cannot decode it ({str(e).strip()})") from e
+    check_pixel_limit(path, declared_size(data), max_pixels)
+    with capture_native_stderr() as printed:
+        try:
+            image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        except cv2.error as e:  # e.g. an image over OpenCV's own pixel limit
+            raise ImageReadError(f"{path}: OpenCV cannot decode it ({str(e).strip()})") from e
+    if notes is not None:
+        notes.extend(printed)
     if image is None or image.size == 0:
         if head.startswith(_JPEG_MAGIC):
             raise ImageReadError(f"{path}: corrupt JPEG data")
@@ -155,6 +181,105 @@ def decode_image(path: PathLike) -> np.ndarray:
     except ValueError as e:
         raise ImageReadError(f"{path}: {e}") from e
     return np.ascontiguousarray(_apply_orientation(image, _exif_orientation(data, head)))
+
+
+def resolve_max_pixels(max_pixels: int | None = None) -> int:
+    """The pixel limit in force: ``max_pixels``, else ``$OVDET_MAX_PIXELS``, else the default; 0 = none.
+
+    Raises:
+        ValueError: a negative value, or an environment value that is not an integer (named).
+    """
+    if max_pixels is None:
+        raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+        if not raw:
+            return DEFAULT_MAX_PIXELS
+        try:
+            max_pixels = int(raw)
+        except ValueError as e:
+            raise ValueError(f"${MAX_PIXELS_ENV}={raw!r} is not an integer pixel count") from e
+    if max_pixels < 0:
+        raise ValueError(f"max_pixels must be >= 0 (0 = no limit), got {max_pixels}")
+    return int(max_pixels)
+
+
+def check_pixel_limit(name: str, size: tuple[int, int] | None, max_pixels: int | None) -> None:
+    """Raise :class:`ImageReadError` when a declared ``(width, height)`` exceeds the pixel limit."""
+    limit = resolve_max_pixels(max_pixels)
+    if size is None or limit == 0:
+        return
+    w, h = size
+    if w * h > limit:
+        raise ImageReadError(
+            f"{name}: declares {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} (a decompression bomb?); "
+            f"not decoded. If the image is genuine, raise the limit (max_pixels=, --max-pixels, "
+            f"${MAX_PIXELS_ENV}; 0 = no limit)"
+        )
+
+
+def declared_size(data: np.ndarray | bytes) -> tuple[int, int] | None:
+    """``(width, height)`` an encoded image declares in its header, without decoding pixels.
+
+    PNG and JPEG headers are read here; other formats through Pillow's lazy open. None when the
+    header says nothing readable (decoding then decides).
+
+    Args:
+        data: the file's bytes (``(L,)`` uint8 array or bytes).
+    """
+    raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
+    if raw.startswith(_PNG_MAGIC) and len(raw) >= 24 and raw[12:16] == b"IHDR":
+        return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+    if raw.startswith(_JPEG_MAGIC):
+        i = 2
+        while i + 9 < len(raw):
+            if raw[i] != 0xFF:
+                return None
+            marker = raw[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if marker in _JPEG_SOF:
+                return int.from_bytes(raw[i + 7 : i + 9], "big"), int.from_bytes(raw[i + 5 : i + 7], "big")
+            if marker == 0xDA:  # start of scan: no frame header before it
+                return None
+            if 0xD0 <= marker <= 0xD9 or marker == 0x01:  # markers without a length
+                i += 2
+                continue
+            i += 2 + int.from_bytes(raw[i + 2 : i + 4], "big")
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(raw)) as im:
+                return im.size
+        except Image.DecompressionBombError:  # over twice Pillow's limit: certainly over ours
+            return (2 * DEFAULT_MAX_PIXELS + 1, 1)
+        except Exception:  # noqa: BLE001 - not a format Pillow reads; OpenCV may still decode it
+            return None
+
+
+@contextlib.contextmanager
+def capture_native_stderr() -> Iterator[list[str]]:
+    """Keep what native libraries (libpng, libjpeg, ffmpeg) print on file descriptor 2 off the terminal.
+
+    Yields a list that, after the block, holds the captured lines. Python's own ``sys.stderr``
+    writes inside the block are captured too, so keep the block around the native call only.
+    """
+    lines: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable fd 2 (closed, or an unusual embedding)
+        yield lines
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(ln.strip() for ln in sink.read().decode(errors="replace").splitlines() if ln.strip())
 
 
 def truncation_reason(data: np.ndarray, head: bytes) -> str | None:
@@ -183,7 +308,7 @@ def truncation_reason(data: np.ndarray, head: bytes) -> str | None:
     return None
 
 
-def probe_image_size(path: PathLike, verify: bool = False) -> tuple[int, int]:
+def probe_image_size(path: PathLike, verify: bool = False, max_pixels: int | None = None) -> tuple[int, int]:
     """Display-orientation ``(width, height)`` of an image file, from its header.
 
     Only the header is read (no pixels are decoded). EXIF orientations 5-8 swap width and
@@ -192,6 +317,7 @@ def probe_image_size(path: PathLike, verify: bool = False) -> tuple[int, int]:
     Args:
         path: Image file.
         verify: Also run PIL ``Image.verify()`` and the truncation check of :func:`decode_image`.
+        max_pixels: The pixel limit of :func:`decode_image`; an image over it is refused here.
 
     Returns:
         ``(width, height)`` in pixels.
@@ -199,7 +325,14 @@ def probe_image_size(path: PathLike, verify: bool = False) -> tuple[int, int]:
     Raises:
         OSError / ValueError / SyntaxError: the file is not a readable image (message says why).
     """
-    with Image.open(path) as im:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is ours, checked below
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError as e:  # over twice Pillow's limit: name the size ourselves
+            check_pixel_limit(os.fspath(path), declared_size(np.fromfile(path, dtype=np.uint8)), max_pixels)
+            raise ImageReadError(f"{os.fspath(path)}: Pillow refuses to open it ({e})") from e
+    with im:
         w, h = im.size
         orientation = 1
         # A PNG's exif is only in info when its eXIf chunk precedes the pixels; asking PNG for
@@ -218,6 +351,7 @@ def probe_image_size(path: PathLike, verify: bool = False) -> tuple[int, int]:
             raise ValueError(reason)
     if w <= 0 or h <= 0:
         raise ValueError(f"image has no pixels ({w}x{h})")
+    check_pixel_limit(os.fspath(path), (w, h), max_pixels)
     if orientation in (5, 6, 7, 8):
         w, h = h, w
     return int(w), int(h)
@@ -428,7 +562,7 @@ class _Entry:
     obj: Any = None  # the in-memory image for kind == "memory"
 
 
-def iter_sources(source: Any, *, video_stride: int = 1) -> Iterator[SourceItem]:
+def iter_sources(source: Any, *, video_stride: int = 1, max_pixels: int | None = None) -> Iterator[SourceItem]:
     """Stream the images of a source one at a time.
 
     The source is resolved eagerly (so a missing path raises at the call, not at the first
@@ -448,10 +582,12 @@ def iter_sources(source: Any, *, video_stride: int = 1) -> Iterator[SourceItem]:
               (see :func:`to_bgr_array`); a ``(B, 3, H, W)`` tensor yields B items;
             - a list or tuple of the above (not nested).
         video_stride: Yield every ``video_stride``-th video frame (frames 0, s, 2s, ...).
+        max_pixels: Pixel limit per image or video frame (see :func:`resolve_max_pixels`).
 
     Returns:
-        Iterator of :class:`SourceItem`, in source order. Files that cannot be decoded, and
-        videos that cannot be opened, give items with ``error`` set instead of raising.
+        Iterator of :class:`SourceItem`, in source order. Files that cannot be decoded, videos
+        that cannot be opened and videos that end before their declared frame count give items
+        with ``error`` set (after the frames that could be read) instead of raising.
 
     Raises:
         FileNotFoundError: A path does not exist, a directory holds no image or video files,
@@ -461,8 +597,9 @@ def iter_sources(source: Any, *, video_stride: int = 1) -> Iterator[SourceItem]:
     """
     if not isinstance(video_stride, int) or isinstance(video_stride, bool) or video_stride < 1:
         raise ValueError(f"video_stride must be an integer >= 1, got {video_stride!r}")
+    limit = resolve_max_pixels(max_pixels)
     entries = _resolve(source)
-    return _iterate(entries, video_stride)
+    return _iterate(entries, video_stride, limit)
 
 
 def count_sources(source: Any, *, video_stride: int = 1) -> int | None:
@@ -489,11 +626,12 @@ def count_sources(source: Any, *, video_stride: int = 1) -> int | None:
         if entry.kind != "video":
             total += 1
             continue
-        capture = cv2.VideoCapture(entry.name)
-        try:
-            frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
-        finally:
-            capture.release()
+        with capture_native_stderr():  # opening probes the stream: ffmpeg may complain about corrupt data
+            capture = open_video(entry.name)
+            try:
+                frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+            finally:
+                capture.release()
         if frames <= 0:
             return None
         total += -(-frames // video_stride)  # ceil: frames 0, s, 2s, ... < frames
@@ -569,46 +707,102 @@ def _file_entry(path: str) -> _Entry:
     return _Entry(kind, path)
 
 
-def _iterate(entries: Sequence[_Entry], video_stride: int) -> Iterator[SourceItem]:
+def _iterate(entries: Sequence[_Entry], video_stride: int, max_pixels: int) -> Iterator[SourceItem]:
     """Decode entries lazily, turning per-file failures into error items."""
     for entry in entries:
         if entry.kind == "memory":
             yield SourceItem(entry.name, to_bgr_array(entry.obj))
         elif entry.kind == "video":
-            yield from _iter_video(entry.name, video_stride)
+            yield from _iter_video(entry.name, video_stride, max_pixels)
         else:
+            notes: list[str] = []
             try:
-                yield SourceItem(entry.name, decode_image(entry.name))
+                yield SourceItem(entry.name, decode_image(entry.name, max_pixels, notes), notes=notes)
             except (ImageReadError, OSError) as e:
                 # OSError covers a file removed or made unreadable after the source was listed.
-                yield SourceItem(entry.name, None, error=str(e))
+                yield SourceItem(entry.name, None, error=str(e), notes=notes)
 
 
-def _iter_video(path: str, stride: int) -> Iterator[SourceItem]:
-    """Yield every ``stride``-th frame of a video, holding one frame in memory at a time."""
-    capture = cv2.VideoCapture(path)
+def open_video(path: str) -> cv2.VideoCapture:
+    """``cv2.VideoCapture(path)`` with ffmpeg's own logging off.
+
+    ffmpeg's decoder threads report corrupt data asynchronously, straight to the terminal, while
+    Python prints progress there; OpenCV reads ``OPENCV_FFMPEG_LOGLEVEL`` once, when it first
+    loads ffmpeg, so it is set (to quiet) for that moment only. A user's own
+    ``OPENCV_FFMPEG_LOGLEVEL``/``OPENCV_FFMPEG_DEBUG``, or ``OVDET_DEBUG=1`` (``ovdet --debug``),
+    leaves ffmpeg's messages on. A truncated or corrupt video is still reported: by its frame count.
+    """
+    keys = ("OPENCV_FFMPEG_LOGLEVEL", "OPENCV_FFMPEG_DEBUG")
+    if any(k in os.environ for k in keys) or os.environ.get("OVDET_DEBUG", "") not in ("", "0"):
+        return cv2.VideoCapture(path)
+    os.environ["OPENCV_FFMPEG_LOGLEVEL"] = "-8"  # AV_LOG_QUIET
+    try:
+        return cv2.VideoCapture(path)
+    finally:
+        del os.environ["OPENCV_FFMPEG_LOGLEVEL"]
+
+
+def _iter_video(path: str, stride: int, max_pixels: int) -> Iterator[SourceItem]:
+    """Yield every ``stride``-th frame of a video, holding one frame in memory at a time.
+
+    A video whose frames stop before the count its container declares ends with an error item
+    saying how many frames were read; native decoder messages are captured into ``notes``.
+    """
+    with capture_native_stderr() as notes:
+        capture = open_video(path)
     try:
         if not capture.isOpened():
-            yield SourceItem(path, None, error=f"{path}: cannot open video (unsupported codec or corrupt file)")
+            yield SourceItem(
+                path, None, error=f"{path}: cannot open video (unsupported codec or corrupt file)", notes=notes
+            )
+            return
+        declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))  # container metadata; 0 when unknown
+        fps = float(capture.get(cv2.CAP_PROP_FPS)) or None
+        size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        try:
+            check_pixel_limit(path, size if min(size) > 0 else None, max_pixels)
+        except ImageReadError as e:
+            yield SourceItem(path, None, error=str(e), notes=notes)
             return
         index = 0
         yielded = 0
         while True:
+            pending: list[str] = []
             if index % stride == 0:
-                ok, frame = capture.read()
+                with capture_native_stderr() as pending:
+                    ok, frame = capture.read()
                 if not ok or frame is None:
+                    notes.extend(pending)
                     break
+                name = f"{path}:frame{index}"
                 try:
                     image = np.ascontiguousarray(_to_bgr_uint8(frame))
                 except ValueError as e:
-                    yield SourceItem(f"{path}:frame{index}", None, error=f"{path}: frame {index}: {e}", frame=index)
+                    yield SourceItem(
+                        name, None, error=f"{path}: frame {index}: {e}", frame=index, fps=fps, notes=pending
+                    )
                 else:
-                    yield SourceItem(f"{path}:frame{index}", image, frame=index)
+                    yield SourceItem(name, image, frame=index, fps=fps, notes=pending)
                 yielded += 1
-            elif not capture.grab():  # skipped frames are demuxed but not converted
-                break
+            else:
+                with capture_native_stderr() as pending:
+                    ok = capture.grab()  # skipped frames are demuxed but not converted
+                notes.extend(pending)
+                if not ok:
+                    break
             index += 1
         if yielded == 0:
-            yield SourceItem(path, None, error=f"{path}: video has no decodable frames")
+            yield SourceItem(path, None, error=f"{path}: video has no decodable frames", notes=notes)
+        elif declared > 0 and index < declared:
+            yield SourceItem(
+                path,
+                None,
+                notes=notes,
+                fps=fps,
+                error=f"{path}: video ended after {index} of {declared} declared frames "
+                f"(corrupt or truncated); the frames read were used",
+            )
     finally:
-        capture.release()
+        with capture_native_stderr() as closing:  # decoder threads may still report while closing
+            capture.release()
+        notes.extend(closing)

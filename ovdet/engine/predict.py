@@ -103,26 +103,42 @@ class PredictionStream(Iterable[Detections]):
         batch: images per forward pass.
         keep_images: keep each original image on its Detections.
         video_stride: use every n-th video frame.
+        max_pixels: largest image (width × height) decoded (see
+            :func:`~ovdet.data.images.resolve_max_pixels`).
 
     Attributes:
         skipped: (source name, reason) of every item that could not be read, filled during
             iteration; a bad item never stops the run.
         seen: items read successfully so far.
+        notes: (source name, message) of what native decoders printed (kept off the terminal).
+        fps: frames per second of each video source seen, by path.
     """
 
     def __init__(
-        self, predictor: Predictor, source: Any, batch: int = 1, keep_images: bool = True, video_stride: int = 1
+        self,
+        predictor: Predictor,
+        source: Any,
+        batch: int = 1,
+        keep_images: bool = True,
+        video_stride: int = 1,
+        max_pixels: int | None = None,
     ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         self.predictor, self.batch, self.keep_images = predictor, batch, keep_images
-        self.items = iter_sources(source, video_stride=video_stride)  # resolves now: a missing path raises here
+        # resolves now: a missing path raises here, not at the first next()
+        self.items = iter_sources(source, video_stride=video_stride, max_pixels=max_pixels)
         self.skipped: list[tuple[str, str]] = []
+        self.notes: list[tuple[str, str]] = []
+        self.fps: dict[str, float] = {}
         self.seen = 0
 
     def __iter__(self) -> Iterator[Detections]:
         pending: list[SourceItem] = []
         for item in self.items:
+            self.notes.extend((item.name, n) for n in item.notes)
+            if item.fps is not None:
+                self.fps[item.name.rpartition(":frame")[0] or item.name] = item.fps
             if item.error is not None or item.image is None:
                 self.skipped.append((item.name, item.error or f"{item.name}: no image"))
                 continue

@@ -14,6 +14,7 @@ downloads without the network).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -80,6 +81,13 @@ def _sha256_json(obj: Any) -> str:
 
 
 def _file_sha256(path: str | Path) -> str:
+    """sha256 of a file, remembered per (path, size, modification time): CLIP files are large."""
+    st = os.stat(path)
+    return _sha256_of(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -97,6 +105,42 @@ def _library_versions() -> dict[str, str]:
     return {"open_clip": oc, "torch": torch.__version__.split("+")[0]}
 
 
+@functools.lru_cache(maxsize=1)
+def _openai_hashes() -> frozenset[str]:
+    """sha256 of OpenAI's CLIP files: open_clip's ``openai`` URLs name the folder after them."""
+    import open_clip
+
+    out = set()
+    for model, tag in open_clip.list_pretrained():
+        if tag == "openai":
+            url = (open_clip.get_pretrained_cfg(model, tag) or {}).get("url") or ""
+            out.update(
+                part for part in url.split("/") if len(part) == 64 and all(c in "0123456789abcdef" for c in part)
+            )
+    return frozenset(out)
+
+
+def file_needs_quick_gelu(model: str, path: str) -> bool:
+    """Whether a local checkpoint holds OpenAI CLIP weights, trained with QuickGELU, for a model
+    whose open_clip config says GELU (e.g. ``ViT-B-32`` rather than ``ViT-B-32-quickgelu``).
+
+    A file is recognised as OpenAI's when it is OpenAI's original TorchScript archive, when its
+    sha256 is one of the OpenAI files open_clip knows, or when its path names ``openai`` (the
+    Hugging Face cache folder ``timm/vit_base_patch32_clip_224.openai``, a renamed download).
+    Running such weights with GELU gives silently wrong embeddings.
+    """
+    import open_clip
+
+    model_cfg = open_clip.get_model_config(model) or {}
+    if model_cfg.get("quick_gelu", False):
+        return False
+    if _is_torchscript_archive(path):
+        return True
+    if "openai" in os.path.abspath(path).lower():
+        return True
+    return _file_sha256(path) in _openai_hashes()
+
+
 def openclip_encoder_id(cfg: TextConfig) -> str:
     """The ``id`` that :meth:`OpenCLIPTextEncoder.from_config` gives ``cfg``, without building it.
 
@@ -106,8 +150,9 @@ def openclip_encoder_id(cfg: TextConfig) -> str:
 
     Returns:
         ``"open_clip:custom:<hash>"`` for a custom tower, ``"open_clip:<model>:random:<hash>"``
-        for random weights, ``"open_clip:<model>:file:<sha256[:16]>"`` for a checkpoint file,
-        ``"open_clip:<model>:<tag>"`` for a pretrained tag.
+        for random weights, ``"open_clip:<model>:file:<sha256[:16]>"`` for a checkpoint file
+        (``…:quickgelu`` appended when the file's OpenAI weights switch the activation, see
+        :func:`file_needs_quick_gelu`), ``"open_clip:<model>:<tag>"`` for a pretrained tag.
     """
     if cfg.custom is not None:
         custom = validate_custom(cfg.custom)
@@ -115,7 +160,8 @@ def openclip_encoder_id(cfg: TextConfig) -> str:
     if cfg.pretrained is None:
         return f"open_clip:{cfg.model}:random:" + _sha256_json({"seed": cfg.seed, **_library_versions()})[:16]
     if os.path.isfile(cfg.pretrained):
-        return f"open_clip:{cfg.model}:file:{_file_sha256(cfg.pretrained)[:16]}"
+        quick = ":quickgelu" if file_needs_quick_gelu(cfg.model, cfg.pretrained) else ""
+        return f"open_clip:{cfg.model}:file:{_file_sha256(cfg.pretrained)[:16]}{quick}"
     return f"open_clip:{cfg.model}:{cfg.pretrained}"
 
 
@@ -130,13 +176,16 @@ def _offline_message(model: str, tag: str, pcfg: Mapping[str, Any], reason: str)
     gelu = ""
     if pcfg.get("quick_gelu") and not model.endswith("-quickgelu") and _has_model_config(f"{model}-quickgelu"):
         # A local file carries no activation info; the tag implied QuickGELU.
-        gelu = f" together with model '{model}-quickgelu' (these weights were trained with QuickGELU)"
+        gelu = (
+            f" together with model '{model}-quickgelu' (`--text-model {model}-quickgelu`; these weights were "
+            f"trained with QuickGELU)"
+        )
     return (
         f"cannot load the open_clip text encoder {model!r} with pretrained={tag!r}: {reason}. "
         f"This machine appears to be offline (open_clip would fetch the weights from {where}). "
         f"To work offline, either (1) download that checkpoint file on a connected machine, copy it "
-        f"here and pass its local path as `pretrained` (TextConfig.pretrained / `--text-weights "
-        f"PATH`){gelu}, or (2) run `ovdet embed` on a connected machine to write the class embeddings to a "
+        f"here and pass its local path as `pretrained` (TextConfig.pretrained, or `--text-weights "
+        f"PATH` of ovdet predict/val/embed){gelu}, or (2) run `ovdet embed` on a connected machine to write the class embeddings to a "
         f"file and load them here with `Detector.set_class_embeddings(names, emb)` "
         f"(see ovdet.text.load_embeddings); no text encoder is needed then. "
         f"Weights already in the Hugging Face cache are found without network access."
@@ -376,8 +425,8 @@ class OpenCLIPTextEncoder:
           open_clip/OpenAI CLIP state dict or just the text tower's; ``.safetensors``, a
           ``torch.save`` file read with ``weights_only=True``, or an OpenAI TorchScript archive).
           Activation: QuickGELU when the model name says so (``"ViT-B-32-quickgelu"``) or the
-          file is an OpenAI TorchScript archive — use the ``-quickgelu`` name for OpenAI weights
-          converted to open_clip's format.
+          file is recognised as OpenAI's (see :func:`file_needs_quick_gelu`; a warning says so);
+          name the ``-quickgelu`` model for OpenAI weights the check cannot recognise.
         * ``cfg.pretrained`` a tag (``"openai"``): downloaded through open_clip, or taken from
           the local cache; the tag's activation (QuickGELU for OpenAI weights) is used.
         * ``cfg.pretrained`` None: random weights from ``cfg.seed``.
@@ -441,9 +490,21 @@ class OpenCLIPTextEncoder:
                 quick_gelu = quick_gelu or bool(pcfg.get("quick_gelu", False))
         state: dict[str, torch.Tensor] | None = None
         if path is not None:
-            full, is_openai_jit = _read_state_dict(path)
+            if not quick_gelu and os.path.isfile(cfg.pretrained) and file_needs_quick_gelu(model, path):
+                quick_gelu = True
+                quick_name = f"{model}-quickgelu"
+                hint = (
+                    f"set text.model: {quick_name} (--text-model {quick_name}) to say so explicitly"
+                    if _has_model_config(quick_name)
+                    else ""
+                )
+                warnings.warn(
+                    f"text weights {path} are OpenAI CLIP weights, trained with QuickGELU, but open_clip model "
+                    f"{model!r} uses GELU: running them with QuickGELU, as they were trained. {hint}",
+                    stacklevel=2,
+                )
+            full, _ = _read_state_dict(path)
             state = _text_state_dict(full)
-            quick_gelu = quick_gelu or is_openai_jit
             del full
 
         text_cfg = dict(model_cfg["text_cfg"])

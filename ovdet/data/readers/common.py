@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ovdet.data.images import probe_image_size
+from ovdet.data.images import ImageReadError, check_pixel_limit, probe_image_size
 from ovdet.data.records import DataReport, ImageRecord
 
 __all__ = ["CLIP_TOLERANCE", "clean_name", "prompt_names"]
@@ -104,6 +104,9 @@ def check_image(
         return None
     try:
         size = probe_image_size(path, verify)
+    except ImageReadError as e:  # e.g. over the pixel limit: its message says why
+        report.problem(path, str(e).removeprefix(f"{path}: "))
+        return None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
         report.problem(path, f"unreadable image ({type(e).__name__}: {e})")
         return None
@@ -133,6 +136,11 @@ def annotated_size(
     if verify_images or expected is None:
         size = check_image(path, report, verify_images, expected)
         return None if size is None else (expected or size)
+    try:
+        check_pixel_limit(str(path), expected, None)
+    except ImageReadError as e:
+        report.problem(path, str(e).removeprefix(f"{path}: "))
+        return None
     if require_images and not path.is_file():
         report.problem(path, "image file not found")
         return None
