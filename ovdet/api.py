@@ -340,10 +340,67 @@ class Detector:
             )
         return results
 
+    def train(
+        self, data: str | Path | None = None, resume: str | Path | None = None, progress: bool = True, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Fine-tune on box data (or continue a run), then hold the trained weights and vocabulary.
+
+        Args:
+            data: an ultralytics data yaml, a COCO/LVIS instances json or an ODVG jsonl.
+            resume: a run folder or its ``weights/last``: continue that run exactly (its saved
+                settings apply; ``data`` and ``kwargs`` are then ignored).
+            progress: show progress bars.
+            **kwargs: :class:`~ovdet.config.TrainConfig` fields (epochs, imgsz, batch, device,
+                mode, lr0, optimizer, …); ``loss``/``augment`` take dicts of their fields.
+
+        Returns:
+            ``{"run_dir", "last", "best", "metrics", "epochs", "vocab_report"}``. Afterwards the
+            detector holds the run's final (EMA) weights and the dataset's names as its vocabulary.
+
+        Raises:
+            TypeError: an unknown keyword (the valid ones are named).
+        """
+        from ovdet.config import TrainConfig, from_dict
+        from ovdet.engine.train import train
+
+        valid = {f.name for f in fields(TrainConfig)}
+        unknown = sorted(set(kwargs) - valid)
+        if unknown:
+            raise TypeError(f"Detector.train() got unknown argument(s) {unknown}; valid: {sorted(valid)}")
+        if data is None and resume is None:
+            raise TypeError("Detector.train() needs data=... (or resume=... to continue a run)")
+        values = {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()}
+        if data is not None:
+            values["data"] = str(data)
+        values.setdefault("device", str(self.device))
+        cfg = from_dict(TrainConfig, values)
+        encoder = self.text_encoder if cfg.text_lr_mult > 0 else None
+        result = train(
+            self.model,
+            cfg,
+            self.encode,
+            encoder_id=text_encoder_id(self.cfg.text),
+            text_encoder=encoder,
+            resume=resume,
+            progress=progress,
+        )
+        self.model.to(self.device).eval()
+        self._set(result.names, result.embeddings, text_encoder_id(self.cfg.text))
+        return {
+            "run_dir": result.run_dir,
+            "last": result.last,
+            "best": result.best,
+            "metrics": result.metrics,
+            "epochs": result.state.epoch,
+            "vocab_report": result.vocab_report,
+        }
+
     def val(self, data: str | Path, **kwargs: Any) -> dict[str, Any]:
         """Zero-shot COCO/LVIS evaluation with the dataset's class names as the vocabulary.
 
         The detector is left as it was: its vocabulary and its train/eval mode are unchanged.
+        Names the current vocabulary holds are scored with its embeddings (prompt-tuned or
+        precomputed ones included); others are embedded by the text encoder.
 
         Args:
             data: COCO/LVIS instances json, an ultralytics data yaml or an ODVG jsonl.
@@ -363,4 +420,12 @@ class Detector:
         if unknown:
             raise TypeError(f"Detector.val() got unknown argument(s) {unknown}; valid: {sorted(valid)}")
         kwargs = {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()}
-        return validate(self.model, data, self.encode, EvalConfig(**kwargs), self.device)
+        return validate(self.model, data, self._vocabulary_or_encode, EvalConfig(**kwargs), self.device)
+
+    def _vocabulary_or_encode(self, names: Sequence[str]) -> torch.Tensor:
+        """Embeddings for validation: the current vocabulary's own rows when it holds every name
+        (so prompt-tuned or precomputed embeddings are what is scored), else the text encoder's."""
+        if self._embeddings is not None and all(n in self._names for n in names):
+            rows = [self._names.index(n) for n in names]
+            return self._embeddings[rows].cpu()
+        return self.encode(names)

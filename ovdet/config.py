@@ -426,6 +426,12 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
+        for name, kind in (("loss", LossConfig), ("augment", AugmentConfig)):  # plain dicts are accepted
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, name, from_dict(kind, value, f"train.{name}."))
+            elif not isinstance(value, kind):
+                raise ConfigError(f"train.{name} must be a {kind.__name__} or a mapping, got {type(value).__name__}")
         if self.epochs < 1:
             raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
         if self.imgsz < 32 or self.imgsz % 32:
@@ -573,10 +579,7 @@ def load_model_config(path: str | Path, overrides: list[str] | None = None) -> M
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model config not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    data = read_yaml(path)
     if overrides:
         data = apply_overrides(data, overrides)
     try:
@@ -588,3 +591,35 @@ def load_model_config(path: str | Path, overrides: list[str] | None = None) -> M
 def save_model_config(cfg: ModelConfig, path: str | Path) -> None:
     """Write ``cfg`` as YAML (the format :func:`load_model_config` reads)."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file.
+
+    Raises:
+        FileNotFoundError: the file does not exist (named).
+        ConfigError: not valid YAML, or not a mapping (named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def train_config(data: Mapping[str, Any], overrides: list[str] | None = None, where: str = "") -> TrainConfig:
+    """A :class:`TrainConfig` from settings (a recipe file's content) and ``"a.b=c"`` overrides.
+
+    Raises:
+        ConfigError: an unknown or ill-typed key (named, with ``where`` in front).
+    """
+    values = apply_overrides(dict(data), overrides or [])
+    try:
+        return from_dict(TrainConfig, values)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from e

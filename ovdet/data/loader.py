@@ -54,6 +54,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         cache: ``"ram"`` keeps decoded (training: already resized) images in memory, per process;
             call :meth:`fill_cache` before building a loader so forked workers share it.
         pad_text: text of the padding slots.
+        extra_negatives: more texts negatives may be drawn from besides ``data.names`` (e.g. a
+            general vocabulary, to keep the open vocabulary while fine-tuning); never positives.
 
     Attributes:
         skipped: images replaced because they could not be read (each occurrence counts).
@@ -71,6 +73,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         seed: int = 0,
         cache: Literal["ram"] | None = None,
         pad_text: str = "",
+        extra_negatives: Sequence[str] = (),
     ) -> None:
         if imgsz % 32:
             raise ValueError(f"imgsz must be a multiple of 32, got {imgsz}")
@@ -87,6 +90,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.max_texts = max_texts
         self.seed = seed
         self.pad_text = pad_text
+        # negatives come from the dataset's names, then the extra texts (labels index the former)
+        self.negative_pool = self.names + [t for t in dict.fromkeys(extra_negatives) if t not in set(self.names)]
         self.epoch = 0
         self.total_epochs: int | None = None
         self.skipped = 0
@@ -242,7 +247,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         texts, per_box, mask = sample_texts(
             sample.texts,
             sample.labels,
-            self.names,
+            self.negative_pool,
             self.max_texts,
             rng,
             neg_exclude=self._excluded_negatives(used, sample, flipped),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -106,7 +107,13 @@ class OVDetector(nn.Module):
             out.append(NMSOutput(bx[idx], best[idx], label[idx].long()))
         return out
 
-    def loss(self, raw: RawOutputs, batch: Batch, cfg: LossConfig | None = None) -> LossOutput:
+    def loss(
+        self,
+        raw: RawOutputs,
+        batch: Batch,
+        cfg: LossConfig | None = None,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> LossOutput:
         """The YOLOv8 detection loss of ``forward(batch images, batch texts)``'s outputs.
 
         Task-aligned assignment, then BCE over region-text logits (padded texts masked out,
@@ -117,9 +124,18 @@ class OVDetector(nn.Module):
             raw: the outputs for ``batch`` (B images, T texts each).
             batch: targets: boxes in input pixels, labels indexing each image's texts.
             cfg: gains and assigner settings (default :class:`~ovdet.config.LossConfig`).
+            reduce: data-parallel training: a sum over processes (see ``detection_loss``).
         """
         return detection_loss(
-            raw, batch.boxes, batch.labels, batch.batch_idx, batch.ignore, batch.text_mask, self.cfg.reg_max, cfg
+            raw,
+            batch.boxes,
+            batch.labels,
+            batch.batch_idx,
+            batch.ignore,
+            batch.text_mask,
+            self.cfg.reg_max,
+            cfg,
+            reduce,
         )
 
     @torch.no_grad()

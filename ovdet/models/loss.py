@@ -15,6 +15,7 @@ inside one get no classification loss.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -186,6 +187,7 @@ def detection_loss(
     text_mask: torch.Tensor | None = None,
     reg_max: int | None = None,
     cfg: LossConfig | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> LossOutput:
     """YOLOv8 training loss of one batch, equal to ultralytics' ``v8DetectionLoss``.
 
@@ -200,6 +202,11 @@ def detection_loss(
         text_mask: (B, K) bool, False for padding texts, which get no loss at all. None: all valid.
         reg_max: DFL bins per side; None takes it from ``box_logits`` (4·R channels).
         cfg: gains and assigner settings (default :class:`~ovdet.config.LossConfig`).
+        reduce: data-parallel training: sums a tensor over all processes (``all_reduce``). The
+            loss is then normalised by the whole batch's target sum, and ``total`` is scaled so
+            that the gradients DDP averages equal those of one process on the joint batch;
+            ``box``/``cls``/``dfl`` are this process's shares (their sum over processes is the
+            joint batch's value). None: one process.
 
     Returns:
         :class:`LossOutput`; ``total`` carries the gradient.
@@ -233,7 +240,15 @@ def detection_loss(
         min_size=cfg.min_size,
     )
     target_scores, fg = assigned.target_scores, assigned.fg_mask  # (B, A, K), (B, A)
-    score_sum = target_scores.sum().clamp(min=1)  # ()
+    score_sum = target_scores.sum()  # ()
+    batch_size, world = float(b), 1
+    if reduce is not None:  # every process normalises by the joint batch's totals
+        counts = reduce(
+            torch.stack((score_sum.detach().float(), score_sum.new_tensor(float(b)), score_sum.new_ones(())))
+        )
+        score_sum = counts[0].to(score_sum.dtype)
+        batch_size, world = float(counts[1]), int(round(float(counts[2])))
+    score_sum = score_sum.clamp(min=1)  # ()
 
     bce = F.binary_cross_entropy_with_logits(cls_logits, target_scores, reduction="none")  # (B, A, K)
     keep = _classification_mask(anchors * strides, fg, boxes[ignore], batch_idx[ignore], text_mask)
@@ -252,7 +267,8 @@ def detection_loss(
 
     parts = torch.stack((loss_box * cfg.box, loss_cls * cfg.cls, loss_dfl * cfg.dfl))  # (3,)
     box, cls, dfl_part = parts.detach()
-    return LossOutput(parts.sum() * b, box, cls, dfl_part)
+    # × world: DDP averages the processes' gradients, the joint batch's loss sums them
+    return LossOutput(parts.sum() * batch_size * world, box, cls, dfl_part)
 
 
 def _classification_mask(

@@ -580,6 +580,27 @@ class OpenCLIPTextEncoder:
         emb = feats[0] if len(templates) == 1 else F.normalize(feats.mean(0), dim=-1)  # (K, D)
         return emb.contiguous()
 
+    @property
+    def module(self) -> nn.Module:
+        """The text tower (for fine-tuning: ``encode_trainable`` runs it with gradients)."""
+        return self._tower
+
+    def encode_trainable(self, texts: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
+        """Like :meth:`encode`, but differentiable, on the tower's device (text-encoder fine-tuning).
+
+        Returns:
+            (K, D) float32 unit-norm rows that carry gradients to the tower's parameters.
+        """
+        texts = check_texts(texts)
+        templates = self.templates if templates is None else validate_templates(templates)
+        prompts = [apply_template(t, x) for t in templates for x in texts]  # T*K, template-major
+        tokens = self._tokenizer(prompts).to(self.device)  # (T*K, ctx)
+        feats = self._tower(tokens)
+        if isinstance(feats, tuple):
+            feats = feats[0]
+        feats = F.normalize(feats.float(), dim=-1).view(len(templates), len(texts), self.dim)  # (T, K, D)
+        return feats[0] if len(templates) == 1 else F.normalize(feats.mean(0), dim=-1)
+
     def _encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """(N,) prompts → (N, D) float32 CPU unit-norm rows, in batches of ``batch_size``."""
         out = []

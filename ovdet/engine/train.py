@@ -1,0 +1,526 @@
+"""A training run from a :class:`~ovdet.config.TrainConfig`: data, vocabulary, fine-tune mode,
+optimizer, hooks, resume — everything :class:`~ovdet.engine.trainer.Trainer` needs, built in
+named steps. ``Detector.train`` and ``ovdet train`` call :func:`train`.
+
+Outputs in ``<project>/<name>/``: ``results.csv``, TensorBoard events, ``results.png``,
+``weights/last/`` (resumable) and ``weights/best/`` (ovdet checkpoints of the EMA weights),
+``val/`` (the final validation's metrics.json, PR curve and samples), ``args.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ovdet.checkpoint import load_checkpoint
+from ovdet.config import EvalConfig, TrainConfig, from_dict, to_dict
+from ovdet.data.images import ImageReadError, probe_image_size
+from ovdet.data.loader import DetectionDataset, build_loader
+from ovdet.data.readers import read_dataset
+from ovdet.data.records import Dataset
+from ovdet.device import resolve_device
+from ovdet.engine.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
+from ovdet.engine.hooks import CheckpointHook, EMAHook, LoggerHook, ScheduleHook, ValidationHook, load_optimizer_state
+from ovdet.engine.optim import ModelEMA, Schedule, build_optimizer
+from ovdet.engine.state import find_state_dir, read_train_state
+from ovdet.engine.trainer import Hook, Trainer, TrainState
+from ovdet.engine.validate import validate
+from ovdet.engine.vocab import TrainingVocabulary
+from ovdet.io import atomic_write_text
+from ovdet.models.detector import OVDetector
+from ovdet.text.vocabulary import resolve_vocabulary
+
+__all__ = ["TrainResult", "train"]
+
+
+@dataclass
+class TrainResult:
+    """What a run leaves.
+
+    Attributes:
+        run_dir: the run folder.
+        last: ``weights/last`` (resumable checkpoint of the final EMA weights).
+        best: ``weights/best`` (the best validation), or None without validation.
+        metrics: the final validation's metrics (empty without validation data).
+        names: the dataset's class names (the trained vocabulary).
+        embeddings: (K, D) their embeddings as trained (prompts when prompt tuning).
+        state: the final :class:`~ovdet.engine.trainer.TrainState`.
+        vocab_report: scores on names outside the training set before and after (``keep_vocab``), or None.
+    """
+
+    run_dir: Path
+    last: Path
+    best: Path | None
+    metrics: dict[str, Any]
+    names: list[str]
+    embeddings: torch.Tensor
+    state: TrainState
+    vocab_report: dict[str, Any] | None = None
+
+
+def train(
+    model: OVDetector,
+    cfg: TrainConfig,
+    embed: Callable[[Sequence[str]], torch.Tensor],
+    *,
+    encoder_id: str = "precomputed",
+    text_encoder: Any = None,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    hooks: Sequence[Hook] = (),
+) -> TrainResult:
+    """Train ``model`` (in place) as ``cfg`` says; resumable, data-parallel under torchrun.
+
+    Args:
+        model: the network to train (its weights are the initialisation).
+        cfg: the run (ignored when resuming: the saved run's config continues).
+        embed: K texts → (K, D) unit-norm embeddings (the frozen text encoder through its cache).
+        encoder_id: the id of that encoder (stored with the saved embeddings).
+        text_encoder: the encoder itself, needed only to fine-tune it (``cfg.text_lr_mult > 0``).
+        resume: a run folder or its ``weights/last``: continue that run exactly where it stopped.
+        progress: show progress bars.
+        hooks: more :class:`~ovdet.engine.trainer.Hook` objects, called after the built-in ones.
+
+    Raises:
+        ValueError: unusable data (no image, no labelled image, every image unreadable), or a
+            config that cannot work (named).
+        RuntimeError: too many non-finite losses, or CUDA out of memory (with the batch size).
+    """
+    state_tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {}
+    folder = None
+    if resume is not None:
+        folder = find_state_dir(resume)
+        state_tensors, meta = read_train_state(folder)
+        cfg = from_dict(TrainConfig, meta["config"])
+        run_dir = folder.parent.parent if folder.parent.name == "weights" else folder.parent
+    with _deterministic(cfg.deterministic):
+        dist = init_distributed(resolve_device(cfg.device))
+        try:
+            if resume is None:
+                run_dir = _new_run_dir(Path(cfg.project), cfg.name) if dist.is_main else Path(cfg.project) / cfg.name
+            return _run(
+                model,
+                cfg,
+                embed,
+                encoder_id,
+                text_encoder,
+                dist,
+                run_dir,
+                (folder, state_tensors, meta),
+                progress,
+                hooks,
+            )
+        except torch.cuda.OutOfMemoryError as e:
+            raise RuntimeError(
+                f"CUDA out of memory training with batch={cfg.batch} at imgsz={cfg.imgsz} on {dist.device}: lower "
+                f"the batch (e.g. --batch {max(cfg.batch // 2, 1)}; gradients still accumulate to nbs={cfg.nbs}) or "
+                f"the image size, or use --amp bf16"
+            ) from e
+        finally:
+            cleanup_distributed()
+
+
+def _run(
+    model: OVDetector,
+    cfg: TrainConfig,
+    embed: Callable[[Sequence[str]], torch.Tensor],
+    encoder_id: str,
+    text_encoder: Any,
+    dist: DistInfo,
+    run_dir: Path,
+    saved: tuple[Path | None, dict[str, torch.Tensor], dict[str, Any]],
+    progress: bool,
+    user_hooks: Sequence[Hook],
+) -> TrainResult:
+    _seed(cfg.seed + dist.rank)
+    train_data, val_source = read_training_data(cfg)
+    names = list(train_data.names)
+    extra = resolve_vocabulary(cfg.keep_vocab) if cfg.keep_vocab else []
+    if cfg.mode == "prompt_tuning" and extra:
+        raise ValueError(
+            "keep_vocab mixes extra negatives into text sampling; prompt tuning trains only the "
+            "dataset's class embeddings against each other: use one or the other"
+        )
+    fine_tune_text = cfg.text_lr_mult > 0
+    if fine_tune_text and not hasattr(text_encoder, "encode_trainable"):
+        raise ValueError(
+            "text_lr_mult > 0 fine-tunes the text encoder, which needs its weights (an open_clip "
+            "encoder); set text_lr_mult: 0 to keep it frozen"
+        )
+
+    # The model on its device, in its fine-tune mode.
+    model.to(dist.device)
+    trainable, frozen = _apply_mode(model, cfg.mode)
+    texts = names + [t for r in train_data.records for t in r.texts] + extra
+    vocab = TrainingVocabulary(
+        texts,
+        lambda t: embed(t).to(dist.device),
+        learnable=names if cfg.mode == "prompt_tuning" else (),
+        encoder=text_encoder if fine_tune_text else None,
+    ).to(dist.device)
+    if vocab.dim != model.cfg.embed_dim:
+        raise ValueError(f"the text encoder gives {vocab.dim}-d embeddings but the model reads {model.cfg.embed_dim}-d")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    lr_mults: dict[int, float] = {}
+    if vocab.prompts is not None:
+        named.append(("prompts", vocab.prompts))
+    if fine_tune_text:
+        text_encoder.module.requires_grad_(True).train()
+        for n, p in text_encoder.module.named_parameters():
+            named.append((f"text.{n}", p))
+            lr_mults[id(p)] = cfg.text_lr_mult
+    net: nn.Module = model
+    if dist.distributed:
+        if cfg.sync_bn:
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = net  # the converted module is the model from here on
+        net = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
+            find_unused_parameters=cfg.mode != "full",
+        )
+
+    # Data.
+    dataset = DetectionDataset(
+        train_data,
+        imgsz=cfg.imgsz,
+        train=True,
+        augment=cfg.augment,
+        max_texts=len(names) if cfg.mode == "prompt_tuning" else cfg.max_texts,
+        seed=cfg.seed,
+        cache=cfg.cache,
+        extra_negatives=extra,
+    )
+    if cfg.cache == "ram":
+        dataset.fill_cache()
+    loader = build_loader(
+        dataset,
+        cfg.batch,
+        workers=cfg.workers,
+        shuffle=True,
+        seed=cfg.seed,
+        distributed=dist.distributed,
+        drop_last=dist.distributed,
+    )
+    accumulate = max(round(cfg.nbs / (cfg.batch * dist.world_size)), 1)
+    updates_per_epoch = max(len(loader) // accumulate, 1)
+
+    # Optimisation.
+    optimizer = build_optimizer(named, cfg, accumulate, dist.world_size, lr_mults)
+    schedule = Schedule.for_run(cfg, updates_per_epoch)
+    amp_dtype = _amp_dtype(cfg.amp, dist.device)
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=amp_dtype == torch.float16)
+    frozen_names = [
+        f"{prefix}.{n}" if prefix else n
+        for prefix, module in _named_modules(model, frozen)
+        for n, _ in [*module.named_parameters(), *module.named_buffers()]
+    ]
+    ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau, frozen=frozen_names) if cfg.ema else None
+    state = TrainState()
+    folder, state_tensors, meta = saved
+    if folder is not None:
+        state = _restore(folder, model, ema, optimizer, scaler, vocab, text_encoder, state_tensors, meta)
+
+    # Hooks and the run.
+    eval_cfg = EvalConfig(imgsz=cfg.imgsz, batch=max(cfg.batch, 1), progress=False, samples=0)
+    validate_fn = (
+        (
+            lambda m: validate(
+                m,
+                val_source[0],
+                _embed_for(vocab, embed),
+                dataclasses.replace(eval_cfg, split=val_source[1]),
+                dist.device,
+            )
+        )
+        if val_source
+        else None
+    )
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "args.json", json.dumps(to_dict(cfg), indent=1))
+    report_before = _vocab_scores(model, val_source, names, extra, embed, cfg, dist) if dist.is_main else None
+    hooks = [ScheduleHook(schedule)]
+    if ema is not None:
+        hooks.append(EMAHook(ema))
+    if validate_fn is not None:
+        hooks.append(ValidationHook(validate_fn, cfg.val_interval))
+    extra_tensors = (
+        (lambda: {f"text.{k}": v for k, v in text_encoder.module.state_dict().items()}) if fine_tune_text else None
+    )
+    saved_id = f"prompt-tuned:{encoder_id}" if cfg.mode == "prompt_tuning" else encoder_id
+    hooks += [LoggerHook(run_dir, progress), CheckpointHook(run_dir, names, saved_id, extra_tensors), *user_hooks]
+    trainer = Trainer(
+        model, net, vocab, loader, optimizer, cfg, dist, ema, scaler, amp_dtype, accumulate, hooks, state, frozen
+    )
+    if dist.is_main:
+        _announce(cfg, train_data, val_source, dist, accumulate, trainable, run_dir, bool(meta))
+    state = trainer.train()
+
+    # The end: final weights into ``model``, a full validation with pictures, the summary.
+    final = ema.module if ema is not None else model
+    if final is not model:
+        model.load_state_dict(final.state_dict())
+    metrics: dict[str, Any] = {}
+    best = run_dir / "weights" / "best"
+    if dist.is_main and validate_fn is not None:
+        best_model = load_checkpoint(best).model.to(dist.device) if (best / "model.safetensors").is_file() else final
+        metrics = validate(
+            best_model,
+            val_source[0],
+            _embed_for(vocab, embed),
+            dataclasses.replace(eval_cfg, split=val_source[1], save_dir=str(run_dir / "val"), samples=4),
+            dist.device,
+        )
+    report = None
+    if dist.is_main and report_before is not None:
+        report = {**report_before, "after": _vocab_scores(model, val_source, names, extra, embed, cfg, dist)["before"]}
+        _print_vocab_report(report)
+    barrier()
+    if fine_tune_text and dist.is_main:
+        from safetensors.torch import save_file
+
+        state_dict = {k: v.detach().contiguous().cpu() for k, v in text_encoder.module.state_dict().items()}
+        save_file(state_dict, str(run_dir / "weights" / "text_tower.safetensors"))
+    return TrainResult(
+        run_dir=run_dir,
+        last=run_dir / "weights" / "last",
+        best=best if best.is_dir() else None,
+        metrics=metrics,
+        names=names,
+        embeddings=vocab.embeddings_of(names),
+        state=state,
+        vocab_report=report,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ steps
+def read_training_data(cfg: TrainConfig) -> tuple[Dataset, tuple[Any, str] | None]:
+    """The training set (checked) and where validation reads from ((spec, split) or None).
+
+    Raises:
+        ValueError: no usable image, no labelled image, or every image unreadable (named).
+    """
+    data = read_dataset(cfg.data, split="train")
+    where = f"{cfg.data}" + (" [train]" if str(cfg.data).endswith((".yaml", ".yml")) else "")
+    if not data.records:
+        raise ValueError(f"{where}: no usable image to train on\n{data.report.summary()}")
+    if data.report.labelled == 0:
+        raise ValueError(
+            f"{where}: none of its {len(data.records)} images has a box: nothing to learn "
+            f"(run `ovdet check-data {cfg.data}`)"
+        )
+    unreadable = []
+    for r in data.records:
+        try:
+            probe_image_size(r.path)
+        except (ImageReadError, OSError, ValueError, SyntaxError) as e:
+            unreadable.append(f"{r.path}: {e}")
+    if len(unreadable) == len(data.records):
+        raise ValueError(f"{where}: every one of its {len(data.records)} images is unreadable (first: {unreadable[0]})")
+    if unreadable:
+        warnings.warn(
+            f"{len(unreadable)} of {len(data.records)} training images are unreadable and will be "
+            f"replaced by others (first: {unreadable[0]})",
+            stacklevel=3,
+        )
+    if cfg.val_data:
+        return data, (cfg.val_data, "val")
+    if str(cfg.data).endswith((".yaml", ".yml")):
+        import yaml
+
+        spec = yaml.safe_load(Path(cfg.data).read_text(encoding="utf-8")) or {}
+        if spec.get("val"):
+            return data, (cfg.data, "val")
+    return data, None
+
+
+def _apply_mode(model: OVDetector, mode: str) -> tuple[int, list[nn.Module]]:
+    """Freeze what the fine-tune mode keeps fixed; returns (trainable parameter count, frozen modules).
+
+    Frozen modules run in eval mode while training, so their BatchNorm statistics stay as they were.
+    """
+    model.requires_grad_(True)
+    frozen: list[nn.Module] = []
+    if mode == "freeze_backbone":
+        frozen = [model.backbone]
+    elif mode == "prompt_tuning":
+        frozen = [model]
+    elif mode == "linear_probe":
+        frozen = [model.backbone, model.neck, model.head.box_branches]
+    for module in frozen:
+        module.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), frozen
+
+
+def _named_modules(model: nn.Module, modules: Sequence[nn.Module]) -> list[tuple[str, nn.Module]]:
+    """(qualified name, module) of each of ``modules`` inside ``model``."""
+    names = {id(m): n for n, m in model.named_modules()}
+    return [(names[id(m)], m) for m in modules]
+
+
+def _restore(
+    folder: Path,
+    model: OVDetector,
+    ema: ModelEMA | None,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    vocab: TrainingVocabulary,
+    text_encoder: Any,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+) -> TrainState:
+    """Put a saved run back exactly: live weights, EMA, optimizer, scaler, prompts, RNG, counters."""
+    device = next(model.parameters()).device
+    live = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    model.load_state_dict(live)
+    if ema is not None:  # the checkpoint's model files hold the EMA weights
+        ema.module.load_state_dict(load_checkpoint(folder).model.state_dict())
+        ema.updates = int(meta.get("ema_updates", 0))
+    load_optimizer_state(
+        optimizer, {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"]
+    )
+    scaler.load_state_dict(meta["scaler"])
+    if vocab.prompts is not None and "vocab.prompts" in tensors:
+        with torch.no_grad():
+            vocab.prompts.copy_(tensors["vocab.prompts"])
+    text = {k[len("text.") :]: v for k, v in tensors.items() if k.startswith("text.")}
+    if text and text_encoder is not None:
+        text_encoder.module.load_state_dict(text)
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+    saved = meta["state"]
+    return TrainState(**saved)
+
+
+def _embed_for(
+    vocab: TrainingVocabulary, embed: Callable[[Sequence[str]], torch.Tensor]
+) -> Callable[[Sequence[str]], torch.Tensor]:
+    """Validation's text function: the run's own (possibly learned) embeddings where it has them."""
+
+    def run(names: Sequence[str]) -> torch.Tensor:
+        if all(n in vocab.index for n in names) and vocab.encoder is None:
+            return vocab.embeddings_of(names)
+        return embed(list(names))
+
+    return run
+
+
+def _vocab_scores(
+    model: OVDetector,
+    val_source: tuple[Any, str] | None,
+    names: list[str],
+    extra: list[str],
+    embed: Callable[[Sequence[str]], torch.Tensor],
+    cfg: TrainConfig,
+    dist: DistInfo,
+) -> dict[str, Any] | None:
+    """How strongly the model responds to names outside the training set, on validation images.
+
+    For up to 200 ``keep_vocab`` names not among the dataset's, the mean over images of the best
+    score any of them reaches, and the share of images where one passes 0.25.
+    """
+    if not extra or val_source is None:
+        return None
+    from ovdet.config import NMSConfig
+    from ovdet.engine.predict import PredictionStream, Predictor
+
+    outside = [n for n in extra if n not in set(names)][:200]
+    data = read_dataset(val_source[0], split=val_source[1])
+    paths = [str(r.path) for r in data.records[:64]]
+    emb = embed(outside).to(dist.device, torch.float32)
+    run = PredictionStream(
+        Predictor(model, outside, emb, NMSConfig(conf=0.0, iou=0.7, max_det=1), cfg.imgsz),
+        paths,
+        batch=8,
+        keep_images=False,
+    )
+    tops = [float(d.scores.max()) if len(d) else 0.0 for d in run]
+    return {
+        "outside_names": len(outside),
+        "images": len(tops),
+        "before": {
+            "mean_top_score": float(np.mean(tops)) if tops else 0.0,
+            "share_over_0.25": float(np.mean([t > 0.25 for t in tops])) if tops else 0.0,
+        },
+    }
+
+
+def _print_vocab_report(report: dict[str, Any]) -> None:
+    b, a = report["before"], report["after"]
+    print(
+        f"open vocabulary ({report['outside_names']} names outside the training set, {report['images']} val images): "
+        f"mean top score {b['mean_top_score']:.4f} → {a['mean_top_score']:.4f}, images over 0.25 "
+        f"{b['share_over_0.25']:.1%} → {a['share_over_0.25']:.1%}"
+    )
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    if device.type != "cuda":
+        raise ValueError("amp='fp16' needs a CUDA device; use amp='bf16' or 'off' on CPU")
+    return torch.float16
+
+
+def _new_run_dir(project: Path, name: str) -> Path:
+    """``project/name``, or ``name2``, ``name3``… when taken (never an existing folder)."""
+    out, i = project / name, 2
+    while out.exists():
+        out, i = project / f"{name}{i}", i + 1
+    return out
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def _deterministic(on: bool):
+    """Deterministic kernels for the run only (the setting is restored afterwards)."""
+    before = torch.are_deterministic_algorithms_enabled()
+    cudnn = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    if on:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+
+
+def _announce(
+    cfg: TrainConfig,
+    data: Dataset,
+    val_source: Any,
+    dist: DistInfo,
+    accumulate: int,
+    trainable: int,
+    run_dir: Path,
+    resumed: bool,
+) -> None:
+    print(
+        f"{'resuming' if resumed else 'training'} {cfg.mode} on {cfg.data}: {len(data.records)} images "
+        f"({data.report.boxes} boxes, {len(data.names)} classes), {cfg.epochs} epochs at {cfg.imgsz}px, batch "
+        f"{cfg.batch}×{dist.world_size} process(es)×{accumulate} accumulated, {trainable:,} trainable parameters, "
+        f"device {dist.device}, validation: {val_source[0] if val_source else 'none'} → {run_dir}"
+    )
