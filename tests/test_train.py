@@ -203,7 +203,7 @@ def test_sigkill_mid_run_then_resume(tmp_path: Path, data_dir: Path) -> None:
     try:
         while time.time() < deadline:  # wait until a few epochs are saved, then kill it wherever it is
             rows = (run / "results.csv").read_text().splitlines() if (run / "results.csv").exists() else []
-            if len(rows) >= 4:
+            if len(rows) >= 5:  # header + 4 epochs logged; the 4th checkpoint may still be in flight
                 break
             if proc.poll() is not None:
                 pytest.fail(f"training ended before it could be killed: {proc.stderr.read()[-2000:]}")
