@@ -357,6 +357,10 @@ class Detector:
             ``{"run_dir", "last", "best", "metrics", "epochs", "vocab_report"}``. Afterwards the
             detector holds the run's final (EMA) weights and the dataset's names as its vocabulary.
 
+        Texts are embedded once, before the first step: when the current vocabulary holds every
+        text the run needs (e.g. ``set_class_embeddings`` from an ``ovdet embed`` file, for
+        training offline) its embeddings are used, else the text encoder's (through the cache).
+
         Raises:
             TypeError: an unknown keyword (the valid ones are named).
         """
@@ -378,14 +382,14 @@ class Detector:
         result = train(
             self.model,
             cfg,
-            self.encode,
-            encoder_id=text_encoder_id(self.cfg.text),
+            self._vocabulary_or_encode,
+            encoder_id=self._encoder_id if self._embeddings is not None else text_encoder_id(self.cfg.text),
             text_encoder=encoder,
             resume=resume,
             progress=progress,
         )
         self.model.to(self.device).eval()
-        self._set(result.names, result.embeddings, text_encoder_id(self.cfg.text))
+        self._set(result.names, result.embeddings, result.encoder_id)
         return {
             "run_dir": result.run_dir,
             "last": result.last,

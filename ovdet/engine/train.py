@@ -57,6 +57,7 @@ class TrainResult:
         embeddings: (K, D) their embeddings as trained (prompts when prompt tuning).
         state: the final :class:`~ovdet.engine.trainer.TrainState`.
         vocab_report: scores on names outside the training set before and after (``keep_vocab``), or None.
+        encoder_id: where ``embeddings`` come from (``prompt-tuned:<encoder>`` after prompt tuning).
     """
 
     run_dir: Path
@@ -67,6 +68,7 @@ class TrainResult:
     embeddings: torch.Tensor
     state: TrainState
     vocab_report: dict[str, Any] | None = None
+    encoder_id: str = "precomputed"
 
 
 def train(
@@ -182,15 +184,16 @@ def _run(
             named.append((f"text.{n}", p))
             lr_mults[id(p)] = cfg.text_lr_mult
     net: nn.Module = model
+    manual_sync = [p for n, p in named if n == "prompts" or n.startswith("text.")]  # outside DDP's model
     if dist.distributed:
         if cfg.sync_bn:
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            model = net  # the converted module is the model from here on
-        net = nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
-            find_unused_parameters=cfg.mode != "full",
-        )
+            if dist.device.type != "cuda":
+                raise ValueError("sync_bn needs GPUs (PyTorch's SyncBatchNorm has no CPU implementation)")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # converted in place: the same module
+        if any(p.requires_grad for p in model.parameters()):  # prompt tuning trains nothing inside the model
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None
+            )
 
     # Data.
     dataset = DetectionDataset(
@@ -263,7 +266,21 @@ def _run(
     saved_id = f"prompt-tuned:{encoder_id}" if cfg.mode == "prompt_tuning" else encoder_id
     hooks += [LoggerHook(run_dir, progress), CheckpointHook(run_dir, names, saved_id, extra_tensors), *user_hooks]
     trainer = Trainer(
-        model, net, vocab, loader, optimizer, cfg, dist, ema, scaler, amp_dtype, accumulate, hooks, state, frozen
+        model,
+        net,
+        vocab,
+        loader,
+        optimizer,
+        cfg,
+        dist,
+        ema,
+        scaler,
+        amp_dtype,
+        accumulate,
+        hooks,
+        state,
+        frozen,
+        manual_sync,
     )
     if dist.is_main:
         _announce(cfg, train_data, val_source, dist, accumulate, trainable, run_dir, bool(meta))
@@ -303,6 +320,7 @@ def _run(
         embeddings=vocab.embeddings_of(names),
         state=state,
         vocab_report=report,
+        encoder_id=saved_id,
     )
 
 
