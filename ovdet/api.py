@@ -367,13 +367,9 @@ class Detector:
         from ovdet.config import TrainConfig, from_dict
         from ovdet.engine.train import train
 
-        valid = {f.name for f in fields(TrainConfig)}
-        unknown = sorted(set(kwargs) - valid)
-        if unknown:
-            raise TypeError(f"Detector.train() got unknown argument(s) {unknown}; valid: {sorted(valid)}")
+        values = _config_kwargs(TrainConfig, kwargs, "train")
         if data is None and resume is None:
             raise TypeError("Detector.train() needs data=... (or resume=... to continue a run)")
-        values = {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()}
         if data is not None:
             values["data"] = str(data)
         values.setdefault("device", str(self.device))
@@ -419,11 +415,7 @@ class Detector:
         """
         from ovdet.engine.validate import validate
 
-        valid = {f.name for f in fields(EvalConfig)}
-        unknown = sorted(set(kwargs) - valid)
-        if unknown:
-            raise TypeError(f"Detector.val() got unknown argument(s) {unknown}; valid: {sorted(valid)}")
-        kwargs = {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()}
+        kwargs = _config_kwargs(EvalConfig, kwargs, "val")
         return validate(self.model, data, self._vocabulary_or_encode, EvalConfig(**kwargs), self.device)
 
     def _vocabulary_or_encode(self, names: Sequence[str]) -> torch.Tensor:
@@ -433,3 +425,16 @@ class Detector:
             rows = [self._names.index(n) for n in names]
             return self._embeddings[rows].cpu()
         return self.encode(names)
+
+
+def _config_kwargs(config: type, kwargs: dict[str, Any], method: str) -> dict[str, Any]:
+    """Keyword arguments of ``Detector.<method>`` checked against a config's fields (paths as strings).
+
+    Raises:
+        TypeError: an unknown keyword (the valid ones are named).
+    """
+    valid = {f.name for f in fields(config)}
+    unknown = sorted(set(kwargs) - valid)
+    if unknown:
+        raise TypeError(f"Detector.{method}() got unknown argument(s) {unknown}; valid: {sorted(valid)}")
+    return {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()}
