@@ -90,7 +90,12 @@ class Detector:
 
     @classmethod
     def from_ultralytics(
-        cls, path: str | Path, trust: bool = False, device: str | torch.device = "auto", text: TextConfig | None = None
+        cls,
+        path: str | Path,
+        trust: bool = False,
+        device: str | torch.device = "auto",
+        text: TextConfig | None = None,
+        embed_dim: int | None = None,
     ) -> Detector:
         """Convert an official ultralytics YOLO-World (v1/v2, any scale) or YOLOv8 checkpoint.
 
@@ -98,7 +103,8 @@ class Detector:
         :meth:`save` to get ovdet's safe format. A plain YOLOv8 detector initialises a v2
         YOLO-World network (see :attr:`conversion_report` for what stayed random). A
         YOLO-World checkpoint that carries its classes (names and text features) keeps them
-        as the vocabulary, as ultralytics does.
+        as the vocabulary, as ultralytics does. ``text``/``embed_dim`` choose the text encoder
+        and its width for a YOLOv8 initialisation (see :func:`~ovdet.weights.convert_ultralytics_model`).
 
         Raises:
             UntrustedCheckpointError: ``trust`` is not True (the file is not read).
@@ -107,7 +113,7 @@ class Detector:
         from ovdet.weights import checkpoint_vocabulary, convert_ultralytics_model, read_ultralytics_checkpoint
 
         model, _ = read_ultralytics_checkpoint(path, trust=trust)
-        net, report = convert_ultralytics_model(model, text)
+        net, report = convert_ultralytics_model(model, text, embed_dim)
         det = cls(net, device)
         det.conversion_report = report
         vocabulary = checkpoint_vocabulary(model)
@@ -121,7 +127,8 @@ class Detector:
 
         The first call downloads the official ultralytics file into ``$OVDET_HOME/downloads/``
         and converts it once to ``$OVDET_HOME/models/<name>/``; later calls read only that
-        directory (no network, nothing unpickled). Names: :data:`ovdet.weights.PRETRAINED`
+        directory (no network, nothing unpickled). ``"ovdet-demo"`` is shipped inside the package
+        (:data:`ovdet.weights.BUNDLED`: never downloaded). Names: :data:`ovdet.weights.PRETRAINED`
         (``yolov8{n..x}`` are COCO detectors whose text-related parts start random).
 
         Args:
@@ -153,13 +160,19 @@ class Detector:
             det._set(validate_class_names(ckpt.names), ckpt.embeddings, ckpt.encoder_id or "precomputed")
         return det
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, dtype: torch.dtype = torch.float32, extra: dict[str, Any] | None = None) -> Path:
         """Write ``model.safetensors``, ``config.json`` and (when set) ``class_embeddings.safetensors``.
+
+        Args:
+            path: the folder.
+            dtype: storage type of the weights (``torch.float16`` halves the file; loading
+                always gives float32).
+            extra: more JSON-able entries for ``config.json`` (e.g. provenance).
 
         Returns:
             The directory written.
         """
-        return save_checkpoint(path, self.model, self._names, self._embeddings, self._encoder_id)
+        return save_checkpoint(path, self.model, self._names, self._embeddings, self._encoder_id, extra, dtype)
 
     # ------------------------------------------------------------------ vocabulary
     @property

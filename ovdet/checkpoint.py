@@ -62,6 +62,14 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+#: Storage types of floating-point weights :func:`save_checkpoint` writes, by their ``config.json`` name.
+STORAGE_DTYPES: dict[torch.dtype, str] = {
+    torch.float32: "float32",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+}
+
+
 def is_checkpoint_dir(path: str | Path) -> bool:
     """Whether ``path`` holds the two files every ovdet checkpoint has."""
     path = Path(path)
@@ -75,6 +83,7 @@ def save_checkpoint(
     embeddings: torch.Tensor | None = None,
     encoder_id: str = "precomputed",
     extra: Mapping[str, Any] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write ``model`` (and a vocabulary) as an ovdet checkpoint folder.
 
@@ -86,6 +95,8 @@ def save_checkpoint(
         embeddings: (K, D) vocabulary embeddings, or None (a stale embeddings file is removed).
         encoder_id: id of the text encoder that produced the embeddings.
         extra: more JSON-able entries for ``config.json`` (e.g. training provenance).
+        dtype: storage type of floating-point weights (``torch.float16`` halves the file);
+            :func:`load_checkpoint` always returns float32 weights.
 
     Returns:
         The folder.
@@ -94,13 +105,19 @@ def save_checkpoint(
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"dtype must be one of {list(STORAGE_DTYPES.values())}, got {dtype}")
+    state = {
+        k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().cpu()
+        for k, v in model.state_dict().items()
+    }
     atomic_write(path / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": CHECKPOINT_FORMAT}))
     meta = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "ovdet": __version__,
         "fused": model.is_fused,
+        "dtype": STORAGE_DTYPES[dtype],
         "model": to_dict(model.cfg),
         "names": list(names) if embeddings is not None else [],
         **dict(extra or {}),
@@ -146,6 +163,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         state = load_file(str(weights_path))
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{weights_path}: unreadable safetensors file ({e})") from e
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # stored fp16 → fp32
     result = model.load_state_dict(state, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(

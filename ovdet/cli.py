@@ -67,7 +67,7 @@ def check_model_spec(model: str) -> None:
     import difflib
 
     from ovdet.checkpoint import is_checkpoint_dir
-    from ovdet.weights import PRETRAINED
+    from ovdet.weights import model_names
 
     path = Path(model)
     if path.is_dir():
@@ -85,12 +85,12 @@ def check_model_spec(model: str) -> None:
             f"--model {model} is an ultralytics checkpoint (a pickle): convert it first with "
             f"`ovdet convert {model} <out_dir> --trust`, then pass --model <out_dir>"
         )
-    if model not in PRETRAINED:
-        close = difflib.get_close_matches(model, list(PRETRAINED), n=1, cutoff=0.5)
+    if model not in model_names():
+        close = difflib.get_close_matches(model, model_names(), n=1, cutoff=0.5)
         hint = f" (did you mean the pretrained model {close[0]!r}?)" if close else ""
         raise UsageError(
             f"--model must be an ovdet checkpoint folder, a model YAML or a pretrained name "
-            f"({', '.join(PRETRAINED)}); got {model!r}{hint}"
+            f"({', '.join(model_names())}); got {model!r}{hint}"
         )
 
 
@@ -129,8 +129,8 @@ def _text_config(base, text_model: str | None, text_weights: str | None, templat
     if text_model:
         changes.update(model=text_model, custom=None)
     if text_weights:
-        if not Path(text_weights).is_file():
-            raise UsageError(f"--text-weights {text_weights}: file not found")
+        if not Path(text_weights).exists():
+            raise UsageError(f"--text-weights {text_weights}: not found")
         changes.update(pretrained=text_weights, custom=None)
     if templates:
         changes.update(templates=tuple(templates))
@@ -493,7 +493,8 @@ def _add_text_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--text-weights",
-        help="local text-encoder checkpoint file (offline use), overriding the config's pretrained tag",
+        help="local text-encoder weights (offline use), overriding the config's pretrained tag: an open_clip "
+        "checkpoint file, or a sentence-transformers model folder",
     )
 
 

@@ -33,14 +33,23 @@ class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the field."""
 
 
+#: Text-encoder families :class:`TextConfig` can describe.
+TEXT_FAMILIES: tuple[str, ...] = ("open_clip", "sentence_transformers")
+
+
 @dataclass(frozen=True)
 class TextConfig:
     """Which text encoder turns class names into embeddings.
 
     Attributes:
-        model: open_clip model name, e.g. ``"ViT-B-32"`` (the encoder YOLO-World was trained with).
-        pretrained: open_clip pretrained tag (``"openai"``) or a path to a local checkpoint
-            file; ``None`` builds the architecture with random weights.
+        model: ``family="open_clip"``: open_clip model name, e.g. ``"ViT-B-32"`` (the encoder
+            YOLO-World was trained with). ``family="sentence_transformers"``: a model name
+            (``"sentence-transformers/all-MiniLM-L6-v2"``) or a local model folder.
+        pretrained: open_clip: pretrained tag (``"openai"``) or a path to a local checkpoint
+            file; ``None`` builds the architecture with random weights. sentence-transformers:
+            a local model folder that overrides where ``model``'s files come from, or ``None``
+            to find them by name (an installed offline package, the Hugging Face cache, or a
+            download).
         templates: prompt templates with one ``{}`` each; embeddings of several templates are
             averaged and re-normalised. ``("{}",)`` feeds names as they are (ultralytics' way).
         custom: an open_clip text-tower config (``embed_dim``, ``context_length``,
@@ -48,6 +57,8 @@ class TextConfig:
             used by tests and tiny configs; when set, ``model``/``pretrained`` are ignored.
         seed: seed for the random initialisation of a ``custom`` tower, so the same config
             always yields the same encoder.
+        family: encoder family: ``"open_clip"`` (CLIP text towers, what YOLO-World uses) or
+            ``"sentence_transformers"`` (BERT-family sentence encoders, e.g. MiniLM).
     """
 
     model: str = "ViT-B-32"
@@ -55,6 +66,13 @@ class TextConfig:
     templates: tuple[str, ...] = ("{}",)
     custom: dict[str, int] | None = None
     seed: int = 0
+    family: str = "open_clip"
+
+    def __post_init__(self) -> None:
+        if self.family not in TEXT_FAMILIES:
+            raise ConfigError(f"text.family must be one of {list(TEXT_FAMILIES)}, got {self.family!r}")
+        if self.family != "open_clip" and self.custom is not None:
+            raise ConfigError(f"text.custom (a random open_clip tower) does not apply to text.family={self.family!r}")
 
 
 @dataclass(frozen=True)
@@ -120,7 +138,7 @@ class ModelConfig:
             )
 
     @classmethod
-    def scaled(cls, version: int, scale: str, text: TextConfig | None = None) -> ModelConfig:
+    def scaled(cls, version: int, scale: str, text: TextConfig | None = None, embed_dim: int = 512) -> ModelConfig:
         """The official YOLO-World v1/v2 architecture at one scale.
 
         Follows ultralytics' YAML scaling of ``yolov8-world.yaml`` / ``yolov8-worldv2.yaml``
@@ -130,6 +148,8 @@ class ModelConfig:
             version: 1 or 2.
             scale: one of ``n, s, m, l, x``.
             text: text encoder config; the default is open_clip ViT-B-32 ``openai``.
+            embed_dim: width D of the text embeddings the head matches regions against (512 for
+                CLIP ViT-B-32, as the official weights; e.g. 384 for MiniLM).
         """
         if scale not in SCALES:
             raise ConfigError(f"unknown scale {scale!r}; choose one of {sorted(SCALES)}")
@@ -154,7 +174,7 @@ class ModelConfig:
             neck_channels=neck,
             neck_depth=rep(3),
             neck_heads=(heads(8), heads(4), heads(8), heads(16)),
-            embed_dim=512,
+            embed_dim=embed_dim,
             box_channels=max(16, neck[1] // 4, 16 * 4),
             embed_channels=max(neck[1], min(nc, 100)),
             text=text or TextConfig(),

@@ -8,6 +8,8 @@ under the real name, and two writers never share a temporary file.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import shutil
 import socket
@@ -17,7 +19,15 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text", "can_reach", "ovdet_home", "publish_dir", "unreachable_reason"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_text",
+    "can_reach",
+    "file_sha256",
+    "ovdet_home",
+    "publish_dir",
+    "unreachable_reason",
+]
 
 #: Seconds to wait for a TCP connection before a host counts as unreachable (offline).
 CONNECT_TIMEOUT_S = 3.0
@@ -105,3 +115,18 @@ def unreachable_reason(url: str, timeout: float = CONNECT_TIMEOUT_S) -> str | No
 def can_reach(url: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
     """Whether ``url``'s host accepts a TCP connection within ``timeout`` s (see :func:`unreachable_reason`)."""
     return unreachable_reason(url, timeout) is None
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, remembered per (absolute path, size, modification time): weight files are large."""
+    st = os.stat(path)
+    return _sha256_of(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

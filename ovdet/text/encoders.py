@@ -7,6 +7,7 @@ import torch
 from ovdet.config import TextConfig
 from ovdet.text.base import TextEncoder
 from ovdet.text.openclip import OpenCLIPTextEncoder, openclip_encoder_id
+from ovdet.text.sentence import SentenceTransformerEncoder, sentence_encoder_id
 
 __all__ = ["build_text_encoder", "text_encoder_id"]
 
@@ -17,15 +18,20 @@ def text_encoder_id(cfg: TextConfig) -> str:
     Lets a caller look embeddings up in an :class:`~ovdet.text.EmbeddingCache` before paying
     for (or downloading) the encoder.
     """
+    if cfg.family == "sentence_transformers":
+        return sentence_encoder_id(cfg)
     return openclip_encoder_id(cfg)
 
 
 def build_text_encoder(cfg: TextConfig, device: str | torch.device = "cpu") -> TextEncoder:
-    """The text encoder ``cfg`` describes (see :meth:`OpenCLIPTextEncoder.from_config`).
+    """The text encoder ``cfg`` describes (see :meth:`OpenCLIPTextEncoder.from_config` and
+    :meth:`SentenceTransformerEncoder.from_config`).
 
     Raises:
         ValueError: bad config or checkpoint (named).
         TextEncoderUnavailable: pretrained weights cannot be obtained (offline); the message says
             how to supply them locally.
     """
+    if cfg.family == "sentence_transformers":
+        return SentenceTransformerEncoder.from_config(cfg, device=device)
     return OpenCLIPTextEncoder.from_config(cfg, device=device)

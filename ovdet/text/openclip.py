@@ -23,7 +23,6 @@ import urllib.parse
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovdet.config import TextConfig
-from ovdet.io import can_reach
+from ovdet.io import can_reach, file_sha256
 from ovdet.text.base import TextEncoderUnavailable, apply_template, check_texts, validate_templates
 
 __all__ = ["CLIP_VOCAB_SIZE", "CUSTOM_KEYS", "DEFAULT_BATCH_SIZE", "OpenCLIPTextEncoder", "openclip_encoder_id"]
@@ -80,21 +79,6 @@ def _sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _file_sha256(path: str | Path) -> str:
-    """sha256 of a file, remembered per (path, size, modification time): CLIP files are large."""
-    st = os.stat(path)
-    return _sha256_of(os.path.abspath(path), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _library_versions() -> dict[str, str]:
     # Random initialisation depends on open_clip's init code and torch's RNG, so random towers
     # get a new id (and never hit stale cache entries) when either library changes.
@@ -138,7 +122,7 @@ def file_needs_quick_gelu(model: str, path: str) -> bool:
         return True
     if "openai" in os.path.abspath(path).lower():
         return True
-    return _file_sha256(path) in _openai_hashes()
+    return file_sha256(path) in _openai_hashes()
 
 
 def openclip_encoder_id(cfg: TextConfig) -> str:
@@ -161,7 +145,7 @@ def openclip_encoder_id(cfg: TextConfig) -> str:
         return f"open_clip:{cfg.model}:random:" + _sha256_json({"seed": cfg.seed, **_library_versions()})[:16]
     if os.path.isfile(cfg.pretrained):
         quick = ":quickgelu" if file_needs_quick_gelu(cfg.model, cfg.pretrained) else ""
-        return f"open_clip:{cfg.model}:file:{_file_sha256(cfg.pretrained)[:16]}{quick}"
+        return f"open_clip:{cfg.model}:file:{file_sha256(cfg.pretrained)[:16]}{quick}"
     return f"open_clip:{cfg.model}:{cfg.pretrained}"
 
 

