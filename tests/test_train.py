@@ -104,6 +104,9 @@ def test_tiny_model_overfits_four_images(overfit) -> None:
     # the saved checkpoint is what the detector holds: the same numbers after a reload
     again = Detector.load(info["result"]["last"], device="cpu").val(data, imgsz=256, progress=False)
     assert again["AP50"] == pytest.approx(metrics["AP50"]) and again["AP"] == pytest.approx(metrics["AP"])
+    # the run's final validation scored those same weights (not weights/best)
+    final = info["result"]["metrics"]
+    assert final["AP"] == pytest.approx(metrics["AP"]) and final["AP50"] == pytest.approx(metrics["AP50"])
 
 
 def test_prompt_tuning_learns_only_the_embeddings(overfit, tmp_path: Path) -> None:

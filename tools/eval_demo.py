@@ -50,6 +50,8 @@ def best_scores(det: Detector, dataset, cls: int, names: list[str], imgsz: int) 
     det.set_classes(names)
     recs = [r for r in dataset.records if (r.labels == cls).any()]
     out: list[float] = []
+    if not recs:
+        return out
     for rec, d in zip(recs, det.predict([str(r.path) for r in recs], conf=0.001, imgsz=imgsz, max_det=300)):
         gt = torch.as_tensor(rec.boxes[rec.labels == cls], dtype=torch.float32)  # (G, 4)
         mine = d.labels == cls

@@ -103,6 +103,7 @@ def main() -> int:
                 "init": recipe["init"],
                 "held_out": sorted(recipe["holdout"]),
                 "held_out_metrics": {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))},
+                "held_out_imgsz": train.get("imgsz", 640),
             }
         }
         tmp = ASSET.with_name(ASSET.name + ".tmp")

@@ -52,7 +52,7 @@ class TrainResult:
         run_dir: the run folder.
         last: ``weights/last`` (resumable checkpoint of the final EMA weights).
         best: ``weights/best`` (the best validation), or None without validation.
-        metrics: the final validation's metrics (empty without validation data).
+        metrics: the final validation's metrics, of the final EMA weights (empty without validation data).
         names: the dataset's class names (the trained vocabulary).
         embeddings: (K, D) their embeddings as trained (prompts when prompt tuning).
         state: the final :class:`~ovdet.engine.trainer.TrainState`.
@@ -286,16 +286,18 @@ def _run(
         _announce(cfg, train_data, val_source, dist, accumulate, trainable, run_dir, bool(meta))
     state = trainer.train()
 
-    # The end: final weights into ``model``, a full validation with pictures, the summary.
+    # The end: final weights into ``model``, a full validation with pictures, the summary. The
+    # validation scores the weights the caller is left holding (and ``weights/last`` stores), so
+    # its numbers describe that model; ``weights/best`` is the epoch picked on the validation set
+    # (picking on it biases its own numbers upward, so it is offered, not substituted).
     final = ema.module if ema is not None else model
     if final is not model:
         model.load_state_dict(final.state_dict())
     metrics: dict[str, Any] = {}
     best = run_dir / "weights" / "best"
     if dist.is_main and validate_fn is not None:
-        best_model = load_checkpoint(best).model.to(dist.device) if (best / "model.safetensors").is_file() else final
         metrics = validate(
-            best_model,
+            final,
             val_source[0],
             _embed_for(vocab, embed),
             dataclasses.replace(eval_cfg, split=val_source[1], save_dir=str(run_dir / "val"), samples=4),

