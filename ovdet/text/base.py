@@ -16,6 +16,8 @@ __all__ = [
     "TextEncoderUnavailable",
     "apply_template",
     "check_texts",
+    "pool_templates",
+    "template_prompts",
     "validate_class_names",
     "validate_templates",
 ]
@@ -146,3 +148,24 @@ def check_texts(texts: Sequence[str]) -> list[str]:
         if not isinstance(t, str):
             raise TypeError(f"text at index {i} must be a string, got {type(t).__name__} ({t!r})")
     return out
+
+
+def template_prompts(texts: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """Every text in every template, template-major: T*K prompts (``[t0(x0), t0(x1), …, t1(x0), …]``)."""
+    return [apply_template(t, x) for t in templates for x in texts]
+
+
+def pool_templates(feats: torch.Tensor, n_templates: int) -> torch.Tensor:
+    """Per-template features of :func:`template_prompts` → one unit-norm embedding per text.
+
+    Args:
+        feats: (T*K, D) features in template-major order (any float dtype, any device).
+        n_templates: T.
+
+    Returns:
+        (K, D) float32 rows of unit L2 norm: each prompt normalised, then (for T > 1) the mean
+        over templates re-normalised. Differentiable.
+    """
+    feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+    feats = feats.view(n_templates, -1, feats.shape[-1])  # (T, K, D)
+    return feats[0] if n_templates == 1 else torch.nn.functional.normalize(feats.mean(0), dim=-1)

@@ -31,7 +31,14 @@ from torch import nn
 
 from ovdet.config import TextConfig
 from ovdet.io import can_reach, file_sha256
-from ovdet.text.base import TextEncoderUnavailable, apply_template, check_texts, validate_templates
+from ovdet.text.base import (
+    TextEncoderUnavailable,
+    apply_template,
+    check_texts,
+    pool_templates,
+    template_prompts,
+    validate_templates,
+)
 
 __all__ = ["CLIP_VOCAB_SIZE", "CUSTOM_KEYS", "DEFAULT_BATCH_SIZE", "OpenCLIPTextEncoder", "openclip_encoder_id"]
 
@@ -559,10 +566,7 @@ class OpenCLIPTextEncoder:
                     f"{self.id!r} reads {self.context_length} (start/end included); it is truncated",
                     stacklevel=2,
                 )
-        prompts = [apply_template(t, x) for t in templates for x in texts]  # T*K, template-major
-        feats = self._encode_prompts(prompts).view(len(templates), len(texts), self.dim)  # (T, K, D)
-        emb = feats[0] if len(templates) == 1 else F.normalize(feats.mean(0), dim=-1)  # (K, D)
-        return emb.contiguous()
+        return pool_templates(self._encode_prompts(template_prompts(texts, templates)), len(templates)).contiguous()
 
     @property
     def module(self) -> nn.Module:
@@ -577,13 +581,11 @@ class OpenCLIPTextEncoder:
         """
         texts = check_texts(texts)
         templates = self.templates if templates is None else validate_templates(templates)
-        prompts = [apply_template(t, x) for t in templates for x in texts]  # T*K, template-major
-        tokens = self._tokenizer(prompts).to(self.device)  # (T*K, ctx)
+        tokens = self._tokenizer(template_prompts(texts, templates)).to(self.device)  # (T*K, ctx)
         feats = self._tower(tokens)
         if isinstance(feats, tuple):
             feats = feats[0]
-        feats = F.normalize(feats.float(), dim=-1).view(len(templates), len(texts), self.dim)  # (T, K, D)
-        return feats[0] if len(templates) == 1 else F.normalize(feats.mean(0), dim=-1)
+        return pool_templates(feats, len(templates))  # (K, D)
 
     def _encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """(N,) prompts → (N, D) float32 CPU unit-norm rows, in batches of ``batch_size``."""

@@ -23,12 +23,17 @@ from pathlib import Path
 from types import MappingProxyType
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ovdet.config import TextConfig
 from ovdet.io import can_reach, file_sha256
-from ovdet.text.base import TextEncoderUnavailable, apply_template, check_texts, validate_templates
+from ovdet.text.base import (
+    TextEncoderUnavailable,
+    check_texts,
+    pool_templates,
+    template_prompts,
+    validate_templates,
+)
 
 __all__ = ["OFFLINE_PACKAGES", "SentenceTransformerEncoder", "resolve_model_folder", "sentence_encoder_id"]
 
@@ -227,7 +232,7 @@ class SentenceTransformerEncoder:
         templates = self.templates if templates is None else validate_templates(templates)
         if not texts:
             return torch.empty(0, self.dim)
-        prompts = [apply_template(t, x) for t in templates for x in texts]  # T*K, template-major
+        prompts = template_prompts(texts, templates)  # T*K
         for p in prompts:
             n = self.token_count(p)
             if n > self.context_length:
@@ -240,9 +245,8 @@ class SentenceTransformerEncoder:
         with torch.no_grad():
             feats = self._model.encode(
                 prompts, batch_size=self.batch_size, convert_to_tensor=True, show_progress_bar=False
-            )
-        feats = F.normalize(feats.float().cpu(), dim=-1).view(len(templates), len(texts), self.dim)  # (T, K, D)
-        return (feats[0] if len(templates) == 1 else F.normalize(feats.mean(0), dim=-1)).contiguous()
+            )  # (T*K, D)
+        return pool_templates(feats.cpu(), len(templates)).contiguous()
 
     def encode_trainable(self, texts: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
         """Like :meth:`encode`, but differentiable, on the model's device (text-encoder fine-tuning).
@@ -252,9 +256,7 @@ class SentenceTransformerEncoder:
         """
         texts = check_texts(texts)
         templates = self.templates if templates is None else validate_templates(templates)
-        prompts = [apply_template(t, x) for t in templates for x in texts]  # T*K, template-major
+        prompts = template_prompts(texts, templates)
         preprocess = getattr(self._model, "preprocess", None) or self._model.tokenize  # renamed in v6
         features = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in preprocess(prompts).items()}
-        feats = self._model(features)["sentence_embedding"]  # (T*K, D)
-        feats = F.normalize(feats.float(), dim=-1).view(len(templates), len(texts), self.dim)  # (T, K, D)
-        return feats[0] if len(templates) == 1 else F.normalize(feats.mean(0), dim=-1)
+        return pool_templates(self._model(features)["sentence_embedding"], len(templates))  # (K, D)
