@@ -47,6 +47,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
             file (any writer: safetensors, json, a download). When it raises, the temporary file is removed and the error
             propagates; the destination is untouched.
 
+    The file gets the permissions ``open()`` would give it (``0o666`` less the umask), whatever
+    mode the writer created the temporary file with.
+
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
@@ -57,11 +60,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
         write(tmp)
         if not tmp.is_file():
             raise OSError(f"nothing was written for {path}")
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it (some writers, e.g. safetensors, use 0600)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    """The process's file-creation mask, read without changing it (Linux ``/proc``; else the usual 0o022)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -176,3 +176,7 @@ def test_fp16_checkpoint_halves_the_file_and_loads_float32(tmp_path: Path) -> No
     assert torch.equal(loaded.embeddings, emb)  # the vocabulary keeps full precision
     with pytest.raises(ValueError, match="dtype"):
         save_checkpoint(tmp_path / "x", model, dtype=torch.int8)
+    # Every file gets the mode open() gives (safetensors itself creates 0600 files).
+    (tmp_path / "probe").write_text("x")
+    expected = (tmp_path / "probe").stat().st_mode & 0o777
+    assert {p.name: p.stat().st_mode & 0o777 for p in half.iterdir()} == {p.name: expected for p in half.iterdir()}
