@@ -137,6 +137,12 @@ def _text_config(base, text_model: str | None, text_weights: str | None, templat
     return dataclasses.replace(base, **changes) if changes else base
 
 
+def _apply_text_options(det, args: argparse.Namespace) -> None:
+    """Switch ``det`` to the text encoder ``--text-model`` / ``--text-weights`` name, when given."""
+    if args.text_model or args.text_weights:
+        det.set_text_encoder(_text_config(det.cfg.text, args.text_model, args.text_weights))
+
+
 def _set_vocabulary(det, classes: list[str] | None, embeddings: str | None) -> None:
     if embeddings:
         from ovdet.text import load_embeddings
@@ -191,8 +197,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_model_spec(args.model)
 
     det = load_detector(args.model, args.device)
-    if args.text_model or args.text_weights:
-        det.set_text_encoder(_text_config(det.cfg.text, args.text_model, args.text_weights))
+    _apply_text_options(det, args)
     _set_vocabulary(det, classes, args.embeddings)
     run = det.predict(
         args.source,
@@ -349,8 +354,7 @@ def cmd_val(args: argparse.Namespace) -> int:
         raise UsageError(f"--imgsz must be a positive multiple of 32, got {args.imgsz}")
     check_model_spec(args.model)
     det = load_detector(args.model, args.device)
-    if args.text_model or args.text_weights:
-        det.set_text_encoder(_text_config(det.cfg.text, args.text_model, args.text_weights))
+    _apply_text_options(det, args)
     metrics = det.val(
         args.data,
         split=args.split,
@@ -458,8 +462,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.embeddings and not Path(args.embeddings).is_file():
             raise UsageError(f"--embeddings {args.embeddings}: file not found")
         det = init_detector(model_spec, cfg.device, args.trust)
-        if args.text_model or args.text_weights:
-            det.set_text_encoder(_text_config(det.cfg.text, args.text_model, args.text_weights))
+        _apply_text_options(det, args)
         if args.embeddings:  # offline: the run's texts come from this file (names it lacks need the encoder)
             _set_vocabulary(det, None, args.embeddings)
         values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}

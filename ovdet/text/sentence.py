@@ -15,6 +15,7 @@ imported on first use only.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import warnings
@@ -55,8 +56,6 @@ def canonical_name(model: str) -> str:
 
 def _folder_hash(folder: Path) -> str:
     """sha256 over the folder's files (name and contents; README and git attributes excluded)."""
-    import hashlib
-
     h = hashlib.sha256()
     for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in _SKIP_IN_HASH):
         h.update(f.relative_to(folder).as_posix().encode() + b"\0" + file_sha256(f).encode() + b"\0")
@@ -216,10 +215,6 @@ class SentenceTransformerEncoder:
         """The model (for fine-tuning: :meth:`encode_trainable` runs it with gradients)."""
         return self._model
 
-    def token_count(self, text: str) -> int:
-        """Tokens ``text`` needs, special tokens included."""
-        return len(self._model.tokenizer(text)["input_ids"])
-
     def encode(self, texts: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
         """Embed ``texts`` (see :meth:`TextEncoder.encode`).
 
@@ -233,8 +228,8 @@ class SentenceTransformerEncoder:
         if not texts:
             return torch.empty(0, self.dim)
         prompts = template_prompts(texts, templates)  # T*K
-        for p in prompts:
-            n = self.token_count(p)
+        lengths = [len(ids) for ids in self._model.tokenizer(prompts)["input_ids"]]  # one batched call
+        for p, n in zip(prompts, lengths):
             if n > self.context_length:
                 shown = p if len(p) <= 80 else p[:77] + "..."
                 warnings.warn(
