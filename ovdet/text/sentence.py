@@ -16,7 +16,7 @@ imported on first use only.
 from __future__ import annotations
 
 import hashlib
-import importlib
+import importlib.util
 import os
 import warnings
 from collections.abc import Sequence
@@ -93,11 +93,10 @@ def _packaged_folder(name: str) -> Path | None:
     entry = OFFLINE_PACKAGES.get(name)
     if entry is None:
         return None
-    try:
-        module = importlib.import_module(entry[0])
-    except ImportError:
+    spec = importlib.util.find_spec(entry[0])  # located, not imported: its code never runs
+    if spec is None or not spec.submodule_search_locations:
         return None
-    folder = Path(module.__file__).resolve().parent / entry[1]
+    folder = Path(list(spec.submodule_search_locations)[0]) / entry[1]
     return folder if (folder / "modules.json").is_file() else None
 
 
