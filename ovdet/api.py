@@ -18,9 +18,8 @@ import torch
 
 from ovdet.checkpoint import load_checkpoint, save_checkpoint
 from ovdet.config import EvalConfig, ModelConfig, NMSConfig, TextConfig, load_model_config
-from ovdet.data.images import ImageReadError
 from ovdet.device import resolve_device, resolve_precision
-from ovdet.engine.predict import PredictionStream, Predictor
+from ovdet.engine.predict import PredictionStream, Predictor, collect
 from ovdet.io import ovdet_home
 from ovdet.models.detector import OVDetector
 from ovdet.structures import Detections
@@ -336,22 +335,7 @@ class Detector:
         )
         if stream:
             return run
-        results = list(run)
-        if run.skipped:
-            first = run.skipped[0][1]  # reasons start with the file name
-            if not results:
-                raise ImageReadError(
-                    first
-                    if len(run.skipped) == 1
-                    else f"none of the {len(run.skipped)} sources could be read; first: {first}"
-                )
-            warnings.warn(
-                f"skipped {len(run.skipped)} unreadable source(s): "
-                + "; ".join(r for _, r in run.skipped[:5])
-                + (" ..." if len(run.skipped) > 5 else ""),
-                stacklevel=2,
-            )
-        return results
+        return collect(run)
 
     def train(
         self, data: str | Path | None = None, resume: str | Path | None = None, progress: bool = True, **kwargs: Any
@@ -430,6 +414,50 @@ class Detector:
 
         kwargs = _config_kwargs(EvalConfig, kwargs, "val")
         return validate(self.model, data, self._vocabulary_or_encode, EvalConfig(**kwargs), self.device)
+
+    def export(self, path: str | Path, dynamic_vocab: bool = False, nms: bool = False, **kwargs: Any) -> Any:
+        """Export for deployment: ONNX, with the vocabulary baked in or as an input.
+
+        Args:
+            path: the ``.onnx`` file to write.
+            dynamic_vocab: take class embeddings (K, D) as an input (any K at run time) and
+                export the text encoder and its tokenizer beside the model, so
+                :class:`ovdet.deploy.OnnxDetector` changes classes without PyTorch; False folds
+                the current vocabulary into the weights.
+            nms: run NMS inside the graph (thresholds fixed at export).
+            **kwargs: more :class:`~ovdet.config.ExportConfig` fields (conf, iou, max_det,
+                agnostic, imgsz, opset, half, int8, calib, calib_images, text_encoder).
+
+        Returns:
+            :class:`~ovdet.export.onnx.ExportResult` (files written, graph inputs/outputs,
+            the int8 report under ``checks``).
+
+        Raises:
+            RuntimeError: a baked export with no vocabulary set.
+            TypeError: an unknown keyword (the valid ones are named).
+            ImportError: the ``onnx``/``onnxruntime`` packages are missing (the extra is named).
+        """
+        from ovdet.config import ExportConfig
+        from ovdet.export.pipeline import export_model
+        from ovdet.text import TextEncoderUnavailable
+
+        values = _config_kwargs(ExportConfig, kwargs, "export")
+        cfg = ExportConfig(dynamic_vocab=dynamic_vocab, nms=nms, **values)
+        encoder = None
+        if cfg.dynamic_vocab and cfg.text_encoder:
+            try:
+                encoder = self.text_encoder
+            except TextEncoderUnavailable as e:
+                warnings.warn(
+                    f"exporting without a text encoder ({e}); the export takes embeddings only "
+                    "(set_class_embeddings / `ovdet embed` files)",
+                    stacklevel=2,
+                )
+        was_training = self.model.training
+        try:
+            return export_model(self.model.eval(), path, cfg, self._names, self._embeddings, self._encoder_id, encoder)
+        finally:
+            self.model.train(was_training)
 
     def _vocabulary_or_encode(self, names: Sequence[str]) -> torch.Tensor:
         """Embeddings for validation: the current vocabulary's own rows when it holds every name

@@ -1,4 +1,4 @@
-"""The ``ovdet`` command line: ``ovdet predict|embed|convert|check-data|val``.
+"""The ``ovdet`` command line: ``ovdet predict|embed|convert|check-data|val|train|export``.
 
 Each sub-command validates its arguments first (nothing is loaded or created for a command
 line that cannot work), then runs through :class:`~ovdet.api.Detector` and prints a summary.
@@ -488,6 +488,87 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     """Every option's help line shows its default."""
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from ovdet.config import ExportConfig
+    from ovdet.data.images import iter_sources
+
+    _check_device(args.device)
+    if args.imgsz < 32 or args.imgsz % 32:
+        raise UsageError(f"--imgsz must be a positive multiple of 32, got {args.imgsz}")
+    if args.calib and not Path(args.calib).is_dir():
+        raise UsageError(f"--calib {args.calib}: not a folder of images")
+    if args.int8 and not args.calib:
+        raise UsageError("--int8 needs --calib DIR: a folder of real images to calibrate on")
+    if args.embeddings and not Path(args.embeddings).is_file():
+        raise UsageError(f"--embeddings {args.embeddings}: file not found")
+    if args.source and not Path(args.source).exists():
+        raise UsageError(f"--source {args.source}: not found")
+    try:
+        cfg = ExportConfig(
+            dynamic_vocab=args.dynamic_vocab,
+            text_encoder=not args.no_text_encoder,
+            nms=args.nms,
+            conf=args.conf,
+            iou=args.iou,
+            max_det=args.max_det,
+            imgsz=args.imgsz,
+            opset=args.opset,
+            half=args.half,
+            int8=args.int8,
+            calib=args.calib,
+            calib_images=args.calib_images,
+        )
+    except ConfigError as e:
+        raise UsageError(str(e)) from e
+    classes = read_classes(args.classes) if args.classes else None
+    output = Path(args.output)
+    if output.suffix != ".onnx":
+        raise UsageError(f"--output {output}: the exported file must end in .onnx")
+    check_model_spec(args.model)
+
+    det = load_detector(args.model, args.device)
+    _apply_text_options(det, args)
+    if classes or args.embeddings or not args.dynamic_vocab:
+        _set_vocabulary(det, classes, args.embeddings)
+    start = time.perf_counter()
+    result = det.export(output, **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+    print(
+        f"exported {args.model} (YOLO-World v{det.cfg.version}) with a {result.metadata['vocab']} vocabulary "
+        f"({len(det.names)} classes) in {time.perf_counter() - start:.1f} s:"
+    )
+    for f in result.files:
+        print(f"  {f}  ({f.stat().st_size / 2**20:.1f} MiB)")
+    for title, entries in (("inputs", result.inputs), ("outputs", result.outputs)):
+        print(f"  {title}: " + ", ".join(f"{n} {dims} {t}" for n, dims, t in entries))
+    if "int8" in result.checks:
+        r = result.checks["int8"]
+        print(
+            f"  int8 keeps {r['matched']}/{r['reference_boxes']} fp32 boxes ({100 * r['fraction']:.1f}%, score > "
+            f"{r['min_score']}, IoU >= {r['iou']}, same label) on {r['images']} {result.checks['int8_images']} images"
+        )
+    if args.format == "engine":
+        from ovdet.export.tensorrt import build_engine
+
+        engine = build_engine(output, output.with_suffix(".engine"), cfg.imgsz, half=True)
+        print(f"  TensorRT engine: {engine}")
+    check_source = args.source or args.calib
+    if det.names and check_source:
+        from ovdet.deploy import OnnxDetector
+        from ovdet.export.pipeline import check_against_pytorch
+
+        images = [it.image for it in iter_sources(check_source) if it.image is not None][: args.check_images]
+        onnx = OnnxDetector(output)
+        if onnx.dynamic:
+            onnx.set_class_embeddings(det.names, det.class_embeddings)
+        report = check_against_pytorch(det.model, onnx, det.names, det.class_embeddings, images, cfg.imgsz, args.conf)
+        print(f"parity with PyTorch: {report}")
+        if report.fraction < 0.99:
+            raise RuntimeError(f"the export does not reproduce PyTorch: {report}")
+    else:
+        print("parity check skipped: pass --source IMAGES (or --calib DIR) to compare with PyTorch on real images")
+    return EXIT_OK
+
+
 def _add_text_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--text-model",
@@ -685,6 +766,39 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_text_options(tr)
     tr.set_defaults(func=cmd_train)
+    ex = command("export", "export for deployment: ONNX with baked or dynamic vocabulary, int8, fp16, TensorRT")
+    ex.add_argument("--model", required=True, help="ovdet checkpoint folder, model YAML or pretrained name")
+    ex.add_argument("--classes", help="vocabulary to bake in (or, with --dynamic-vocab, the default one)")
+    ex.add_argument("--embeddings", help="vocabulary from `ovdet embed` instead of --classes")
+    ex.add_argument(
+        "-o", "--output", default="model.onnx", help="the .onnx file (text encoder etc. are written beside it)"
+    )
+    ex.add_argument(
+        "--format", default="onnx", choices=["onnx", "engine"], help="onnx, or engine (TensorRT, built from the ONNX)"
+    )
+    ex.add_argument(
+        "--dynamic-vocab",
+        action="store_true",
+        help="class embeddings are an input (any number at run time); the text encoder and tokenizer are exported too",
+    )
+    ex.add_argument("--no-text-encoder", action="store_true", help="with --dynamic-vocab: export no text encoder")
+    ex.add_argument("--nms", action="store_true", help="NMS inside the graph (--conf/--iou/--max-det fixed at export)")
+    ex.add_argument("--conf", type=float, default=0.25, help="in-graph NMS score threshold; also the parity check's")
+    ex.add_argument("--iou", type=float, default=0.7, help="in-graph NMS IoU threshold")
+    ex.add_argument("--max-det", type=int, default=300, help="in-graph NMS boxes per image")
+    ex.add_argument("--imgsz", type=int, default=640, help="example input size (v1: the fixed input size)")
+    ex.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    ex.add_argument(
+        "--half", action="store_true", help="float16 weights (for GPU runtimes); inputs/outputs stay float32"
+    )
+    ex.add_argument("--int8", action="store_true", help="also write an int8 model (static quantization, needs --calib)")
+    ex.add_argument("--calib", help="folder of real images for int8 calibration (and the parity check)")
+    ex.add_argument("--calib-images", type=int, default=64, help="calibration images used")
+    ex.add_argument("--source", help="images (folder or file) for the parity check against PyTorch")
+    ex.add_argument("--check-images", type=int, default=16, help="images the parity check uses")
+    ex.add_argument("--device", default="cpu", help="where the model is traced: cpu, cuda or cuda:N")
+    _add_text_options(ex)
+    ex.set_defaults(func=cmd_export)
     return p
 
 

@@ -209,6 +209,66 @@ class NMSConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """How :func:`ovdet.export.export_onnx` writes a deployable model.
+
+    Attributes:
+        dynamic_vocab: the graph takes ``class_embeddings`` (K, D) as an input, K dynamic; else
+            the current vocabulary is folded into the weights (K fixed, nothing text-related
+            runs per image).
+        text_encoder: with ``dynamic_vocab``, also export the text encoder (token ids →
+            embeddings) and its tokenizer beside the model, so a deployment changes classes
+            without PyTorch.
+        nms: NMS inside the graph (outputs ``boxes``/``scores``/``labels``/``batch_index``,
+            thresholds ``conf``/``iou``/``max_det``/``agnostic`` fixed at export); else the graph
+            ends at decoded boxes (B, A, 4) and scores (B, A, K) and the runtime runs NMS.
+        conf: in-graph NMS score threshold.
+        iou: in-graph NMS IoU threshold.
+        max_det: in-graph NMS boxes kept per image.
+        agnostic: in-graph NMS across classes.
+        imgsz: (height, width) of the example input used for tracing; height, width and batch
+            stay dynamic in the graph (v1: height and width are fixed to ``imgsz``, since its
+            image-pooling attention has no ONNX form for a dynamic size).
+        opset: ONNX opset.
+        half: store the graph in float16 (inputs and outputs stay float32); for GPU runtimes.
+        int8: also write a post-training statically quantized int8 model (needs ``calib``).
+        calib: folder of real images for int8 calibration.
+        calib_images: at most this many calibration images are read.
+    """
+
+    dynamic_vocab: bool = False
+    text_encoder: bool = True
+    nms: bool = False
+    conf: float = 0.25
+    iou: float = 0.7
+    max_det: int = 300
+    agnostic: bool = False
+    imgsz: tuple[int, int] = (640, 640)
+    opset: int = 17
+    half: bool = False
+    int8: bool = False
+    calib: str | None = None
+    calib_images: int = 64
+
+    def __post_init__(self) -> None:
+        NMSConfig(conf=self.conf, iou=self.iou, max_det=self.max_det)  # same ranges, same messages
+        imgsz = (self.imgsz, self.imgsz) if isinstance(self.imgsz, int) else tuple(self.imgsz)
+        if len(imgsz) != 2 or any(not isinstance(v, int) or v < 32 or v % 32 for v in imgsz):
+            raise ConfigError(f"export.imgsz must be one or two positive multiples of 32, got {self.imgsz!r}")
+        object.__setattr__(self, "imgsz", imgsz)
+        if not 11 <= self.opset <= 21:
+            raise ConfigError(f"export.opset must be in [11, 21], got {self.opset}")
+        if self.int8 and not self.calib:
+            raise ConfigError(
+                "export.int8 needs calibration images: set calib to a folder of real images (--calib DIR)"
+            )
+        if self.half and self.int8:
+            raise ConfigError("export.half and export.int8 exclude each other: choose one precision")
+        if self.calib_images < 1:
+            raise ConfigError(f"export.calib_images must be >= 1, got {self.calib_images}")
+
+
+@dataclass(frozen=True)
 class AugmentConfig:
     """Training augmentation settings (defaults follow ultralytics' YOLOv8 training recipe).
 

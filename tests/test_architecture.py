@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "ovdet.weights": 4,
     "ovdet.engine": 5,
     "ovdet.deploy": 5,
+    "ovdet.export": 5,
     "ovdet.serve": 5,
     "ovdet.api": 6,
     "ovdet.cli": 7,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -18,6 +19,8 @@ import torch
 __all__ = ["LetterboxInfo", "letterbox", "letterbox_boxes", "to_tensor", "unletterbox_boxes"]
 
 PAD_VALUE = 114
+
+BoxArray = TypeVar("BoxArray", np.ndarray, torch.Tensor)
 
 
 @dataclass(frozen=True)
@@ -137,20 +140,31 @@ def letterbox_boxes(boxes: torch.Tensor, info: LetterboxInfo) -> torch.Tensor:
     return boxes * gain + offset  # (N, 4)
 
 
-def unletterbox_boxes(boxes: torch.Tensor, info: LetterboxInfo) -> torch.Tensor:
+def unletterbox_boxes(boxes: BoxArray, info: LetterboxInfo) -> BoxArray:
     """Map boxes from letterboxed-image pixels back to original-image pixels (exact inverse).
 
     Args:
-        boxes: ``(N, 4)`` xyxy boxes in letterboxed pixels (any float dtype).
+        boxes: ``(N, 4)`` xyxy boxes in letterboxed pixels (any float dtype; a tensor or, for
+            runtimes without PyTorch, a numpy array).
         info: From :func:`letterbox`.
 
     Returns:
-        ``(N, 4)`` xyxy boxes in original pixels, clipped to ``[0, w] x [0, h]``; a new tensor.
+        ``(N, 4)`` xyxy boxes in original pixels, clipped to ``[0, w] x [0, h]``; a new tensor
+        (or array) of the input's type and dtype.
     """
-    _check_boxes(boxes)
     sx, sy = info.scale
     left, top = info.pad
     h, w = info.orig_shape
+    if isinstance(boxes, np.ndarray):
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or not np.issubdtype(boxes.dtype, np.floating):
+            raise ValueError(f"boxes must be an (N, 4) float xyxy array, got {boxes.shape} {boxes.dtype}")
+        gain_np = np.array([sx, sy, sx, sy], dtype=boxes.dtype)  # (4,)
+        offset_np = np.array([left, top, left, top], dtype=boxes.dtype)  # (4,)
+        out_np = (boxes - offset_np) / gain_np  # (N, 4)
+        out_np[:, 0::2] = out_np[:, 0::2].clip(0, w)
+        out_np[:, 1::2] = out_np[:, 1::2].clip(0, h)
+        return out_np
+    _check_boxes(boxes)
     gain = boxes.new_tensor([sx, sy, sx, sy])  # (4,)
     offset = boxes.new_tensor([left, top, left, top])  # (4,)
     out = (boxes - offset) / gain  # (N, 4)

@@ -7,20 +7,30 @@ that cannot be read, counting them. ``Detector.predict`` and validation both run
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from ovdet.config import NMSConfig
-from ovdet.data.images import SourceItem, iter_sources
+from ovdet.data.images import ImageReadError, SourceItem, iter_sources
 from ovdet.data.letterbox import letterbox, to_tensor, unletterbox_boxes
 from ovdet.device import autocast
 from ovdet.models.detector import OVDetector
 from ovdet.structures import Detections
 
-__all__ = ["PredictionStream", "Predictor"]
+__all__ = ["BatchPredictor", "PredictionStream", "Predictor", "collect"]
+
+
+class BatchPredictor(Protocol):
+    """Anything that turns a batch of decoded images into Detections (:class:`Predictor`,
+    :class:`ovdet.deploy.runtime.OnnxPredictor`)."""
+
+    def __call__(
+        self, images: Sequence[np.ndarray], sources: Sequence[str | None], keep_images: bool = True
+    ) -> list[Detections]: ...
 
 
 class Predictor:
@@ -33,6 +43,8 @@ class Predictor:
         nms: post-processing thresholds.
         imgsz: letterbox target (int or (h, w)); images are padded only to a multiple of 32.
         dtype: autocast dtype (None: float32).
+        auto: letterbox to the smallest stride multiple (True, ultralytics' predictor) or to
+            exactly ``imgsz`` (False; what fixed-size exports see).
     """
 
     def __init__(
@@ -43,13 +55,14 @@ class Predictor:
         nms: NMSConfig,
         imgsz: int | tuple[int, int] = 640,
         dtype: torch.dtype | None = None,
+        auto: bool = True,
     ) -> None:
         if embeddings.ndim != 2 or embeddings.shape[0] != len(names):
             raise ValueError(
                 f"embeddings must be ({len(names)}, D) for {len(names)} names, got {tuple(embeddings.shape)}"
             )
         self.model, self.names, self.embeddings = model, list(names), embeddings
-        self.nms, self.imgsz, self.dtype = nms, imgsz, dtype
+        self.nms, self.imgsz, self.dtype, self.auto = nms, imgsz, dtype, auto
 
     @torch.inference_mode()
     def __call__(
@@ -66,7 +79,8 @@ class Predictor:
             keep_images: keep each image on its Detections (for ``plot``/``save``).
         """
         device = self.embeddings.device
-        boxed = [letterbox(im, self.imgsz, stride=max(self.model.cfg.strides)) for im in images]
+        stride = max(self.model.cfg.strides)
+        boxed = [letterbox(im, self.imgsz, stride=stride, auto=self.auto) for im in images]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, (arr, _) in enumerate(boxed):
             groups.setdefault(arr.shape[:2], []).append(i)
@@ -116,7 +130,7 @@ class PredictionStream(Iterable[Detections]):
 
     def __init__(
         self,
-        predictor: Predictor,
+        predictor: BatchPredictor,
         source: Any,
         batch: int = 1,
         keep_images: bool = True,
@@ -152,3 +166,27 @@ class PredictionStream(Iterable[Detections]):
     def _run(self, items: list[SourceItem]) -> list[Detections]:
         self.seen += len(items)
         return self.predictor([it.image for it in items], [it.name for it in items], self.keep_images)
+
+
+def collect(run: PredictionStream, stacklevel: int = 3) -> list[Detections]:
+    """Run a stream to the end; unreadable items are skipped with one warning naming them.
+
+    Raises:
+        ImageReadError: nothing could be read (a single bad source's own reason is the message).
+    """
+    results = list(run)
+    if run.skipped:
+        first = run.skipped[0][1]  # reasons start with the file name
+        if not results:
+            raise ImageReadError(
+                first
+                if len(run.skipped) == 1
+                else f"none of the {len(run.skipped)} sources could be read; first: {first}"
+            )
+        warnings.warn(
+            f"skipped {len(run.skipped)} unreadable source(s): "
+            + "; ".join(r for _, r in run.skipped[:5])
+            + (" ..." if len(run.skipped) > 5 else ""),
+            stacklevel=stacklevel,
+        )
+    return results

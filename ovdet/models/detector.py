@@ -71,41 +71,12 @@ class OVDetector(nn.Module):
         return RawOutputs(box_logits, cls_logits, anchors, strides)
 
     def decode(self, raw: RawOutputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Boxes and class scores of every anchor.
-
-        Returns:
-            boxes: (B, A, 4) xyxy in input-image pixels.
-            scores: (B, A, K) sigmoid class scores in [0, 1].
-        """
-        dist = dfl_decode(raw.box_logits, self.cfg.reg_max).transpose(1, 2)  # (B, A, 4) ltrb, grid units
-        anchors = raw.anchors.unsqueeze(0)  # (1, A, 2)
-        boxes = torch.cat((anchors - dist[..., :2], anchors + dist[..., 2:]), -1) * raw.strides
-        return boxes, raw.cls_logits.sigmoid().transpose(1, 2)
+        """Boxes and class scores of every anchor (see :func:`decode_outputs`)."""
+        return decode_outputs(raw, self.cfg.reg_max)
 
     def postprocess(self, raw: RawOutputs, nms: NMSConfig) -> list[NMSOutput]:
-        """Decode and run per-class (or agnostic) NMS.
-
-        Each anchor keeps its best class (as ultralytics' default ``multi_label=False``).
-
-        Returns:
-            One :class:`NMSOutput` per image (boxes in input pixels), N ≤ ``nms.max_det``.
-        """
-        boxes, scores = self.decode(raw)
-        out = []
-        for bx, sc in zip(boxes.float(), scores.float()):  # (A, 4), (A, K)
-            best, label = sc.max(1)  # (A,)
-            keep = best > nms.conf
-            bx, best, label = bx[keep], best[keep], label[keep]
-            if best.numel() > nms.max_nms:
-                top = best.topk(nms.max_nms).indices
-                bx, best, label = bx[top], best[top], label[top]
-            if nms.agnostic:
-                idx = torchvision.ops.nms(bx, best, nms.iou)
-            else:
-                idx = torchvision.ops.batched_nms(bx, best, label, nms.iou)
-            idx = idx[: nms.max_det]
-            out.append(NMSOutput(bx[idx], best[idx], label[idx].long()))
-        return out
+        """Decode and run per-class (or agnostic) NMS (see :func:`postprocess_outputs`)."""
+        return postprocess_outputs(raw, self.cfg.reg_max, nms)
 
     def loss(
         self,
@@ -151,3 +122,46 @@ class OVDetector(nn.Module):
     def is_fused(self) -> bool:
         """True once :meth:`fuse` has folded the BatchNorms."""
         return not any(isinstance(m, nn.BatchNorm2d) for m in self.modules())
+
+
+def decode_outputs(raw: RawOutputs, reg_max: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes and class scores of every anchor.
+
+    Args:
+        raw: network outputs (B images, K classes, A anchors).
+        reg_max: DFL bins per box side.
+
+    Returns:
+        boxes: (B, A, 4) xyxy in input-image pixels.
+        scores: (B, A, K) sigmoid class scores in [0, 1].
+    """
+    dist = dfl_decode(raw.box_logits, reg_max).transpose(1, 2)  # (B, A, 4) ltrb, grid units
+    anchors = raw.anchors.unsqueeze(0)  # (1, A, 2)
+    boxes = torch.cat((anchors - dist[..., :2], anchors + dist[..., 2:]), -1) * raw.strides
+    return boxes, raw.cls_logits.sigmoid().transpose(1, 2)
+
+
+def postprocess_outputs(raw: RawOutputs, reg_max: int, nms: NMSConfig) -> list[NMSOutput]:
+    """Decode and run per-class (or agnostic) NMS.
+
+    Each anchor keeps its best class (as ultralytics' default ``multi_label=False``).
+
+    Returns:
+        One :class:`NMSOutput` per image (boxes in input pixels), N ≤ ``nms.max_det``.
+    """
+    boxes, scores = decode_outputs(raw, reg_max)
+    out = []
+    for bx, sc in zip(boxes.float(), scores.float()):  # (A, 4), (A, K)
+        best, label = sc.max(1)  # (A,)
+        keep = best > nms.conf
+        bx, best, label = bx[keep], best[keep], label[keep]
+        if best.numel() > nms.max_nms:
+            top = best.topk(nms.max_nms).indices
+            bx, best, label = bx[top], best[top], label[top]
+        if nms.agnostic:
+            idx = torchvision.ops.nms(bx, best, nms.iou)
+        else:
+            idx = torchvision.ops.batched_nms(bx, best, label, nms.iou)
+        idx = idx[: nms.max_det]
+        out.append(NMSOutput(bx[idx], best[idx], label[idx].long()))
+    return out
