@@ -56,6 +56,7 @@ class Detector:
         self._embeddings: torch.Tensor | None = None  # (K, D) float32 on self.device
         self._encoder_id = "precomputed"  # the encoder the current embeddings came from
         self.conversion_report = None  # set by from_ultralytics: what was loaded / left random
+        self._forward: Any = None  # a compiled forward (see compile()), or None
 
     @property
     def cfg(self) -> ModelConfig:
@@ -285,6 +286,17 @@ class Detector:
         self.model.eval().fuse()
         return self
 
+    def compile(self, **kwargs: Any) -> Detector:
+        """Run :meth:`predict` through ``torch.compile(model, **kwargs)`` (e.g. ``mode="max-autotune"``).
+
+        The first prediction at each input shape compiles (seconds to minutes); later ones reuse
+        it. Outputs equal the eager model's up to float rounding. ``compile()`` with no
+        arguments uses torch's defaults (inductor); ``Detector.compile(backend="eager")`` only
+        checks that the model traces.
+        """
+        self._forward = torch.compile(self.model, **kwargs)
+        return self
+
     def predict(
         self,
         source: Any,
@@ -329,7 +341,7 @@ class Detector:
             raise RuntimeError("no vocabulary: call set_classes([...]) or set_class_embeddings(...) first")
         dtype = resolve_precision(precision, self.device)
         nms = NMSConfig(conf=conf, iou=iou, max_det=max_det, agnostic=agnostic_nms)
-        predictor = Predictor(self.model, self._names, self._embeddings, nms, imgsz, dtype)
+        predictor = Predictor(self.model, self._names, self._embeddings, nms, imgsz, dtype, forward=self._forward)
         run = PredictionStream(
             predictor, source, batch=batch, keep_images=keep_images, video_stride=video_stride, max_pixels=max_pixels
         )

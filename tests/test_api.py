@@ -483,7 +483,14 @@ def test_predict_streams_a_video(det: Detector, coco128_images: list[Path], tmp_
 
 @pytest.mark.parametrize(
     "tool,command",
-    [("predict", "predict"), ("embed", "embed"), ("convert", "convert"), ("val", "val"), ("check_data", "check-data")],
+    [
+        ("predict", "predict"),
+        ("embed", "embed"),
+        ("convert", "convert"),
+        ("val", "val"),
+        ("check_data", "check-data"),
+        ("export", "export"),
+    ],
 )
 def test_tools_are_thin_wrappers(tool: str, command: str) -> None:
     import subprocess

@@ -1,4 +1,4 @@
-"""Deployment runtimes: exported ONNX detectors and text encoders on onnxruntime (or OpenVINO).
+"""Deployment runtimes: exported ONNX detectors and text encoders on onnxruntime.
 
 * :mod:`ovdet.deploy.runtime` — :class:`OnnxDetector`, the ``Detector`` API over an exported file.
 * :mod:`ovdet.deploy.text` — :class:`OnnxTextEncoder`: class names → embeddings from an exported encoder.

@@ -1,4 +1,4 @@
-"""``OnnxDetector``: the ``Detector`` API over an exported ONNX file, on onnxruntime or OpenVINO.
+"""``OnnxDetector``: the ``Detector`` API over an exported ONNX file, on onnxruntime.
 
 Same sources, same preprocessing (letterbox to a stride multiple, BGR→RGB, /255), same
 un-letterboxing and the same :class:`~ovdet.structures.Detections` as
@@ -115,9 +115,8 @@ class OnnxDetector:
 
     Args:
         path: the detector ``.onnx`` written by ``Detector.export`` / ``ovdet export``.
-        backend: ``"onnxruntime"`` (default; CUDA and TensorRT providers when present) or
-            ``"openvino"`` (CPU).
-        providers: onnxruntime execution providers (default: the fastest present).
+        providers: onnxruntime execution providers (default: the fastest present of TensorRT,
+            CUDA and CPU).
         threads: intra-op threads (None: the runtime's default).
 
     Raises:
@@ -134,14 +133,13 @@ class OnnxDetector:
     def __init__(
         self,
         path: str | Path,
-        backend: str = "onnxruntime",
         providers: Sequence[str] | str | None = None,
         threads: int | None = None,
     ) -> None:
         self.path = Path(path)
-        self.session = open_session(self.path, backend, providers, threads)
+        self.session = open_session(self.path, providers, threads)
         self.metadata = parse_metadata(self.session.metadata, METADATA_KEY, self.path)
-        self._backend, self._providers, self._threads = backend, providers, threads
+        self._providers, self._threads = providers, threads
         self.dynamic = self.metadata["vocab"] == "dynamic"
         self.embed_dim = int(self.metadata["embed_dim"])
         self._encoder: OnnxTextEncoder | None = None
@@ -156,7 +154,7 @@ class OnnxDetector:
     def __repr__(self) -> str:
         return (
             f"OnnxDetector({str(self.path)!r}, vocab={self.metadata['vocab']}, classes={len(self._names)}, "
-            f"backend={self.session.backend!r}, providers={self.session.providers})"
+            f"providers={self.session.providers})"
         )
 
     # ------------------------------------------------------------------ vocabulary
@@ -184,7 +182,7 @@ class OnnxDetector:
                     f"{self.path} was exported without a text encoder: use set_class_embeddings(...) or "
                     f"load_embeddings(file from `ovdet embed`), or re-export with the text encoder"
                 )
-            self._encoder = OnnxTextEncoder(self.path.parent / text, self._backend, self._providers, self._threads)
+            self._encoder = OnnxTextEncoder(self.path.parent / text, self._providers, self._threads)
         return self._encoder
 
     def _require_dynamic(self, what: str) -> None:

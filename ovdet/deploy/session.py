@@ -1,8 +1,10 @@
-"""One interface over the runtimes that execute exported graphs: onnxruntime and OpenVINO.
+"""The runtime that executes exported graphs: onnxruntime, behind a small :class:`Session`.
 
 :func:`open_session` loads a file and returns a :class:`Session`: ``run(feeds)`` maps input
 names to numpy arrays and returns the outputs in the graph's order; ``metadata`` holds the
-file's metadata properties (ovdet's JSON descriptions).
+file's metadata properties (ovdet's JSON descriptions). Another runtime fits behind the same
+class (``benchmarks/bench_export.py`` measures OpenVINO that way; on the CPUs measured it was
+not faster than onnxruntime, so ovdet does not ship it as a backend).
 """
 
 from __future__ import annotations
@@ -13,10 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BACKENDS", "Session", "open_session"]
-
-#: runtimes :func:`open_session` knows.
-BACKENDS = ("onnxruntime", "openvino")
+__all__ = ["Session", "open_session"]
 
 
 class Session:
@@ -24,10 +23,10 @@ class Session:
 
     Attributes:
         path: the file.
-        backend: ``"onnxruntime"`` or ``"openvino"``.
+        backend: the runtime's name (``"onnxruntime"``).
         input_names / output_names: the graph's inputs and outputs, in order.
         metadata: the file's metadata properties (key → string).
-        providers: the execution providers (onnxruntime) or device (OpenVINO) in use.
+        providers: the execution providers in use.
     """
 
     def __init__(
@@ -67,82 +66,43 @@ def _ort_providers(requested: Sequence[str] | str | None) -> list[str]:
     return names
 
 
-def open_session(
-    path: str | Path,
-    backend: str = "onnxruntime",
-    providers: Sequence[str] | str | None = None,
-    threads: int | None = None,
-) -> Session:
-    """Load an ONNX file on a runtime.
+def open_session(path: str | Path, providers: Sequence[str] | str | None = None, threads: int | None = None) -> Session:
+    """Load an ONNX file on onnxruntime.
 
     Args:
         path: the ``.onnx`` file.
-        backend: ``"onnxruntime"`` (CPU; CUDA and TensorRT providers when present) or
-            ``"openvino"`` (CPU).
-        providers: onnxruntime execution providers (``"auto"``/None: TensorRT, CUDA, CPU,
-            whichever are present).
-        threads: intra-op threads (None: the runtime's default).
+        providers: execution providers (``"auto"``/None: TensorRT, CUDA, CPU, whichever are
+            present).
+        threads: intra-op threads (None: onnxruntime's default).
 
     Raises:
         FileNotFoundError: no such file.
-        ImportError: the runtime is not installed (the extra to install is named).
-        ValueError: unknown backend, or a file the runtime cannot load (the path and the
-            runtime's reason are named).
+        ImportError: onnxruntime is not installed (the extra to install is named).
+        ValueError: a file onnxruntime cannot load (the path and its reason are named).
     """
     path = Path(path)
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such ONNX file")
-    if backend == "onnxruntime":
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise ImportError('running exported models needs onnxruntime: pip install "ovdet[deploy]"') from e
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # warnings about unused initializers etc. stay off the terminal
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
-        chosen = _ort_providers(providers)
-        try:
-            sess = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
-        except Exception as e:  # onnxruntime raises its own InvalidProtobuf / Fail / InvalidGraph types
-            raise ValueError(
-                f"{path}: onnxruntime cannot load this file as an ONNX model ({type(e).__name__}: {e})"
-            ) from e
-        outputs = [o.name for o in sess.get_outputs()]
-        return Session(
-            path,
-            backend,
-            lambda feeds: sess.run(outputs, feeds),
-            [i.name for i in sess.get_inputs()],
-            outputs,
-            dict(sess.get_modelmeta().custom_metadata_map),
-            list(sess.get_providers()),
-        )
     try:
-        import openvino as ov
+        import onnxruntime as ort
     except ImportError as e:
-        raise ImportError('the OpenVINO backend needs openvino: pip install "ovdet[openvino]"') from e
-    core = ov.Core()
+        raise ImportError('running exported models needs onnxruntime: pip install "ovdet[deploy]"') from e
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # warnings about unused initializers etc. stay off the terminal
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
+    chosen = _ort_providers(providers)
     try:
-        model = core.read_model(str(path))
-        compiled = core.compile_model(model, "CPU", {} if threads is None else {"INFERENCE_NUM_THREADS": int(threads)})
-    except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
-        raise ValueError(f"{path}: OpenVINO cannot load this file as an ONNX model ({type(e).__name__}: {e})") from e
-    request = compiled.create_infer_request()
-    inputs = [p.get_any_name() for p in compiled.inputs]
-    outputs = [p.get_any_name() for p in compiled.outputs]
-
-    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        result = request.infer(feeds)
-        return [np.asarray(result[compiled.output(name)]) for name in outputs]
-
-    return Session(path, backend, run, inputs, outputs, _onnx_metadata(path), ["CPU"])
-
-
-def _onnx_metadata(path: Path) -> dict[str, str]:
-    """Metadata properties of an ONNX file, read without loading its weights."""
-    import onnx
-
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        sess = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+    except Exception as e:  # onnxruntime raises its own InvalidProtobuf / Fail / InvalidGraph types
+        raise ValueError(f"{path}: onnxruntime cannot load this file as an ONNX model ({type(e).__name__}: {e})") from e
+    outputs = [o.name for o in sess.get_outputs()]
+    return Session(
+        path,
+        "onnxruntime",
+        lambda feeds: sess.run(outputs, feeds),
+        [i.name for i in sess.get_inputs()],
+        outputs,
+        dict(sess.get_modelmeta().custom_metadata_map),
+        list(sess.get_providers()),
+    )

@@ -76,7 +76,7 @@ class OnnxTextEncoder:
 
     Args:
         path: the ``*.text.onnx`` file (its tokenizer file must sit beside it).
-        backend / providers / threads: see :func:`ovdet.deploy.session.open_session`.
+        providers / threads: see :func:`ovdet.deploy.session.open_session`.
         batch_size: prompts per run.
 
     Attributes:
@@ -91,13 +91,12 @@ class OnnxTextEncoder:
     def __init__(
         self,
         path: str | Path,
-        backend: str = "onnxruntime",
         providers: Sequence[str] | str | None = None,
         threads: int | None = None,
         batch_size: int = 256,
     ) -> None:
         self.path = Path(path)
-        self._session = open_session(self.path, backend, providers, threads)
+        self._session = open_session(self.path, providers, threads)
         meta = parse_metadata(self._session.metadata, TEXT_METADATA_KEY, self.path)
         self.metadata: dict[str, Any] = meta
         self.id: str = meta["encoder_id"]
@@ -116,7 +115,7 @@ class OnnxTextEncoder:
             raise ValueError(f"{self.path}: unknown tokenizer kind {meta['tokenizer']!r}")
 
     def __repr__(self) -> str:
-        return f"OnnxTextEncoder({str(self.path)!r}, id={self.id!r}, dim={self.dim}, backend={self._session.backend!r})"
+        return f"OnnxTextEncoder({str(self.path)!r}, id={self.id!r}, dim={self.dim})"
 
     def encode(self, texts: Sequence[str], templates: Sequence[str] | None = None) -> np.ndarray:
         """Embed ``texts`` (K strings) with the prompt templates (default: the export's).

@@ -8,7 +8,7 @@ that cannot be read, counting them. ``Detector.predict`` and validation both run
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -19,6 +19,7 @@ from ovdet.data.images import ImageReadError, SourceItem, iter_sources
 from ovdet.data.letterbox import letterbox, to_tensor, unletterbox_boxes
 from ovdet.device import autocast
 from ovdet.models.detector import OVDetector
+from ovdet.models.outputs import RawOutputs
 from ovdet.structures import Detections
 
 __all__ = ["BatchPredictor", "PredictionStream", "Predictor", "collect"]
@@ -45,6 +46,7 @@ class Predictor:
         dtype: autocast dtype (None: float32).
         auto: letterbox to the smallest stride multiple (True, ultralytics' predictor) or to
             exactly ``imgsz`` (False; what fixed-size exports see).
+        forward: what runs the network (default ``model`` itself; e.g. ``torch.compile(model)``).
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class Predictor:
         imgsz: int | tuple[int, int] = 640,
         dtype: torch.dtype | None = None,
         auto: bool = True,
+        forward: Callable[[torch.Tensor, torch.Tensor], RawOutputs] | None = None,
     ) -> None:
         if embeddings.ndim != 2 or embeddings.shape[0] != len(names):
             raise ValueError(
@@ -63,6 +66,7 @@ class Predictor:
             )
         self.model, self.names, self.embeddings = model, list(names), embeddings
         self.nms, self.imgsz, self.dtype, self.auto = nms, imgsz, dtype, auto
+        self.forward = model if forward is None else forward
 
     @torch.inference_mode()
     def __call__(
@@ -91,7 +95,7 @@ class Predictor:
             for idx in groups.values():
                 x = to_tensor([boxed[i][0] for i in idx]).to(device)  # (b, 3, H, W)
                 with autocast(device, self.dtype):
-                    raw = self.model(x, self.embeddings)
+                    raw = self.forward(x, self.embeddings)
                 for i, result in zip(idx, self.model.postprocess(raw, self.nms)):
                     info = boxed[i][1]
                     out[i] = Detections(

@@ -228,10 +228,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 def _to_half(proto: Any) -> Any:
     """The graph in float16 with float32 inputs and outputs (for GPU execution providers)."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    # NonMaxSuppression and the decode's arithmetic stay float32 where the converter must.
-    return convert_float_to_float16(proto, keep_io_types=True, op_block_list=["NonMaxSuppression"])
+    # NMS and the anchor grid (Range has no float16 form) stay float32.
+    blocked = [*DEFAULT_OP_BLOCK_LIST, "NonMaxSuppression", "Range"]
+    return convert_float_to_float16(proto, keep_io_types=True, op_block_list=blocked)
 
 
 def export_detector(

@@ -26,7 +26,10 @@ from ovdet.structures import Detections
 from ovdet.text.base import TextEncoder
 from ovdet.text.files import save_embeddings
 
-__all__ = ["check_against_pytorch", "export_model", "int8_path"]
+__all__ = ["HELD_OUT", "check_against_pytorch", "export_model", "int8_path"]
+
+#: images of the calibration folder (after the calibration ones) the int8 report is measured on.
+HELD_OUT = 64
 
 
 def int8_path(path: str | Path) -> Path:
@@ -58,7 +61,8 @@ def export_model(
     Returns:
         :class:`ExportResult`; with ``cfg.int8``, ``checks["int8"]`` holds the fp32-vs-int8
         :class:`~ovdet.export.check.MatchReport` (as a dict) on held-out images of the
-        calibration folder, ``checks["int8_images"]`` says which images were used.
+        calibration folder (up to :data:`HELD_OUT` images after the calibration ones, by name),
+        ``checks["int8_images"]`` says which images were used.
     """
     path = Path(path)
     result = export_detector(model, path, cfg, list(names), embeddings, encoder_id)
@@ -77,7 +81,7 @@ def export_model(
         set_metadata(path, meta)
     if cfg.int8:
         assert cfg.calib is not None  # ExportConfig checks it
-        images, _, _ = calibration_images(cfg.calib, cfg.calib_images + 16)
+        images, _, _ = calibration_images(cfg.calib, cfg.calib_images + HELD_OUT)
         calib, held_out = images[: cfg.calib_images], images[cfg.calib_images :]
         emb = None if embeddings is None or not cfg.dynamic_vocab else embeddings.float().cpu().numpy()
         q = quantize_int8(path, int8_path(path), calib, cfg.imgsz, meta["stride"], emb)

@@ -62,13 +62,8 @@ class OVDetector(nn.Module):
             raise ValueError(
                 f"text must be (K, {self.cfg.embed_dim}) or ({b}, K, {self.cfg.embed_dim}), got {tuple(text.shape)}"
             )
-        feats = self.backbone(images)
-        feats = self.neck(feats, text, text_mask)
-        box_logits, cls_logits = self.head(feats, text)
-        anchors, strides = make_anchors(
-            [f.shape[2:] for f in feats], self.cfg.strides, box_logits.dtype, box_logits.device
-        )
-        return RawOutputs(box_logits, cls_logits, anchors, strides)
+        feats = self.neck(self.backbone(images), text, text_mask)
+        return head_outputs(self.head, feats, text, self.cfg.strides)
 
     def decode(self, raw: RawOutputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Boxes and class scores of every anchor (see :func:`decode_outputs`)."""
@@ -122,6 +117,16 @@ class OVDetector(nn.Module):
     def is_fused(self) -> bool:
         """True once :meth:`fuse` has folded the BatchNorms."""
         return not any(isinstance(m, nn.BatchNorm2d) for m in self.modules())
+
+
+def head_outputs(
+    head: nn.Module, feats: list[torch.Tensor], text: torch.Tensor, strides: tuple[int, ...]
+) -> RawOutputs:
+    """The head's logits over the neck's ``feats`` (scored against ``text`` (B, K, D)) with the
+    anchors of those feature maps: the last step of every detector's ``forward``."""
+    box_logits, cls_logits = head(feats, text)
+    anchors, anchor_strides = make_anchors([f.shape[2:] for f in feats], strides, box_logits.dtype, box_logits.device)
+    return RawOutputs(box_logits, cls_logits, anchors, anchor_strides)
 
 
 def decode_outputs(raw: RawOutputs, reg_max: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,9 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovdet.config import ModelConfig, NMSConfig
-from ovdet.models.detector import OVDetector, decode_outputs, postprocess_outputs
+from ovdet.models.detector import OVDetector, decode_outputs, head_outputs, postprocess_outputs
 from ovdet.models.head import BNContrastiveHead
-from ovdet.models.layers import make_anchors
 from ovdet.models.neck import MaxSigmoidAttention
 from ovdet.models.outputs import NMSOutput, RawOutputs
 
@@ -125,12 +124,7 @@ class FoldedDetector(nn.Module):
         """
         b = images.shape[0]
         text = self.text.to(images.dtype).expand(b, -1, -1)  # (B, K, D); only v1's pooling attention reads it
-        feats = self.neck(self.backbone(images), text)
-        box_logits, cls_logits = self.head(feats, text)
-        anchors, strides = make_anchors(
-            [f.shape[2:] for f in feats], self.cfg.strides, box_logits.dtype, box_logits.device
-        )
-        return RawOutputs(box_logits, cls_logits, anchors, strides)
+        return head_outputs(self.head, self.neck(self.backbone(images), text), text, self.cfg.strides)
 
     def decode(self, raw: RawOutputs) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, A, 4) xyxy input-pixel boxes and (B, A, K) scores (see :func:`decode_outputs`)."""

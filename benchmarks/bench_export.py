@@ -1,0 +1,163 @@
+"""Deployment speed: ultralytics PyTorch predict vs ovdet PyTorch vs ovdet's exports, same weights, one run.
+
+One random ultralytics YOLO-World v2 model (its BatchNorm statistics set on real coco128 images,
+so scores look like a trained model's) is saved as ultralytics saves checkpoints and converted
+to ovdet; the same 80-class text embeddings go to both. Every row predicts the same coco128
+image files end to end (decode + letterbox + network + NMS) at 640, batch 1, with the same
+conf/iou; rows run interleaved (A B C … A B C …) and the medians over rounds are compared with
+ultralytics' (ratio = time / ultralytics' time, lower is better).
+
+    python benchmarks/bench_export.py --data ../shared/data --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import torch
+
+
+def calibrate_bn(model: torch.nn.Module, images: list[Path], text: torch.Tensor) -> None:
+    """BatchNorm statistics of ``model`` (an ultralytics WorldModel) set on real images."""
+    from ovdet.data.letterbox import letterbox, to_tensor
+
+    x = to_tensor([letterbox(cv2.imread(str(p)), 640, auto=False)[0] for p in images])
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model.predict(x, txt_feats=text[None].expand(len(x), -1, -1))
+    model.eval()
+
+
+def openvino_detector(path: Path, threads: int):
+    """An ``OnnxDetector`` whose graph runs on OpenVINO (CPU, float32 kernels) instead of onnxruntime."""
+    import openvino as ov
+
+    from ovdet.deploy import OnnxDetector
+    from ovdet.deploy.session import Session
+
+    det = OnnxDetector(path, threads=threads)
+    core = ov.Core()
+    # float32 kernels: OpenVINO picks bf16 on CPUs that have it, which changes the outputs
+    compiled = core.compile_model(
+        core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+    )
+    request = compiled.create_infer_request()
+    outputs = [p.get_any_name() for p in compiled.outputs]
+
+    def run(feeds):
+        result = request.infer(feeds)
+        return [result[compiled.output(name)] for name in outputs]
+
+    inputs = [p.get_any_name() for p in compiled.inputs]
+    det.session = Session(path, "openvino", run, inputs, outputs, det.session.metadata, ["CPU"])
+    return det
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=os.environ.get("OVDET_DATA", "../shared/data"))
+    ap.add_argument("--scale", default="s")
+    ap.add_argument("--images", type=int, default=16, help="coco128 files predicted per round")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--conf", type=float, default=0.25)
+    ap.add_argument("--classes", type=int, default=80)
+    ap.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO rows (pip install openvino for them)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import WorldModel
+
+    from ovdet import Detector
+    from ovdet.deploy import OnnxDetector
+
+    files = sorted((Path(args.data) / "coco128" / "images" / "train2017").glob("*.jpg"))
+    paths = [str(p) for p in files[: args.images]]
+    names = [f"class {i}" for i in range(args.classes)]
+    text = torch.nn.functional.normalize(
+        torch.randn(args.classes, 512, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
+    torch.manual_seed(0)
+    theirs = WorldModel(f"yolov8{args.scale}-worldv2.yaml", verbose=False)
+    calibrate_bn(theirs, files[64:72], text)
+    tmp = Path(tempfile.mkdtemp(prefix="ovdet-bench-export-"))
+    pt = tmp / "m.pt"
+    torch.save(
+        {"model": copy.deepcopy(theirs).half(), "ema": None, "optimizer": None, "epoch": -1, "train_args": {}}, pt
+    )
+
+    det = Detector.from_ultralytics(pt, trust=True, device="cpu")
+    det.set_class_embeddings(names, text)
+    det.fuse()
+    yolo = YOLO(str(pt), task="detect")
+    yolo.model.txt_feats = text[None].clone()
+    yolo.model.model[-1].nc = args.classes
+    yolo.model.names = dict(enumerate(names))
+
+    t0 = time.perf_counter()
+    baked = det.export(
+        tmp / "baked.onnx", int8=True, calib=str(Path(args.data) / "coco128/images/train2017"), calib_images=32
+    )
+    dynamic = det.export(tmp / "dynamic.onnx", dynamic_vocab=True, text_encoder=False)
+    export_s = time.perf_counter() - t0
+    int8 = baked.files[-1]
+
+    rows: dict[str, object] = {
+        "ultralytics PyTorch": lambda: yolo.predict(
+            paths, conf=args.conf, iou=0.7, imgsz=640, verbose=False, device="cpu"
+        ),
+        "ovdet PyTorch": lambda: det.predict(paths, conf=args.conf, iou=0.7, imgsz=640, keep_images=False),
+    }
+    runners = {
+        "ovdet onnxruntime fp32": OnnxDetector(baked.path, threads=args.threads),
+        "ovdet onnxruntime fp32, dynamic vocab": OnnxDetector(dynamic.path, threads=args.threads),
+        "ovdet onnxruntime int8": OnnxDetector(int8, threads=args.threads),
+    }
+    if not args.no_openvino:
+        runners["ovdet export on OpenVINO fp32"] = openvino_detector(baked.path, args.threads)
+        runners["ovdet export on OpenVINO int8"] = openvino_detector(int8, args.threads)
+    runners["ovdet onnxruntime fp32, dynamic vocab"].set_class_embeddings(names, text.numpy())
+    for name, runner in runners.items():
+        rows[name] = lambda r=runner: r.predict(paths, conf=args.conf, iou=0.7, imgsz=640, keep_images=False)
+
+    counts = {name: sum(len(d) for d in fn()) for name, fn in rows.items()}  # warm-up (every shape) + box counts
+    # ultralytics' predictor setup calls torch.set_num_threads(cpu_count - 1); every row gets --threads
+    threads_seen = set()
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    for _ in range(args.rounds):
+        for name, fn in rows.items():
+            torch.set_num_threads(args.threads)
+            t = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t) / len(paths))
+            threads_seen.add(torch.get_num_threads())
+    base = statistics.median(times["ultralytics PyTorch"])
+    print(
+        f"v2-{args.scale}, 640, CPU {platform.processor() or platform.machine()} x{os.cpu_count()} cores, "
+        f"{args.threads} threads, {len(paths)} coco128 files x {args.rounds} interleaved rounds, "
+        f"{args.classes} classes, conf {args.conf}; exports took {export_s:.0f} s; int8 kept "
+        f"{100 * baked.checks['int8']['fraction']:.1f}% of fp32 boxes on held-out images"
+    )
+    print(f"{'':40} {'ms/image':>9} {'spread':>8} {'ratio':>6} {'boxes':>6}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"{name:40} {1e3 * med:9.1f} {1e3 * (max(ts) - min(ts)):8.1f} {med / base:6.2f} {counts[name]:6d}")
+    print(f"torch threads during the rounds: {sorted(threads_seen)}")
+    print("ratio = time / ultralytics PyTorch time (lower is better); targets: onnxruntime fp32 <= 0.5, int8 <= 0.3")
+
+
+if __name__ == "__main__":
+    main()
