@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import sys
 import time
@@ -546,6 +547,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"  int8 keeps {r['matched']}/{r['reference_boxes']} fp32 boxes ({100 * r['fraction']:.1f}%, score > "
             f"{r['min_score']}, IoU >= {r['iou']}, same label) on {r['images']} {result.checks['int8_images']} images"
         )
+    for reason in result.checks.get("calib_skipped", []):
+        print(f"  skipped calibration file: {reason}")
     if args.format == "engine":
         from ovdet.export.tensorrt import build_engine
 
@@ -556,7 +559,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         from ovdet.deploy import OnnxDetector
         from ovdet.export.pipeline import check_against_pytorch
 
-        images = [it.image for it in iter_sources(check_source) if it.image is not None][: args.check_images]
+        readable = (it.image for it in iter_sources(check_source) if it.image is not None)
+        images = list(itertools.islice(readable, args.check_images))  # decode only what the check uses
         onnx = OnnxDetector(output)
         if onnx.dynamic:
             onnx.set_class_embeddings(det.names, det.class_embeddings)

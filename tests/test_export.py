@@ -306,6 +306,7 @@ def test_int8_keeps_fp32_boxes_on_held_out_images(demo: Detector, data_dir: Path
     assert q.name == "m.int8.onnx" and q.stat().st_size < 0.45 * result.path.stat().st_size
     report = result.checks["int8"]
     assert result.checks["int8_images"] == "held-out" and report["images"] == 64
+    assert result.checks["calib_skipped"] == []
     assert report["reference_boxes"] >= 200
     assert report["fraction"] >= INT8_KEEPS, report
     assert report["min_iou"] >= 0.9

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from ovdet.data.letterbox import letterbox, unletterbox_boxes
+from ovdet.data.letterbox import unletterbox_boxes
 from ovdet.deploy.metadata import METADATA_KEY, parse_metadata
 from ovdet.deploy.postprocess import select
 from ovdet.deploy.session import Session, open_session
 from ovdet.deploy.text import OnnxTextEncoder
-from ovdet.engine.predict import PredictionStream, collect
+from ovdet.engine.predict import PredictionStream, collect, letterbox_groups
 from ovdet.structures import Detections
 from ovdet.text.base import validate_class_names
 
@@ -79,12 +79,9 @@ class OnnxPredictor:
         self, images: Sequence[np.ndarray], sources: Sequence[str | None], keep_images: bool = True
     ) -> list[Detections]:
         """Detections of B (H, W, 3) uint8 BGR images, in order (same-shape sub-batches)."""
-        boxed = [letterbox(im, self.imgsz, stride=self.stride, auto=not self.fixed) for im in images]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, (arr, _) in enumerate(boxed):
-            groups.setdefault(arr.shape[:2], []).append(i)
+        boxed, groups = letterbox_groups(images, self.imgsz, self.stride, auto=not self.fixed)
         out: list[Detections | None] = [None] * len(images)
-        for idx in groups.values():
+        for idx in groups:
             outputs = self.raw(images_to_array([boxed[i][0] for i in idx]))
             for j, i in enumerate(idx):
                 bx, sc, lb = self._select(outputs, j)

@@ -16,13 +16,13 @@ import torch
 
 from ovdet.config import NMSConfig
 from ovdet.data.images import ImageReadError, SourceItem, iter_sources
-from ovdet.data.letterbox import letterbox, to_tensor, unletterbox_boxes
+from ovdet.data.letterbox import LetterboxInfo, letterbox, to_tensor, unletterbox_boxes
 from ovdet.device import autocast
 from ovdet.models.detector import OVDetector
 from ovdet.models.outputs import RawOutputs
 from ovdet.structures import Detections
 
-__all__ = ["BatchPredictor", "PredictionStream", "Predictor", "collect"]
+__all__ = ["BatchPredictor", "PredictionStream", "Predictor", "collect", "letterbox_groups"]
 
 
 class BatchPredictor(Protocol):
@@ -32,6 +32,22 @@ class BatchPredictor(Protocol):
     def __call__(
         self, images: Sequence[np.ndarray], sources: Sequence[str | None], keep_images: bool = True
     ) -> list[Detections]: ...
+
+
+def letterbox_groups(
+    images: Sequence[np.ndarray], imgsz: int | tuple[int, int], stride: int, auto: bool = True
+) -> tuple[list[tuple[np.ndarray, LetterboxInfo]], list[list[int]]]:
+    """Letterbox every image and group the indices of those that came out the same shape
+    (each group is one batch through the network, so batched equals one by one).
+
+    Returns:
+        (letterboxed image and its info, per image) and the index groups, in first-seen order.
+    """
+    boxed = [letterbox(im, imgsz, stride=stride, auto=auto) for im in images]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (arr, _) in enumerate(boxed):
+        groups.setdefault(arr.shape[:2], []).append(i)
+    return boxed, list(groups.values())
 
 
 class Predictor:
@@ -84,15 +100,12 @@ class Predictor:
         """
         device = self.embeddings.device
         stride = max(self.model.cfg.strides)
-        boxed = [letterbox(im, self.imgsz, stride=stride, auto=self.auto) for im in images]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, (arr, _) in enumerate(boxed):
-            groups.setdefault(arr.shape[:2], []).append(i)
+        boxed, groups = letterbox_groups(images, self.imgsz, stride, self.auto)
         out: list[Detections | None] = [None] * len(images)
         was_training = self.model.training
         self.model.eval()
         try:
-            for idx in groups.values():
+            for idx in groups:
                 x = to_tensor([boxed[i][0] for i in idx]).to(device)  # (b, 3, H, W)
                 with autocast(device, self.dtype):
                     raw = self.forward(x, self.embeddings)

@@ -12,11 +12,13 @@ Graph outputs:
     int64, grouped by image, descending score within an image, at most ``max_det`` per image.
 
 What a runtime needs to use the file (vocabulary, thresholds, text encoder) is stored as JSON in
-the model's metadata under :data:`METADATA_KEY` (see :func:`read_metadata`).
+the model's metadata under :data:`METADATA_KEY` (see :func:`ovdet.deploy.metadata.parse_metadata`).
 """
 
 from __future__ import annotations
 
+import copy
+import io
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -30,12 +32,12 @@ from torch import nn
 
 from ovdet._version import __version__
 from ovdet.config import ExportConfig
-from ovdet.deploy.metadata import METADATA_KEY, parse_metadata
+from ovdet.deploy.metadata import METADATA_KEY
 from ovdet.io import atomic_write
 from ovdet.models.detector import OVDetector, decode_outputs
 from ovdet.models.folded import FoldedDetector, fold_vocabulary
 
-__all__ = ["ExportGraph", "ExportResult", "export_detector", "graph_signature", "read_metadata"]
+__all__ = ["ExportGraph", "ExportResult", "export_detector", "export_files", "graph_signature", "set_metadata"]
 
 
 class _NonMaxSuppression(torch.autograd.Function):
@@ -162,7 +164,7 @@ class ExportResult:
 
     Attributes:
         path: the detector graph.
-        metadata: the JSON stored in it (see :func:`read_metadata`).
+        metadata: the JSON stored in it (see :func:`ovdet.deploy.metadata.parse_metadata`).
         inputs / outputs: ``(name, shape, dtype)`` of the graph's inputs and outputs, as the
             file declares them (dynamic axes by name).
         files: every file written (detector, text encoder, tokenizer, vocabulary, int8 model).
@@ -188,13 +190,13 @@ def _write_model(proto: Any, path: Path, metadata: dict[str, Any]) -> Path:
 
 
 def describe_graph(
-    path: str | Path,
+    proto: Any,
 ) -> tuple[list[tuple[str, list[int | str], str]], list[tuple[str, list[int | str], str]]]:
-    """``(inputs, outputs)`` of an ONNX file: ``(name, shape, element type)`` each, shapes with
+    """``(inputs, outputs)`` of an ONNX model: ``(name, shape, element type)`` each, shapes with
     dynamic axes by name."""
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
+    graph = proto.graph
 
     def entries(values: Any) -> list[tuple[str, list[int | str], str]]:
         out = []
@@ -205,25 +207,6 @@ def describe_graph(
         return out
 
     return entries(graph.input), entries(graph.output)
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """ovdet's JSON description stored in an exported detector file.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not an ONNX file, or one without ovdet metadata (the path is named).
-    """
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such ONNX file")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError and friends
-        raise ValueError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
-    return parse_metadata({p.key: p.value for p in proto.metadata_props}, METADATA_KEY, path)
 
 
 def _to_half(proto: Any) -> Any:
@@ -242,6 +225,7 @@ def export_detector(
     names: list[str],
     embeddings: torch.Tensor | None,
     encoder_id: str,
+    extra: dict[str, Any] | None = None,
 ) -> ExportResult:
     """Write the detector graph (and its metadata) to ``path``.
 
@@ -252,6 +236,7 @@ def export_detector(
         names: the current vocabulary (K names; may be empty for a dynamic-vocabulary export).
         embeddings: (K, D) the current vocabulary's embeddings, or None.
         encoder_id: the text encoder the embeddings came from (stored for the runtime).
+        extra: more metadata entries (e.g. the names of the text-encoder files beside it).
 
     Returns:
         :class:`ExportResult` for the detector file (the caller adds text-encoder files).
@@ -274,8 +259,6 @@ def export_detector(
     device = next(model.parameters()).device
     d = model.cfg.embed_dim
     if cfg.dynamic_vocab:
-        import copy
-
         net: FoldedDetector | OVDetector = copy.deepcopy(model).eval().fuse()
     else:
         net = fold_vocabulary(model, embeddings)
@@ -289,8 +272,6 @@ def export_detector(
         example += (F.normalize(example_emb.to(device, torch.float32), dim=-1),)
     fixed_size = model.cfg.version == 1
     inputs, outputs, axes = graph_signature(cfg.dynamic_vocab, cfg.nms, fixed_size)
-
-    import io
 
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -331,9 +312,26 @@ def export_detector(
         "inputs": inputs,
         "outputs": outputs,
     }
+    metadata.update(extra or {})
     _write_model(proto, path, metadata)
-    ins, outs = describe_graph(path)
+    ins, outs = describe_graph(proto)
     return ExportResult(path, metadata, ins, outs, files=[path])
+
+
+def export_files(model_path: str | Path) -> dict[str, Path]:
+    """The files an export of ``model.onnx`` writes beside it: ``text_model`` (``model.text.onnx``),
+    ``bpe`` / ``tokenizer_json`` (its tokenizer), ``vocab`` (``model.vocab.safetensors``) and
+    ``int8`` (``model.int8.onnx``)."""
+    model_path = Path(model_path)
+    stem = model_path.name[: -len(".onnx")] if model_path.name.endswith(".onnx") else model_path.name
+    parent = model_path.parent
+    return {
+        "text_model": parent / f"{stem}.text.onnx",
+        "bpe": parent / f"{stem}.text.bpe.txt.gz",
+        "tokenizer_json": parent / f"{stem}.text.tokenizer.json",
+        "vocab": parent / f"{stem}.vocab.safetensors",
+        "int8": parent / f"{stem}.int8.onnx",
+    }
 
 
 def set_metadata(path: str | Path, metadata: dict[str, Any]) -> None:

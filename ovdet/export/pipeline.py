@@ -18,25 +18,18 @@ from ovdet.config import ExportConfig, NMSConfig
 from ovdet.deploy.runtime import OnnxDetector
 from ovdet.engine.predict import Predictor
 from ovdet.export.check import MatchReport, match_detections
-from ovdet.export.onnx import ExportResult, export_detector, set_metadata
+from ovdet.export.onnx import ExportResult, export_detector, export_files, set_metadata
 from ovdet.export.quantize import calibration_images, quantize_int8
-from ovdet.export.text import export_text_encoder, text_file_names
+from ovdet.export.text import export_text_encoder
 from ovdet.models.detector import OVDetector
 from ovdet.structures import Detections
 from ovdet.text.base import TextEncoder
 from ovdet.text.files import save_embeddings
 
-__all__ = ["HELD_OUT", "check_against_pytorch", "export_model", "int8_path"]
+__all__ = ["HELD_OUT", "check_against_pytorch", "export_model"]
 
 #: images of the calibration folder (after the calibration ones) the int8 report is measured on.
 HELD_OUT = 64
-
-
-def int8_path(path: str | Path) -> Path:
-    """``model.onnx`` → ``model.int8.onnx``."""
-    path = Path(path)
-    stem = path.name[: -len(".onnx")] if path.name.endswith(".onnx") else path.name
-    return path.with_name(f"{stem}.int8.onnx")
 
 
 def export_model(
@@ -62,29 +55,32 @@ def export_model(
         :class:`ExportResult`; with ``cfg.int8``, ``checks["int8"]`` holds the fp32-vs-int8
         :class:`~ovdet.export.check.MatchReport` (as a dict) on held-out images of the
         calibration folder (up to :data:`HELD_OUT` images after the calibration ones, by name),
-        ``checks["int8_images"]`` says which images were used.
+        ``checks["int8_images"]`` says which images were used and ``checks["calib_skipped"]``
+        lists the unreadable files of the folder that were skipped.
     """
     path = Path(path)
-    result = export_detector(model, path, cfg, list(names), embeddings, encoder_id)
-    meta = result.metadata
-    if cfg.dynamic_vocab:
-        files = text_file_names(path)
+    files = export_files(path)
+    extra: dict[str, str] = {}
+    written: list[Path] = []
+    if cfg.dynamic_vocab:  # the files beside the model first: the model's metadata names them
         if cfg.text_encoder and text_encoder is not None:
-            text_meta, written = export_text_encoder(text_encoder, path, cfg.opset)
-            meta["text_model"] = text_meta["file"]
-            result.files += written
+            text_meta, text_files = export_text_encoder(text_encoder, path, cfg.opset)
+            extra["text_model"] = text_meta["file"]
+            written += text_files
         if embeddings is not None:
-            result.files.append(
-                save_embeddings(files["vocab"], names, embeddings.cpu(), encoder_id, model.cfg.text.templates)
-            )
-            meta["vocab_file"] = files["vocab"].name
-        set_metadata(path, meta)
+            templates = model.cfg.text.templates
+            written.append(save_embeddings(files["vocab"], names, embeddings.cpu(), encoder_id, templates))
+            extra["vocab_file"] = files["vocab"].name
+    result = export_detector(model, path, cfg, list(names), embeddings, encoder_id, extra)
+    result.files += written
+    meta = result.metadata
     if cfg.int8:
         assert cfg.calib is not None  # ExportConfig checks it
-        images, _, _ = calibration_images(cfg.calib, cfg.calib_images + HELD_OUT)
+        images, _, skipped = calibration_images(cfg.calib, cfg.calib_images + HELD_OUT)
+        result.checks["calib_skipped"] = [reason for _, reason in skipped]  # each reason names its file
         calib, held_out = images[: cfg.calib_images], images[cfg.calib_images :]
         emb = None if embeddings is None or not cfg.dynamic_vocab else embeddings.float().cpu().numpy()
-        q = quantize_int8(path, int8_path(path), calib, cfg.imgsz, meta["stride"], emb)
+        q = quantize_int8(path, files["int8"], calib, cfg.imgsz, meta["stride"], emb)
         set_metadata(q, {**meta, "precision": "int8"})
         result.files.append(q)
         report_images = held_out or calib

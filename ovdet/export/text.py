@@ -28,12 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovdet.deploy.metadata import TEXT_METADATA_KEY
+from ovdet.export.onnx import export_files
 from ovdet.io import atomic_write, atomic_write_text
 from ovdet.text.base import TextEncoder
 from ovdet.text.openclip import OpenCLIPTextEncoder
 from ovdet.text.sentence import SentenceTransformerEncoder
 
-__all__ = ["export_text_encoder", "text_file_names"]
+__all__ = ["export_text_encoder"]
 
 
 class _CLIPTextGraph(nn.Module):
@@ -62,19 +63,6 @@ class _SentenceGraph(nn.Module):
     ) -> torch.Tensor:
         features = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         return F.normalize(self.model(features)["sentence_embedding"].float(), dim=-1)
-
-
-def text_file_names(model_path: str | Path) -> dict[str, Path]:
-    """Where an export of ``model.onnx`` puts its text files (``model.text.onnx``, tokenizer files)."""
-    model_path = Path(model_path)
-    stem = model_path.name[: -len(".onnx")] if model_path.name.endswith(".onnx") else model_path.name
-    parent = model_path.parent
-    return {
-        "text_model": parent / f"{stem}.text.onnx",
-        "bpe": parent / f"{stem}.text.bpe.txt.gz",
-        "tokenizer_json": parent / f"{stem}.text.tokenizer.json",
-        "vocab": parent / f"{stem}.vocab.safetensors",
-    }
 
 
 def _export(graph: nn.Module, example: tuple[torch.Tensor, ...], names: list[str], axes: dict, opset: int) -> Any:
@@ -106,7 +94,7 @@ def export_text_encoder(
         encoder: an :class:`~ovdet.text.OpenCLIPTextEncoder` with CLIP's BPE tokenizer, or a
             :class:`~ovdet.text.SentenceTransformerEncoder` with a fast tokenizer.
         model_path: the detector's ``.onnx`` path; text files are named after it
-            (:func:`text_file_names`).
+            (:func:`~ovdet.export.onnx.export_files`).
         opset: ONNX opset.
 
     Returns:
@@ -119,7 +107,7 @@ def export_text_encoder(
     """
     import onnx
 
-    files = text_file_names(model_path)
+    files = export_files(model_path)
     written: list[Path] = []
     meta: dict[str, Any] = {
         "format": "ovdet-text-onnx",
