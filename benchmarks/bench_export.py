@@ -17,27 +17,15 @@ import copy
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import torch
 
-
-def calibrate_bn(model: torch.nn.Module, images: list[Path], text: torch.Tensor) -> None:
-    """BatchNorm statistics of ``model`` (an ultralytics WorldModel) set on real images."""
-    from ovdet.data.letterbox import letterbox, to_tensor
-
-    x = to_tensor([letterbox(cv2.imread(str(p)), 640, auto=False)[0] for p in images])
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model.predict(x, txt_feats=text[None].expand(len(x), -1, -1))
-    model.eval()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import calibrate_bn  # noqa: E402
 
 
 def openvino_detector(path: Path, threads: int):

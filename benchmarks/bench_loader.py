@@ -16,6 +16,7 @@ ovdet/ultralytics ratios (> 1: ovdet faster).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -62,6 +63,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=3, help="timed passes per loader (alternating)")
+    ap.add_argument("--json", type=Path, help="also write the rates here")
     args = ap.parse_args()
 
     os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -104,6 +106,9 @@ def main() -> None:
     print(f"{'loader':<18} {'img/s':>8} {'ratio':>6}")
     for name, rate in rates.items():
         print(f"{name:<18} {rate:8.1f} {rate / rates['ultralytics']:6.2f}")
+    if args.json:
+        info = {"imgsz": args.imgsz, "batch": args.batch, "workers": args.workers, "epochs": args.epochs}
+        args.json.write_text(json.dumps({**info, "rates": rates}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,17 +1,28 @@
-"""Inference throughput: ovdet vs ultralytics on the same YOLO-World weights, same run.
+"""Inference speed and memory: ovdet vs ultralytics on the same YOLO-World weights, one run.
 
-Both models are built from the same random ultralytics WorldModel (converted for ovdet), fed the
-same letterboxed coco128 batch and the same text embeddings; the network forward (plus decode
-and NMS for the end-to-end rows) is timed with CUDA synchronisation. Prints a table with the
-ovdet/ultralytics speed ratio (> 1: ovdet faster).
+One random ultralytics v2 model (BatchNorm statistics set on coco128) is saved as ultralytics
+saves checkpoints and converted to ovdet; both get the same text embeddings. Rows (interleaved,
+medians; ratio = ovdet time / ultralytics time, lower is better):
 
-    python benchmarks/bench_predict.py --data ../shared/data --scale s --device cuda:0
+- forward: the same letterboxed 640×640 coco128 batch through ultralytics' fused WorldModel, the
+  network ovdet's ``predict`` runs (vocabulary folded, channels-last) and ovdet's fused network
+  as it is;
+- end to end: ``YOLO.predict(folder, batch=b)`` vs ``Detector.predict(folder, batch=b)`` over
+  coco128 files (decode + letterbox + network + NMS + results in original pixels);
+- ``set_classes`` with the 1203 LVIS names, embeddings already cached (ovdet-demo's encoder);
+- peak RSS while streaming video frames through ``predict(..., stream=True)``.
+
+    python benchmarks/bench_predict.py --threads 2
+    python benchmarks/bench_predict.py --device cuda:0 --precision fp16 --batches 1,64
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import json
+import os
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,79 +30,236 @@ from pathlib import Path
 import cv2
 import torch
 
-
-def timeit(fn, device: torch.device, warmup: int = 5, iters: int = 30) -> float:
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t) / iters
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    DEFAULT_DATA,
+    coco128_files,
+    interleaved,
+    machine,
+    ovdet_detector,
+    ultralytics_pair,
+    ultralytics_predictor,
+)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default="../shared/data")
-    ap.add_argument("--scale", default="s")
-    ap.add_argument("--version", type=int, default=2)
-    ap.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--batches", default="1,16")
-    ap.add_argument("--classes", type=int, default=80)
-    ap.add_argument("--iters", type=int, default=30)
-    args = ap.parse_args()
+def rss_mb() -> float:
+    """Resident set size of this process in MiB (Linux /proc; ru_maxrss elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
 
-    from ultralytics.nn.tasks import WorldModel
-    from ultralytics.utils.nms import non_max_suppression
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    from ovdet import Detector
-    from ovdet.config import NMSConfig
+
+def write_video(path: Path, files: list[Path], frames: int, size: tuple[int, int] = (640, 480)) -> Path:
+    """An MJPG .avi of ``frames`` frames cycling through ``files`` (resized to ``size`` w×h)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, size)
+    images = [cv2.resize(cv2.imread(str(p)), size) for p in files[:32]]
+    for i in range(frames):
+        writer.write(images[i % len(images)])
+    writer.release()
+    return path
+
+
+def forward_rows(det, theirs, text: torch.Tensor, files: list[Path], batch: int, dtype, device: torch.device):
+    """Callables for the forward rows at one batch size (same input for all)."""
     from ovdet.data.letterbox import letterbox, to_tensor
 
+    x = to_tensor([letterbox(cv2.imread(str(p)), 640, auto=False)[0] for p in files[:batch]]).to(device)
+    folded = det.folded_network()
+    layout = next(folded.parameters()).is_contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if layout else torch.contiguous_format
+    txt = text.to(device)
+
+    def ctx():
+        return (
+            torch.autocast(device.type, dtype=dtype)
+            if dtype is not None
+            else torch.autocast(device.type, enabled=False)
+        )
+
+    def ul():
+        with torch.inference_mode(), ctx():
+            return theirs.predict(x, txt_feats=txt[None].expand(batch, -1, -1))
+
+    def ov_folded():
+        with torch.inference_mode(), ctx():
+            return folded(x.contiguous(memory_format=fmt))
+
+    def ov_plain():
+        with torch.inference_mode(), ctx():
+            return det.model(x, txt)
+
+    return {"ultralytics": ul, "ovdet (predict's network)": ov_folded, "ovdet (network as is)": ov_plain}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=DEFAULT_DATA)
+    ap.add_argument("--scale", default="s")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for every row (CPU)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--batches", default="1,4", help="forward batch sizes")
+    ap.add_argument("--e2e-batches", default="1,8", help="end-to-end batch sizes")
+    ap.add_argument("--files", type=int, default=16, help="coco128 files per end-to-end round")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--video-frames", type=int, default=1000, help="0: skip the video memory row")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: forward,e2e,set_classes,video")
+    ap.add_argument("--json", type=Path, help="also write the rows here")
+    args = ap.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    yaml = f"yolov8{args.scale}-world{'v2' if args.version == 2 else ''}.yaml"
-    torch.manual_seed(0)
-    theirs = WorldModel(yaml, verbose=False).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        pt = Path(tmp) / "m.pt"
-        torch.save({"model": copy.deepcopy(theirs).half()}, pt)
-        det = Detector.from_ultralytics(pt, trust=True, device=device)
+    dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    threads = args.threads if device.type == "cpu" else None
+
+    files = coco128_files(args.data)
+    tmp = Path(tempfile.mkdtemp(prefix="ovdet-bench-predict-"))
+    theirs, pt, text = ultralytics_pair(args.data, tmp, args.scale)
+    det = ovdet_detector(pt, text, device=str(device))
     theirs = theirs.float().to(device).fuse(verbose=False)
-    det.fuse()
-    imgs = sorted((Path(args.data) / "coco128/images/train2017").glob("*.jpg"))
-    text = torch.nn.functional.normalize(torch.randn(args.classes, 512), dim=-1).to(device)
-    theirs.model[-1].nc = args.classes
-    print(f"device={device} model={yaml} classes={args.classes} imgsz=640")
-    print(f"{'batch':>5} {'precision':>9} {'what':>10} {'ovdet ms':>9} {'ultra ms':>9} {'ratio':>6}")
-    for bs in [int(b) for b in args.batches.split(",")]:
-        x = to_tensor([letterbox(cv2.imread(str(p)), 640, stride=32, auto=False)[0] for p in imgs[:bs]]).to(device)
-        for prec in ["fp32", "fp16"] if device.type == "cuda" else ["fp32"]:
-            dtype = torch.float16 if prec == "fp16" else None
-            ctx = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype else torch.no_grad
+    theirs.model[-1].nc = len(text)
+    yolo = ultralytics_predictor(pt, text)
+    where = machine(device, threads)
+    print(f"v2-{args.scale}, 80 classes, 640, {args.precision}; {where}", flush=True)
+    rows: list[dict] = []
 
-            def ours_fwd():
-                with torch.inference_mode(), ctx():
-                    return det.model(x, text)
+    def report(figure: str, batch: int | str, timings, base: str = "ultralytics", extra: dict | None = None):
+        ref = timings[base].median
+        for name, t in timings.items():
+            row = {
+                "figure": figure,
+                "batch": batch,
+                "row": name,
+                "ms": 1e3 * t.median,
+                "spread_ms": 1e3 * t.spread,
+                "ratio": t.median / ref,
+                **(extra or {}).get(name, {}),
+            }
+            rows.append(row)
+            print(
+                f"{figure:<10} b{batch:<3} {name:<30} {row['ms']:8.1f} ms/img  spread {row['spread_ms']:6.1f}  "
+                f"ratio {row['ratio']:.3f}",
+                flush=True,
+            )
 
-            def theirs_fwd():
-                with torch.inference_mode(), ctx():
-                    return theirs.predict(x, txt_feats=text[None].expand(bs, -1, -1))
+    if "forward" not in skip:
+        for b in [int(v) for v in args.batches.split(",")]:
+            fns = forward_rows(det, theirs, text, files, b, dtype, device)
+            report("forward", b, interleaved(fns, args.rounds, items=b, warmup=2, threads=threads, sync=sync))
 
-            def ours_e2e():
-                with torch.inference_mode(), ctx():
-                    return det.model.postprocess(det.model(x, text), NMSConfig(conf=0.001, iou=0.7))
+    if "e2e" not in skip:
+        folder = tmp / "images"
+        folder.mkdir()
+        for p in files[: args.files]:
+            (folder / p.name).symlink_to(p.resolve())
+        half = dtype is not None
+        for b in [int(v) for v in args.e2e_batches.split(",")]:
+            kw = dict(conf=0.25, iou=0.7, imgsz=640, batch=b)
+            fns = {
+                "ultralytics": lambda kw=kw: yolo.predict(
+                    str(folder), verbose=False, device=str(device), **({"half": True} if half else {}), **kw
+                ),
+                "ovdet": lambda kw=kw: det.predict(str(folder), keep_images=False, precision=args.precision, **kw),
+                "ovdet (optimize=False)": lambda kw=kw: det.predict(
+                    str(folder), keep_images=False, precision=args.precision, optimize=False, **kw
+                ),
+            }
+            boxes = {name: {"boxes": sum(len(r) for r in fn())} for name, fn in fns.items()}
+            timings = interleaved(fns, args.rounds, items=args.files, warmup=0, threads=threads, sync=sync)
+            report("e2e", b, timings, extra=boxes)
 
-            def theirs_e2e():
-                with torch.inference_mode(), ctx():
-                    y = theirs.predict(x, txt_feats=text[None].expand(bs, -1, -1))[0]
-                    return non_max_suppression(y.float(), conf_thres=0.001, iou_thres=0.7)
+    if "set_classes" not in skip:
+        rows.extend(bench_set_classes(tmp, device))
 
-            for what, a, b in (("forward", ours_fwd, theirs_fwd), ("+NMS", ours_e2e, theirs_e2e)):
-                ta, tb = timeit(a, device, iters=args.iters), timeit(b, device, iters=args.iters)
-                print(f"{bs:>5} {prec:>9} {what:>10} {ta * 1e3:>9.2f} {tb * 1e3:>9.2f} {tb / ta:>6.2f}")
+    if "video" not in skip and args.video_frames:
+        rows.append(bench_video(tmp, files, args.video_frames, device))
+
+    if args.json:
+        args.json.write_text(json.dumps({"machine": where, "precision": args.precision, "rows": rows}, indent=1))
+    return rows
+
+
+def bench_set_classes(tmp: Path, device: torch.device) -> list[dict]:
+    """``set_classes`` with the 1203 LVIS names through ovdet-demo's encoder, cache already warm."""
+    from ovdet import Detector
+    from ovdet.text import EmbeddingCache
+    from ovdet.text.vocabulary import builtin_vocabulary
+
+    names = builtin_vocabulary("lvis")
+    det = Detector.from_pretrained("ovdet-demo", device=str(device))
+    det.cache = EmbeddingCache(tmp / "emb.safetensors")
+    t = time.perf_counter()
+    det.set_classes(names)  # encodes once and fills the cache
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(20):
+        t = time.perf_counter()
+        det.set_classes(names)
+        times.append(time.perf_counter() - t)
+    # a fresh detector reading the cache file from disk (another process's view)
+    fresh = Detector.from_pretrained("ovdet-demo", device=str(device))
+    fresh.cache = EmbeddingCache(tmp / "emb.safetensors")
+    t = time.perf_counter()
+    fresh.set_classes(names)
+    from_disk = time.perf_counter() - t
+    med = statistics.median(times)
+    print(
+        f"set_classes {len(names)} LVIS names: {1e3 * med:.2f} ms cached in memory (spread "
+        f"{1e3 * (max(times) - min(times)):.2f}), {1e3 * from_disk:.1f} ms from the cache file, "
+        f"{first:.1f} s uncached (encoding)",
+        flush=True,
+    )
+    return [
+        {
+            "figure": "set_classes",
+            "row": "cached (memory)",
+            "ms": 1e3 * med,
+            "spread_ms": 1e3 * (max(times) - min(times)),
+        },
+        {"figure": "set_classes", "row": "cached (file)", "ms": 1e3 * from_disk},
+        {"figure": "set_classes", "row": "uncached (encode)", "ms": 1e3 * first},
+    ]
+
+
+def bench_video(tmp: Path, files: list[Path], frames: int, device: torch.device) -> dict:
+    """Peak RSS growth while streaming ``frames`` 640×480 video frames through ovdet-demo at 320."""
+    from ovdet import Detector
+    from ovdet.text.vocabulary import builtin_vocabulary
+
+    video = write_video(tmp / "frames.avi", files, frames)
+    det = Detector.from_pretrained("ovdet-demo", device=str(device))
+    det.set_classes(builtin_vocabulary("coco"))
+    rss, n, boxes = [], 0, 0
+    t = time.perf_counter()
+    for d in det.predict(str(video), conf=0.25, imgsz=320, stream=True, keep_images=False):
+        n += 1
+        boxes += len(d)
+        rss.append(rss_mb())
+    seconds = time.perf_counter() - t
+    after100 = rss[min(99, len(rss) - 1)]
+    growth = max(rss[100:] or rss) - after100
+    print(
+        f"video: {n} frames streamed in {seconds:.1f} s ({n / seconds:.1f} fps, {boxes} boxes); RSS at frame 100 "
+        f"{after100:.0f} MiB, peak after it {max(rss):.0f} MiB, growth {growth:.1f} MiB (target <= 50)",
+        flush=True,
+    )
+    return {
+        "figure": "video",
+        "row": f"{n} frames, ovdet-demo at 320",
+        "frames": n,
+        "rss_at_100_mb": after100,
+        "peak_rss_mb": max(rss),
+        "growth_mb": growth,
+        "fps": n / seconds,
+    }
 
 
 if __name__ == "__main__":

@@ -19,9 +19,10 @@ import torch
 from ovdet.checkpoint import load_checkpoint, save_checkpoint
 from ovdet.config import EvalConfig, ModelConfig, NMSConfig, TextConfig, load_model_config
 from ovdet.device import resolve_device, resolve_precision
-from ovdet.engine.predict import PredictionStream, Predictor, collect
+from ovdet.engine.predict import FoldedCache, PredictionStream, Predictor, collect
 from ovdet.io import ovdet_home
 from ovdet.models.detector import OVDetector
+from ovdet.models.folded import FoldedDetector
 from ovdet.structures import Detections
 from ovdet.text import EmbeddingCache, TextEncoder, build_text_encoder, text_encoder_id, validate_class_names
 
@@ -57,6 +58,7 @@ class Detector:
         self._encoder_id = "precomputed"  # the encoder the current embeddings came from
         self.conversion_report = None  # set by from_ultralytics: what was loaded / left random
         self._forward: Any = None  # a compiled forward (see compile()), or None
+        self._folded = FoldedCache()  # the vocabulary-folded copy predict() runs (see predict(optimize=))
 
     @property
     def cfg(self) -> ModelConfig:
@@ -223,7 +225,7 @@ class Detector:
             if emb is not None:
                 return emb
         emb = self.cache.get_or_encode(self.text_encoder, names, templates)
-        if self.cache.path is not None:
+        if self.cache.path is not None and self.cache.unsaved:  # nothing new: no file rewrite
             try:
                 self.cache.save()
             except OSError as e:
@@ -286,6 +288,19 @@ class Detector:
         self.model.eval().fuse()
         return self
 
+    def folded_network(self) -> FoldedDetector:
+        """The network :meth:`predict` runs (``optimize=True``): the current vocabulary folded into a
+        fused copy of ``self.model``, in the device's fastest memory layout (channels-last on CPU
+        and CUDA). Built on first use and kept until the weights or the vocabulary change;
+        ``forward(images)`` equals ``self.model(images, self.class_embeddings)`` up to float rounding.
+
+        Raises:
+            RuntimeError: no vocabulary set.
+        """
+        if self._embeddings is None:
+            raise RuntimeError("no vocabulary: call set_classes([...]) or set_class_embeddings(...) first")
+        return self._folded.get(self.model, self._embeddings)
+
     def compile(self, **kwargs: Any) -> Detector:
         """Run :meth:`predict` through ``torch.compile(model, **kwargs)`` (e.g. ``mode="max-autotune"``).
 
@@ -311,6 +326,7 @@ class Detector:
         keep_images: bool = True,
         video_stride: int = 1,
         max_pixels: int | None = None,
+        optimize: bool = True,
     ) -> list[Detections] | PredictionStream:
         """Detect the current vocabulary in images.
 
@@ -328,6 +344,10 @@ class Detector:
             video_stride: use every n-th video frame.
             max_pixels: largest image (width × height) decoded; larger ones are skipped as
                 possible decompression bombs (None: ``$OVDET_MAX_PIXELS`` or 89,478,485; 0: no limit).
+            optimize: run a copy of the network with the vocabulary folded into its weights, in
+                channels-last layout (built at the first call, kept until the weights or the
+                vocabulary change; outputs equal up to float rounding, ~15–20% faster on CPU).
+                False runs ``self.model`` as it is (and is what a :meth:`compile` d model runs).
 
         Returns:
             One :class:`Detections` per readable image, in source order. Unreadable items of a
@@ -341,7 +361,10 @@ class Detector:
             raise RuntimeError("no vocabulary: call set_classes([...]) or set_class_embeddings(...) first")
         dtype = resolve_precision(precision, self.device)
         nms = NMSConfig(conf=conf, iou=iou, max_det=max_det, agnostic=agnostic_nms)
-        predictor = Predictor(self.model, self._names, self._embeddings, nms, imgsz, dtype, forward=self._forward)
+        folded = self.folded_network() if optimize and self._forward is None else None
+        predictor = Predictor(
+            self.model, self._names, self._embeddings, nms, imgsz, dtype, forward=self._forward, folded=folded
+        )
         run = PredictionStream(
             predictor, source, batch=batch, keep_images=keep_images, video_stride=video_stride, max_pixels=max_pixels
         )

@@ -7,7 +7,6 @@ import shutil
 import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -311,36 +310,6 @@ def test_ram_cache_gives_identical_samples(coco128: Dataset):
     for i in range(6):
         a, b = plain[i], cached[i]
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["boxes"], b["boxes"]) and a["texts"] == b["texts"]
-
-
-def test_fused_affine_crop_equals_affine_then_center_crop(coco128: Dataset):
-    import albumentations as A
-
-    from ovdet.data.transforms import AffineCenterCrop
-
-    image = cv2.resize(decode_image(coco128.records[0].path), (640, 640))
-    boxes = np.array([[10, 10, 100, 100], [300, 300, 350, 340], [150, 100, 500, 450], [600, 600, 640, 640]], np.float32)
-    kw = dict(scale=(0.5, 1.5), keep_ratio=True, translate_percent=(-0.05, 0.05), rotate=(-10, 10), fill=114, p=1.0)
-
-    def params():
-        return A.BboxParams(format="pascal_voc", label_fields=["ids"], min_visibility=0.1, clip=True)
-
-    ref = A.Compose([A.Affine(**kw), A.CenterCrop(320, 320)], bbox_params=params())
-    fused = A.Compose([AffineCenterCrop(320, **kw)], bbox_params=params())
-    kept = 0
-    for seed in range(10):
-        ref.set_random_seed(seed)
-        fused.set_random_seed(seed)
-        a = ref(image=image, bboxes=boxes, ids=np.arange(4))
-        b = fused(image=image, bboxes=boxes, ids=np.arange(4))
-        assert a["image"].shape == b["image"].shape == (320, 320, 3)
-        assert np.abs(a["image"].astype(int) - b["image"].astype(int)).max() <= 1
-        assert list(a["ids"]) == list(b["ids"])
-        np.testing.assert_allclose(
-            np.asarray(b["bboxes"]).reshape(-1, 4), np.asarray(a["bboxes"]).reshape(-1, 4), atol=1e-3
-        )
-        kept += len(a["ids"])
-    assert kept > 10
 
 
 def test_persistent_workers_follow_the_epoch(coco128: Dataset):

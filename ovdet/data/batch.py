@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.data import get_worker_info
 
 from ovdet.data.letterbox import LetterboxInfo
 
@@ -83,6 +84,20 @@ class Batch:
         return self.images.to(dtype) / 255.0
 
 
+def _stack_shared(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(tensors)``; in a DataLoader worker, straight into shared memory.
+
+    A worker's batch reaches the main process through shared memory: stacking into it saves
+    the copy that moving a private tensor there would make (as ``default_collate`` does).
+    """
+    first = tensors[0]
+    if get_worker_info() is None:
+        return torch.stack(list(tensors))
+    storage = torch.UntypedStorage._new_shared(len(tensors) * first.numel() * first.element_size())
+    out = torch.empty(0, dtype=first.dtype).set_(storage).view(len(tensors), *first.shape)
+    return torch.stack(list(tensors), out=out)
+
+
 def collate(items: Sequence[dict[str, Any]]) -> Batch:
     """Stack :class:`~ovdet.data.loader.DetectionDataset` items into a :class:`Batch`.
 
@@ -93,7 +108,7 @@ def collate(items: Sequence[dict[str, Any]]) -> Batch:
         raise ValueError("collate got an empty batch")
     counts = torch.tensor([len(b["labels"]) for b in items], dtype=torch.int64)  # (B,)
     return Batch(
-        images=torch.stack([b["image"] for b in items]),  # (B, 3, S, S)
+        images=_stack_shared([b["image"] for b in items]),  # (B, 3, S, S)
         boxes=torch.cat([b["boxes"] for b in items]).reshape(-1, 4),  # (M, 4)
         labels=torch.cat([b["labels"] for b in items]),  # (M,)
         batch_idx=torch.repeat_interleave(torch.arange(len(items), dtype=torch.int64), counts),  # (M,)

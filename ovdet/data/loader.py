@@ -30,7 +30,7 @@ from ovdet.data.transforms import (
     Sample,
     TrainAugment,
     letterbox_sample,
-    mosaic4,
+    mosaic_layout,
     swap_left_right,
 )
 
@@ -239,8 +239,8 @@ class DetectionDataset(torch.utils.data.Dataset):
                 j, part, _ = self._load_replacing(int(rng.integers(len(self))), rng, skipped)
                 used.append(j)
                 parts.append(part)
-            canvas = mosaic4(parts, self.imgsz, rng, self.augment)
-            sample, flipped = self._train_transform(canvas, int(rng.integers(2**31)), mosaic=True)
+            layout = mosaic_layout(parts, self.imgsz, rng, self.augment)
+            sample, flipped = self._train_transform(layout, int(rng.integers(2**31)), mosaic=True)
         else:
             sample, flipped = self._train_transform(main, int(rng.integers(2**31)), mosaic=False)
 
@@ -261,7 +261,8 @@ class DetectionDataset(torch.utils.data.Dataset):
             self.skipped += len(skipped)
             self.dropped += dropped
 
-        image = np.ascontiguousarray(sample.image[:, :, ::-1].transpose(2, 0, 1))  # (3, s, s) RGB
+        image = np.empty((3, *sample.image.shape[:2]), dtype=np.uint8)  # (3, s, s) RGB planes
+        cv2.split(sample.image, [image[2], image[1], image[0]])  # BGR → RGB planes, one pass
         return {
             "image": torch.from_numpy(image),
             "boxes": torch.from_numpy(sample.boxes.astype(np.float32).reshape(-1, 4)),

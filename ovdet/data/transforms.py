@@ -6,12 +6,17 @@ follow exactly the same geometry as positives and every surviving box can be tra
 
 Training (:class:`TrainAugment`), per image::
 
-    mosaic (probability ``mosaic``):  4 images, longest side = imgsz, around a centre drawn in
-                                      [0.5, 1.5]·imgsz on a 2·imgsz canvas → filter
-                                      → Affine (albumentations) on the canvas → CenterCrop imgsz
-    otherwise:                        letterbox to imgsz×imgsz (auto=False, no upscaling)
-                                      → Affine
-    then:                             HueSaturationValue → HorizontalFlip ("left" ↔ "right" in texts)
+    mosaic (probability ``mosaic``):  4 images, longest side = imgsz, placed around a centre drawn
+                                      in [0.5, 1.5]·imgsz on a 2·imgsz canvas → filter
+                                      → affine about the canvas centre → centre crop imgsz
+    otherwise:                        letterbox to imgsz×imgsz (auto=False, no upscaling) → affine
+    then:                             HSV shift (lookup tables) → horizontal flip ("left" ↔ "right"
+                                      in texts)
+
+The canvas is never painted on the default (axis-aligned: scale and shift) recipe: placement,
+affine and crop compose into one map per image, rendered by one resize of just the visible part
+of each image straight into the output (:func:`warp_layout`). With rotation or shear the canvas
+is painted and warped once, into the crop only.
 
 Boxes are filtered after every geometric step (min area, min visible fraction, min side, max
 aspect ratio). Randomness comes only from the per-item seed the caller passes, so an item is the
@@ -21,31 +26,37 @@ inference letterbox with ``auto=False``: pixel-identical to :func:`ovdet.data.le
 
 from __future__ import annotations
 
-import os
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import cv2
 import numpy as np
-
-# albumentations asks PyPI for a newer version when imported unless told not to, and ovdet makes
-# no network calls at import. A user's own setting wins.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-import albumentations as A  # noqa: E402
 
 from ovdet.config import AugmentConfig
 from ovdet.data.letterbox import PAD_VALUE, LetterboxInfo, letterbox
 from ovdet.data.records import ImageRecord
 
+try:  # a byte-translation kernel, ~10× faster than cv2.LUT on one plane; albumentations needs it
+    import stringzilla as _sz
+except ImportError:  # pragma: no cover
+    _sz = None
+
 __all__ = [
     "Sample",
-    "AffineCenterCrop",
+    "AffineParams",
+    "Layout",
+    "Tile",
     "TrainAugment",
+    "affine_boxes",
+    "affine_matrix",
+    "hsv_shift",
     "letterbox_sample",
     "mosaic4",
+    "mosaic_layout",
     "swap_left_right",
+    "warp_layout",
 ]
 
 
@@ -162,14 +173,80 @@ def letterbox_sample(sample: Sample, imgsz: int, scaleup: bool = True) -> tuple[
     return out.take((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])), info
 
 
-def mosaic4(samples: Sequence[Sample], imgsz: int, rng: np.random.Generator, cfg: AugmentConfig) -> Sample:
-    """Tile four images around a random centre of a 2·imgsz square canvas.
+@dataclass(frozen=True)
+class Tile:
+    """Where one image lies on a composition canvas (nothing is painted).
+
+    Attributes:
+        image: (h, w, 3) uint8 BGR source image.
+        rect: (x1, y1, x2, y2) canvas pixels it covers, ends exclusive, inside the canvas.
+        offset: (ox, oy): canvas pixel (x, y) shows image pixel (x - ox, y - oy).
+    """
+
+    image: np.ndarray
+    rect: tuple[int, int, int, int]
+    offset: tuple[int, int]
+
+
+@dataclass
+class Layout:
+    """Images placed on a canvas before the affine: a mosaic, or one letterboxed image.
+
+    Attributes:
+        tiles: the placed images, in sample order.
+        parts: one per tile: its boxes in canvas pixels, already clipped to the tile's rect and
+            filtered, with their texts, labels, ignore flags and sources (``image`` is the
+            tile's source image).
+        size: (height, width) of the canvas.
+    """
+
+    tiles: list[Tile]
+    parts: list[Sample]
+    size: tuple[int, int]
+
+    @classmethod
+    def whole(cls, sample: Sample) -> Layout:
+        """One image that is the whole canvas."""
+        h, w = sample.image.shape[:2]
+        return cls([Tile(sample.image, (0, 0, w, h), (0, 0))], [sample], (h, w))
+
+    def paint(self) -> np.ndarray:
+        """The (H, W, 3) uint8 canvas: every tile copied into its rect, grey (114) elsewhere."""
+        if len(self.tiles) == 1 and self.tiles[0].rect == (0, 0, self.size[1], self.size[0]):
+            return self.tiles[0].image
+        canvas = np.full((*self.size, 3), PAD_VALUE, dtype=np.uint8)
+        for t in self.tiles:
+            x1, y1, x2, y2 = t.rect
+            ox, oy = t.offset
+            canvas[y1:y2, x1:x2] = t.image[y1 - oy : y2 - oy, x1 - ox : x2 - ox]
+        return canvas
+
+    def sample(self) -> Sample:
+        """The painted canvas with the boxes of all tiles, in tile order."""
+        return _concat(self.paint(), self.parts)
+
+
+def _concat(image: np.ndarray, parts: Sequence[Sample]) -> Sample:
+    """One sample with ``image`` and the boxes of ``parts`` in order."""
+    return Sample(
+        image=image,
+        boxes=np.concatenate([p.boxes for p in parts]).reshape(-1, 4).astype(np.float32),
+        texts=[t for p in parts for t in p.texts],
+        labels=np.concatenate([p.labels for p in parts]),
+        ignore=np.concatenate([p.ignore for p in parts]),
+        source=np.concatenate([p.source for p in parts]).reshape(-1, 2),
+    )
+
+
+def mosaic_layout(samples: Sequence[Sample], imgsz: int, rng: np.random.Generator, cfg: AugmentConfig) -> Layout:
+    """Place four images around a random centre of a 2·imgsz square canvas.
 
     The centre (xc, yc) is drawn uniformly in [0.5, 1.5]·imgsz on each axis. Image 0 ends at the
     centre from the top-left, image 1 starts there towards the top-right, image 2 towards the
     bottom-left, image 3 towards the bottom-right; what falls outside the canvas is cut off.
     Boxes are shifted, clipped to the part of their image that landed on the canvas and filtered
-    with ``cfg``'s thresholds. Uncovered canvas is grey (114).
+    with ``cfg``'s thresholds. Nothing is painted: :meth:`Layout.paint` builds the canvas, the
+    training augmentation renders the tiles straight into its output.
 
     Args:
         samples: 4 samples, each already resized so its longest side is ``imgsz``.
@@ -178,7 +255,7 @@ def mosaic4(samples: Sequence[Sample], imgsz: int, rng: np.random.Generator, cfg
         cfg: box filter thresholds.
 
     Returns:
-        The (2s, 2s, 3) canvas with the boxes of all four images, in sample order.
+        The layout on the (2s, 2s) canvas.
     """
     if len(samples) != 4:
         raise ValueError(f"mosaic4 needs exactly 4 samples, got {len(samples)}")
@@ -186,7 +263,7 @@ def mosaic4(samples: Sequence[Sample], imgsz: int, rng: np.random.Generator, cfg
     size = 2 * s
     xc = int(rng.uniform(0.5 * s, 1.5 * s))
     yc = int(rng.uniform(0.5 * s, 1.5 * s))
-    canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
+    tiles: list[Tile] = []
     parts: list[Sample] = []
     for k, smp in enumerate(samples):
         h, w = smp.image.shape[:2]
@@ -196,7 +273,7 @@ def mosaic4(samples: Sequence[Sample], imgsz: int, rng: np.random.Generator, cfg
         # Source rectangle: the image's corner that touches the centre.
         x1b = w - (x2a - x1a) if k in (0, 2) else 0
         y1b = h - (y2a - y1a) if k in (0, 1) else 0
-        canvas[y1a:y2a, x1a:x2a] = smp.image[y1b : y1b + (y2a - y1a), x1b : x1b + (x2a - x1a)]
+        tiles.append(Tile(smp.image, (x1a, y1a, x2a, y2a), (x1a - x1b, y1a - y1b)))
         shift = np.array([x1a - x1b, y1a - y1b] * 2, dtype=np.float32)  # (4,)
         raw = smp.boxes + shift  # (N, 4)
         clipped = raw.copy()
@@ -206,14 +283,217 @@ def mosaic4(samples: Sequence[Sample], imgsz: int, rng: np.random.Generator, cfg
         part = smp.take(keep)
         part.boxes = clipped[keep].astype(np.float32)
         parts.append(part)
-    return Sample(
-        image=canvas,
-        boxes=np.concatenate([p.boxes for p in parts]).reshape(-1, 4),
-        texts=[t for p in parts for t in p.texts],
-        labels=np.concatenate([p.labels for p in parts]),
-        ignore=np.concatenate([p.ignore for p in parts]),
-        source=np.concatenate([p.source for p in parts]).reshape(-1, 2),
-    )
+    return Layout(tiles, parts, (size, size))
+
+
+def mosaic4(samples: Sequence[Sample], imgsz: int, rng: np.random.Generator, cfg: AugmentConfig) -> Sample:
+    """:func:`mosaic_layout` painted: the (2s, 2s) canvas with the boxes of all four images.
+
+    Uncovered canvas is grey (114); boxes are in canvas pixels, in sample order.
+    """
+    return mosaic_layout(samples, imgsz, rng, cfg).sample()
+
+
+@dataclass(frozen=True)
+class AffineParams:
+    """One draw of the random affine (about the canvas centre, then a centre crop).
+
+    Attributes:
+        scale: zoom, the same on both axes.
+        rotate: rotation, degrees.
+        shear: (x, y) shear, degrees.
+        translate: (x, y) shift, output pixels.
+    """
+
+    scale: float
+    rotate: float
+    shear: tuple[float, float]
+    translate: tuple[float, float]
+
+
+def affine_matrix(params: AffineParams, canvas: tuple[int, int], size: int) -> np.ndarray:
+    """The (3, 3) map from canvas pixel indices to output pixel indices.
+
+    Scale, rotate and shear about the canvas centre ((W - 1) / 2, (H - 1) / 2 in index
+    coordinates), translate, then keep the centred ``size``×``size`` window (a
+    ``CenterCrop`` whose window starts at ((W - size) // 2, (H - size) // 2)).
+
+    Args:
+        params: the draw.
+        canvas: (height H, width W) of the canvas.
+        size: output side.
+    """
+    ch, cw = canvas
+    cx, cy = (cw - 1) / 2, (ch - 1) / 2
+    a = np.deg2rad(params.rotate)
+    shx, shy = np.tan(np.deg2rad(params.shear[0])), np.tan(np.deg2rad(params.shear[1]))
+    linear = (
+        np.array([[1.0, shx], [shy, 1.0]])
+        @ np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
+        @ np.diag([params.scale, params.scale])
+    )  # (2, 2); exactly diagonal without rotation and shear (cos 0 = 1, sin 0 = tan 0 = 0)
+    centre = np.array([cx, cy])
+    out_centre = centre + np.asarray(params.translate, dtype=np.float64) - [(cw - size) // 2, (ch - size) // 2]
+    m = np.eye(3)
+    m[:2, :2] = linear
+    m[:2, 2] = out_centre - linear @ centre
+    return m
+
+
+def _axis_aligned(m: np.ndarray) -> bool:
+    return m[0, 1] == 0 and m[1, 0] == 0 and m[0, 0] > 0 and m[1, 1] > 0
+
+
+def warp_layout(
+    layout: Layout, matrix: np.ndarray, size: int, exact: bool = False
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Render a layout through an affine into a ``size``×``size`` image, grey (114) outside.
+
+    The reference (``exact=True``, or any rotation / shear) paints the canvas and warps it once
+    with ``cv2.warpAffine`` (bilinear, constant border). An axis-aligned map (scale and shift,
+    the default recipe) is instead rendered tile by tile: each tile resizes (``cv2.resize``,
+    bilinear, about 3× cheaper than a warp) only the part of its image that lands in the
+    output, straight into its region of the output. A resize can place its result only at
+    whole output pixels, so each tile's shift is rounded to the nearest such position: it
+    moves by at most half an output pixel in x and y (a sub-pixel jitter, independent per
+    tile), and the matrix returned for it includes that shift, so its boxes follow its pixels
+    exactly. Pixels on a tile's outermost output row/column repeat the tile's edge instead of
+    blending with the neighbouring tile or the grey border.
+
+    Args:
+        layout: the placed images.
+        matrix: (3, 3) canvas → output pixel-index map (:func:`affine_matrix`).
+        size: output side.
+        exact: always take the reference path.
+
+    Returns:
+        The (size, size, 3) uint8 image, and per tile the (3, 3) map its pixels went through.
+    """
+    if exact or not _axis_aligned(matrix):
+        canvas = layout.paint()
+        image = cv2.warpAffine(
+            canvas,
+            matrix[:2],
+            (size, size),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=(PAD_VALUE,) * 3,
+        )
+        return image, [matrix] * len(layout.tiles)
+    out = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
+    return out, [_resize_tile(t, matrix, out) for t in layout.tiles]
+
+
+def _resize_tile(tile: Tile, m: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Render one tile through the axis-aligned map ``m`` into ``out`` ((S, S, 3), in place).
+
+    Returns:
+        (3, 3) the map actually applied: ``m`` with its shift rounded as the resize requires.
+    """
+    x1, y1, x2, y2 = tile.rect
+    ox, oy = tile.offset
+    h, w = tile.image.shape[:2]
+    (ax, bx), (ay, by) = (m[0, 0], m[0, 2]), (m[1, 1], m[1, 2])
+    sy, sx = out.shape[:2]
+    # Output pixels whose centres map into the tile's rect: canvas index u in [x1 - 0.5, x2 - 0.5).
+    j0, j1 = (min(max(math.ceil(ax * (v - 0.5) + bx), 0), sx) for v in (x1, x2))
+    i0, i1 = (min(max(math.ceil(ay * (v - 0.5) + by), 0), sy) for v in (y1, y2))
+    if j0 >= j1 or i0 >= i1:
+        return m
+    # Source pixels they read (tile indices), with a margin for the bilinear neighbours.
+    q0 = max(math.floor((j0 - bx) / ax) - ox - 1, 0)
+    q1 = min(math.ceil((j1 - 1 - bx) / ax) - ox + 2, w)
+    p0 = max(math.floor((i0 - by) / ay) - oy - 1, 0)
+    p1 = min(math.ceil((i1 - 1 - by) / ay) - oy + 2, h)
+    # cv2.resize with fx maps resized index d to source index (d + 0.5) / fx - 0.5, so resized
+    # column d is output column d + dx_exact; dx rounds that to a whole pixel.
+    dx_exact = ax * (q0 + ox) + bx + 0.5 - 0.5 * ax
+    dy_exact = ay * (p0 + oy) + by + 0.5 - 0.5 * ay
+    dx, dy = round(dx_exact), round(dy_exact)
+    roi = tile.image[p0:p1, q0:q1]
+    if round((q1 - q0) * ax) < 1 or round((p1 - p0) * ay) < 1:  # too small for a resize: warp it
+        shifted = np.array([[ax, 0, dx_exact - dx + 0.5 * ax - 0.5], [0, ay, dy_exact - dy + 0.5 * ay - 0.5]])
+        shifted[:, 2] -= [j0 - dx, i0 - dy]
+        out[i0:i1, j0:j1] = cv2.warpAffine(
+            roi, shifted, (j1 - j0, i1 - i0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
+        return m
+    resized = cv2.resize(roi, None, fx=ax, fy=ay, interpolation=cv2.INTER_LINEAR)
+    lo_x, hi_x, lo_y, hi_y = j0 - dx, j1 - dx, i0 - dy, i1 - dy
+    rh, rw = resized.shape[:2]
+    pads = (max(-lo_y, 0), max(hi_y - rh, 0), max(-lo_x, 0), max(hi_x - rw, 0))  # top, bottom, left, right
+    if any(pads):  # the tile's outer edge rounded one pixel beyond the resized image
+        resized = cv2.copyMakeBorder(resized, *pads, cv2.BORDER_REPLICATE)
+        lo_x, hi_x, lo_y, hi_y = lo_x + pads[2], hi_x + pads[2], lo_y + pads[0], hi_y + pads[0]
+    out[i0:i1, j0:j1] = resized[lo_y:hi_y, lo_x:hi_x]
+    applied = m.copy()
+    applied[0, 2] += dx - dx_exact
+    applied[1, 2] += dy - dy_exact
+    return applied
+
+
+def affine_boxes(boxes: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Boxes through a pixel-index map: the enclosing box of the 4 mapped corners.
+
+    Args:
+        boxes: (N, 4) xyxy in pixel-edge coordinates (pixel i spans [i, i + 1]).
+        matrix: (3, 3) pixel-index map (index i is the centre of pixel i, edge i + 0.5).
+
+    Returns:
+        (N, 4) float64 xyxy in the output's edge coordinates (unclipped).
+    """
+    lin = matrix[:2, :2]
+    shift = matrix[:2, 2] + 0.5 - lin @ np.array([0.5, 0.5])  # the same map on edge coordinates
+    b = boxes.astype(np.float64).reshape(-1, 4)
+    corners = b[:, [[0, 1], [2, 1], [2, 3], [0, 3]]]  # (N, 4, 2)
+    mapped = corners @ lin.T + shift  # (N, 4, 2)
+    return np.concatenate([mapped.min(axis=1), mapped.max(axis=1)], axis=1)
+
+
+def _hsv_luts(hue: float, sat: float, val: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(256,) uint8 lookup tables of :func:`hsv_shift` for the H, S and V channels."""
+    x = np.arange(256, dtype=np.float64)
+    lut_h = np.floor(np.mod(x + hue, 180)).astype(np.uint8)
+    lut_s = np.clip(x + np.trunc(sat), 0, 255).astype(np.uint8)
+    lut_s[0] = 0  # grey stays grey
+    lut_v = np.clip(x + np.trunc(val), 0, 255).astype(np.uint8)
+    return lut_h, lut_s, lut_v
+
+
+def _lookup_inplace(plane: np.ndarray, lut: np.ndarray) -> None:
+    """``plane[...] = lut[plane]`` for a contiguous uint8 plane."""
+    if _sz is not None:
+        _sz.translate(memoryview(plane.reshape(-1)), memoryview(lut), inplace=True)
+    else:  # stringzilla comes with albumentations (albucore)
+        cv2.LUT(plane, lut, dst=plane)
+
+
+def hsv_shift(image: np.ndarray, hue: float, sat: float, val: float, inplace: bool = False) -> np.ndarray:
+    """Shift hue, saturation and value of a BGR image by constants, through lookup tables.
+
+    In OpenCV's 8-bit HSV (``COLOR_BGR2HSV``: H in [0, 180), S and V in [0, 255]):
+    ``H' = floor(H + hue) mod 180``; ``S' = clip(S + trunc(sat), 0, 255)`` except that
+    ``S = 0`` (grey) stays 0; ``V' = clip(V + trunc(val), 0, 255)``; then back to BGR. That is
+    the per-pixel arithmetic of albumentations' ``HueSaturationValue`` (the previous
+    implementation), applied as one table lookup per channel.
+
+    Args:
+        image: (H, W, 3) uint8 BGR, C-contiguous.
+        hue, sat, val: the shifts.
+        inplace: convert in ``image``'s own memory (no new image-sized arrays but the three
+            planes; fresh large allocations page-fault, which costs as much as the conversions).
+
+    Returns:
+        (H, W, 3) uint8 BGR: ``image`` itself when ``inplace``, else a new array.
+    """
+    out = image if inplace else image.copy()
+    h, w = out.shape[:2]
+    # Into planes allocated here: cv2.split allocating its own outputs is ~15× slower.
+    planes = [np.empty((h, w), dtype=np.uint8) for _ in range(3)]
+    cv2.split(cv2.cvtColor(out, cv2.COLOR_BGR2HSV, dst=out), planes)
+    for plane, lut in zip(planes, _hsv_luts(hue, sat, val)):
+        _lookup_inplace(plane, lut)
+    return cv2.cvtColor(cv2.merge(planes, dst=out), cv2.COLOR_HSV2BGR, dst=out)
 
 
 _LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
@@ -236,134 +516,107 @@ def swap_left_right(text: str) -> str:
     return _LEFT_RIGHT.sub(repl, text)
 
 
-class AffineCenterCrop(A.Affine):
-    """``Affine`` followed by ``CenterCrop(size, size)``, computed as one warp into the crop.
-
-    Equal to ``A.Compose([A.Affine(...), A.CenterCrop(size, size)])`` (same parameters and random
-    draws; pixels within 1 grey level, from OpenCV's fixed-point interpolation; boxes within
-    float rounding) but warps only the ``size``×``size`` output window: on a 2s mosaic canvas
-    that is a quarter of the pixels.
-
-    Args:
-        size: side of the centre crop, pixels.
-        **kwargs: ``A.Affine`` arguments.
-    """
-
-    def __init__(self, size: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.size = size
-
-    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        out = super().get_params_dependent_on_data(params, data)
-        h, w = params["shape"][:2]
-        if h < self.size or w < self.size:
-            raise ValueError(f"AffineCenterCrop: image {h}x{w} is smaller than the {self.size}px crop")
-        # CenterCrop's window starts at ((w - size) // 2, (h - size) // 2): shift the output there.
-        crop = np.array([[1, 0, -((w - self.size) // 2)], [0, 1, -((h - self.size) // 2)], [0, 0, 1]], dtype=np.float64)
-        out["matrix"] = crop @ out["matrix"]
-        out["bbox_matrix"] = crop @ out["bbox_matrix"]
-        out["output_shape"] = (self.size, self.size)
-        return out
+def _symmetric(limit: float, u: float) -> float:
+    """``u`` in [0, 1) mapped uniformly onto [-limit, limit)."""
+    return (2 * u - 1) * limit
 
 
 class TrainAugment:
-    """The per-image training augmentation after loading (and mosaic composition).
+    """The per-image training augmentation after loading (and mosaic placement).
 
-    Two albumentations pipelines share the same steps: for a mosaic canvas,
-    ``Affine → CenterCrop(imgsz)`` (fused: :class:`AffineCenterCrop`)
-    ``→ HueSaturationValue → HorizontalFlip``; for a single image
-    already letterboxed to imgsz×imgsz, the same without the crop. Box filtering runs after each
-    transform (``BboxParams(check_each_transform=True)``).
+    One draw per image from a generator seeded by ``seed``, in this order: scale in
+    ``cfg.scale``, x and y shift in ±``cfg.translate``·imgsz, rotation in ±``cfg.degrees``,
+    x and y shear in ±``cfg.shear``, hue / saturation / value shifts in ±``cfg.hsv_*``, the flip
+    (probability ``cfg.fliplr``); every value is drawn even when its range is empty, so the
+    draws do not depend on the settings. Then:
+
+    1. the affine (:func:`affine_matrix`) about the canvas centre — the 2·imgsz mosaic canvas
+       then its centre imgsz crop, or the imgsz letterbox — rendered by :func:`warp_layout`
+       from the placed images straight into the imgsz×imgsz output; boxes go through each
+       tile's map, are clipped to the output and filtered (min area, visibility, side, aspect);
+    2. :func:`hsv_shift` (skipped when all three limits are 0);
+    3. the horizontal flip ("left" ↔ "right" in the texts, relabelled).
 
     Args:
         imgsz: output side, pixels.
         cfg: augmentation settings.
         names: the dataset vocabulary; texts changed by a flip ("left" ↔ "right") are relabelled
             to their index here, or -1 when absent.
+        exact: render through the reference path (paint the canvas, one ``cv2.warpAffine``)
+            instead of per-tile resizes; same draws, pixels within half a pixel of shift.
     """
 
-    def __init__(self, imgsz: int, cfg: AugmentConfig, names: Sequence[str] = ()) -> None:
+    def __init__(self, imgsz: int, cfg: AugmentConfig, names: Sequence[str] = (), exact: bool = False) -> None:
         self.imgsz = imgsz
         self.cfg = cfg
+        self.exact = exact
         self._name_to_index = {n: i for i, n in reversed(list(enumerate(names)))}
-        self._mosaic = self._compose(mosaic=True)
-        self._plain = self._compose(mosaic=False)
 
-    def _compose(self, mosaic: bool) -> A.Compose:
-        cfg = self.cfg
-        # The affine runs on the 2s mosaic canvas, so its shift limit is halved there to move the
-        # content by up to ``translate`` of the s×s output.
-        t = cfg.translate / 2 if mosaic else cfg.translate
-        affine = dict(
-            scale=tuple(cfg.scale),
-            keep_ratio=True,
-            translate_percent=(-t, t),
-            rotate=(-cfg.degrees, cfg.degrees),
-            shear=(-cfg.shear, cfg.shear),
-            interpolation=cv2.INTER_LINEAR,
-            border_mode=cv2.BORDER_CONSTANT,
-            fill=PAD_VALUE,
-            p=1.0,
+    def draw(self, rng: np.random.Generator) -> tuple[AffineParams, tuple[float, float, float], bool]:
+        """The affine, the (hue, sat, val) shifts and the flip of one image."""
+        cfg, s = self.cfg, self.imgsz
+        u = rng.random(10)  # (10,) all draws at once, always the same number
+        span = _symmetric
+        params = AffineParams(
+            scale=float(cfg.scale[0] + u[0] * (cfg.scale[1] - cfg.scale[0])),
+            translate=(float(span(cfg.translate * s, u[1])), float(span(cfg.translate * s, u[2]))),
+            rotate=float(span(cfg.degrees, u[3])),
+            shear=(float(span(cfg.shear, u[4])), float(span(cfg.shear, u[5]))),
         )
-        steps: list[A.BasicTransform] = [AffineCenterCrop(self.imgsz, **affine) if mosaic else A.Affine(**affine)]
-        if cfg.hsv_h or cfg.hsv_s or cfg.hsv_v:
-            # Applied to BGR as if RGB: the hue axis runs backwards, which symmetric limits make
-            # identical in distribution; saturation and value do not depend on channel order.
-            steps.append(
-                A.HueSaturationValue(
-                    hue_shift_limit=cfg.hsv_h, sat_shift_limit=cfg.hsv_s, val_shift_limit=cfg.hsv_v, p=1.0
-                )
-            )
-        steps.append(A.HorizontalFlip(p=cfg.fliplr))
-        bbox_params = A.BboxParams(
-            format="pascal_voc",
-            label_fields=["box_ids"],
-            min_area=cfg.min_area,
-            min_visibility=cfg.min_visibility,
-            min_width=cfg.min_size,
-            min_height=cfg.min_size,
-            max_accept_ratio=cfg.max_aspect_ratio,
-            clip=True,
-            check_each_transform=True,
-        )
-        return A.Compose(steps, bbox_params=bbox_params, save_applied_params=True, seed=0)
+        hsv = (float(span(cfg.hsv_h, u[6])), float(span(cfg.hsv_s, u[7])), float(span(cfg.hsv_v, u[8])))
+        return params, hsv, bool(u[9] < cfg.fliplr)
 
-    def __call__(self, sample: Sample, seed: int, mosaic: bool) -> tuple[Sample, bool]:
+    def layout(self, sample: Sample) -> Layout:
+        """A single image (longest side at most imgsz) letterboxed on the imgsz×imgsz canvas,
+        as ``letterbox_sample(sample, imgsz, scaleup=False)`` places it, nothing painted."""
+        s = self.imgsz
+        h, w = sample.image.shape[:2]
+        if max(h, w) > s:  # larger than the canvas: letterbox resizes it
+            return Layout.whole(letterbox_sample(sample, s, scaleup=False)[0])
+        left, top = round((s - w) / 2 - 0.1), round((s - h) / 2 - 0.1)
+        boxes = sample.boxes + np.array([left, top, left, top], dtype=np.float32)  # (N, 4)
+        part = Sample(sample.image, boxes, sample.texts, sample.labels, sample.ignore, sample.source)
+        return Layout([Tile(sample.image, (left, top, left + w, top + h), (left, top))], [part], (s, s))
+
+    def __call__(self, sample: Sample | Layout, seed: int, mosaic: bool) -> tuple[Sample, bool]:
         """Augment one image.
 
         Args:
-            sample: a (2s, 2s) mosaic canvas from :func:`mosaic4` when ``mosaic``, else one
-                image resized so its longest side is at most imgsz (it is letterboxed here).
+            sample: a :class:`Layout` (from :func:`mosaic_layout`), a painted (2s, 2s) mosaic
+                canvas from :func:`mosaic4` when ``mosaic``, else one image resized so its
+                longest side is at most imgsz (it is letterboxed here).
             seed: the only source of randomness (the same seed gives the same output).
-            mosaic: which of the two pipelines applies.
+            mosaic: whether ``sample`` is a mosaic (the 2s canvas and its centre crop).
 
         Returns:
             The imgsz×imgsz sample, and whether it was flipped horizontally (texts are then
             already left/right-swapped and relabelled).
         """
-        if not mosaic:
-            sample, _ = letterbox_sample(sample, self.imgsz, scaleup=False)
-        pipeline = self._mosaic if mosaic else self._plain
-        pipeline.set_random_seed(int(seed))
-        out = pipeline(
-            image=sample.image, bboxes=sample.boxes.reshape(-1, 4), box_ids=np.arange(len(sample.texts), dtype=np.int64)
-        )
-        ids = np.asarray(out["box_ids"], dtype=np.int64).reshape(-1)
-        result = sample.take(ids)
-        boxes = np.asarray(out["bboxes"], dtype=np.float64).reshape(-1, 4)
-        image = np.ascontiguousarray(out["image"])
-        h, w = image.shape[:2]
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
-        result.image, result.boxes = image, boxes.astype(np.float32)
-        result = result.take((result.boxes[:, 2] > result.boxes[:, 0]) & (result.boxes[:, 3] > result.boxes[:, 1]))
-
-        flipped = any(name == "HorizontalFlip" for name, _ in out["applied_transforms"])
-        if flipped:
+        s, cfg = self.imgsz, self.cfg
+        if isinstance(sample, Layout):
+            layout = sample
+        else:
+            layout = Layout.whole(sample) if mosaic else self.layout(sample)
+        params, (hue, sat, val), flip = self.draw(np.random.default_rng(int(seed)))
+        image, maps = warp_layout(layout, affine_matrix(params, layout.size, s), s, exact=self.exact)
+        parts = []
+        for part, m in zip(layout.parts, maps):
+            raw = affine_boxes(part.boxes, m)  # (N, 4)
+            clipped = raw.clip(0, s)
+            keep = _box_filter(raw, clipped, cfg)
+            part = part.take(keep)
+            part.boxes = clipped[keep].astype(np.float32)
+            parts.append(part)
+        result = _concat(image, parts)
+        if cfg.hsv_h or cfg.hsv_s or cfg.hsv_v:
+            result.image = hsv_shift(result.image, hue, sat, val, inplace=True)  # our own warp output
+        if flip:
+            result.image = cv2.flip(result.image, 1)
+            result.boxes = np.stack(
+                [s - result.boxes[:, 2], result.boxes[:, 1], s - result.boxes[:, 0], result.boxes[:, 3]], axis=1
+            )
             result = self._swap_texts(result)
-        if result.image.shape[:2] != (self.imgsz, self.imgsz):  # guarantee the batchable size
-            result, _ = letterbox_sample(result, self.imgsz, scaleup=True)
-        return result, flipped
+        return result.take((result.boxes[:, 2] > result.boxes[:, 0]) & (result.boxes[:, 3] > result.boxes[:, 1])), flip
 
     def _swap_texts(self, sample: Sample) -> Sample:
         texts, labels = list(sample.texts), sample.labels.copy()

@@ -8,6 +8,7 @@ that cannot be read, counting them. ``Detector.predict`` and validation both run
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -19,10 +20,11 @@ from ovdet.data.images import ImageReadError, SourceItem, iter_sources
 from ovdet.data.letterbox import LetterboxInfo, letterbox, to_tensor, unletterbox_boxes
 from ovdet.device import autocast
 from ovdet.models.detector import OVDetector
+from ovdet.models.folded import FoldedDetector, fold_vocabulary
 from ovdet.models.outputs import RawOutputs
 from ovdet.structures import Detections
 
-__all__ = ["BatchPredictor", "PredictionStream", "Predictor", "collect", "letterbox_groups"]
+__all__ = ["BatchPredictor", "FoldedCache", "PredictionStream", "Predictor", "collect", "letterbox_groups"]
 
 
 class BatchPredictor(Protocol):
@@ -50,6 +52,58 @@ def letterbox_groups(
     return boxed, list(groups.values())
 
 
+def _layout(device: torch.device) -> torch.memory_format:
+    """The memory layout convolutions run fastest in on ``device``: channels-last on CPU (oneDNN's
+    kernels read NHWC without a reorder per layer) and CUDA (tensor cores); contiguous elsewhere."""
+    return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
+
+
+class FoldedCache:
+    """The network ``Detector.predict`` runs: a copy with the vocabulary folded into its weights
+    (:func:`~ovdet.models.folded.fold_vocabulary`: nothing text-related runs per image), fused,
+    in the device's fastest memory layout — built once and reused until the weights or the
+    vocabulary change.
+
+    A change is seen through every parameter's and buffer's identity (held weakly), storage and in-place
+    version counter (optimizer steps, ``load_state_dict``, ``fuse``, ``.to(...)`` and a new
+    ``det.model`` all change them), and the embeddings' identity and version, so a stale copy
+    is never used.
+    """
+
+    def __init__(self) -> None:
+        self._refs: list[weakref.ref] = []  # what the copy was built from (weak: never kept alive)
+        self._state: list[tuple] = []
+        self._net: FoldedDetector | None = None
+
+    @staticmethod
+    def _sources(model: OVDetector, embeddings: torch.Tensor) -> list[torch.Tensor]:
+        return [*model.parameters(), *model.buffers(), embeddings]
+
+    def _fresh(self, tensors: list[torch.Tensor]) -> bool:
+        # identity through live weak references: a freed tensor's id and storage can be reused
+        return (
+            self._net is not None
+            and len(tensors) == len(self._refs)
+            and all(ref() is t for ref, t in zip(self._refs, tensors))
+            and [(t.data_ptr(), t._version, t.dtype, t.device) for t in tensors] == self._state
+        )
+
+    def get(self, model: OVDetector, embeddings: torch.Tensor) -> FoldedDetector:
+        """The folded network for ``model`` and (K, D) ``embeddings`` (rebuilt if either changed)."""
+        tensors = self._sources(model, embeddings)
+        if not self._fresh(tensors):
+            self.clear()  # drop the old copy before building the new one (peak memory)
+            net = fold_vocabulary(model, embeddings)
+            self._net = net.to(memory_format=_layout(embeddings.device)).requires_grad_(False)
+            self._refs = [weakref.ref(t) for t in tensors]
+            self._state = [(t.data_ptr(), t._version, t.dtype, t.device) for t in tensors]
+        return self._net  # type: ignore[return-value]
+
+    def clear(self) -> None:
+        """Forget the cached network (frees its memory)."""
+        self._refs, self._state, self._net = [], [], None
+
+
 class Predictor:
     """Detect a fixed vocabulary in batches of decoded images.
 
@@ -63,6 +117,8 @@ class Predictor:
         auto: letterbox to the smallest stride multiple (True, ultralytics' predictor) or to
             exactly ``imgsz`` (False; what fixed-size exports see).
         forward: what runs the network (default ``model`` itself; e.g. ``torch.compile(model)``).
+        folded: ``model`` with ``embeddings`` folded in (:class:`FoldedCache`); when given it
+            runs instead of ``model`` (same outputs up to float rounding), on channels-last input.
     """
 
     def __init__(
@@ -75,6 +131,7 @@ class Predictor:
         dtype: torch.dtype | None = None,
         auto: bool = True,
         forward: Callable[[torch.Tensor, torch.Tensor], RawOutputs] | None = None,
+        folded: FoldedDetector | None = None,
     ) -> None:
         if embeddings.ndim != 2 or embeddings.shape[0] != len(names):
             raise ValueError(
@@ -83,6 +140,9 @@ class Predictor:
         self.model, self.names, self.embeddings = model, list(names), embeddings
         self.nms, self.imgsz, self.dtype, self.auto = nms, imgsz, dtype, auto
         self.forward = model if forward is None else forward
+        if folded is not None and folded.num_classes != len(self.names):
+            raise ValueError(f"the folded network has {folded.num_classes} classes, not {len(self.names)}")
+        self.folded = folded
 
     @torch.inference_mode()
     def __call__(
@@ -108,7 +168,10 @@ class Predictor:
             for idx in groups:
                 x = to_tensor([boxed[i][0] for i in idx]).to(device)  # (b, 3, H, W)
                 with autocast(device, self.dtype):
-                    raw = self.forward(x, self.embeddings)
+                    if self.folded is not None:
+                        raw = self.folded(x.contiguous(memory_format=_layout(device)))
+                    else:
+                        raw = self.forward(x, self.embeddings)
                 for i, result in zip(idx, self.model.postprocess(raw, self.nms)):
                     info = boxed[i][1]
                     out[i] = Detections(

@@ -48,6 +48,7 @@ class EmbeddingCache:
         self.path = Path(path) if path is not None else None
         self._entries: dict[CacheKey, torch.Tensor] = {}  # key -> (D,) float32 CPU
         self._loaded = path is None  # the file is read once, on first use
+        self._unsaved = 0  # entries encoded since the last save()
 
     def _ensure_loaded(self) -> None:
         if not self._loaded:
@@ -116,9 +117,15 @@ class EmbeddingCache:
                 raise RuntimeError(f"text encoder {eid!r} returned NaN or infinite embeddings")
             for text, row in zip(missing, emb):
                 self._entries[(eid, key_templates, text)] = row.clone()
+            self._unsaved += len(missing)
         if not texts:
             return torch.empty(0, encoder.dim)
         return torch.stack([self._entries[(eid, key_templates, t)] for t in texts])  # (K, D)
+
+    @property
+    def unsaved(self) -> int:
+        """Entries encoded since the last :meth:`save` (0: the file, if any, has them all)."""
+        return self._unsaved
 
     def clear(self) -> None:
         """Forget all in-memory entries (the file is untouched and not re-read)."""
@@ -185,6 +192,7 @@ class EmbeddingCache:
             keys[h] = [key[0], list(key[1]), key[2]]
         metadata = {"format": _CACHE_FORMAT, "version": FORMAT_VERSION, "keys": json.dumps(keys)}
         write_safetensors(self.path, tensors, metadata)
+        self._unsaved = 0
         return self.path
 
     @staticmethod
