@@ -140,3 +140,20 @@ def test_set_classes_from_cache_does_not_rewrite_the_file(home: Path, monkeypatc
     assert saves == []
     det.set_classes(["a brand new name"])
     assert saves == [1] and det.cache.unsaved == 0
+
+
+def test_predict_restores_every_module_mode(home: Path, coco128_images: list[Path]) -> None:
+    """Mixed modes (training with a frozen, eval-mode backbone) come back exactly, on both paths."""
+    det = make_detector()
+    det.set_classes(NAMES)
+    img = str(coco128_images[0])
+    refs = {opt: det.predict(img, conf=0.05, imgsz=320, optimize=opt)[0] for opt in (False, True)}
+    det.model.train()
+    det.model.backbone.eval()
+    before = [m.training for m in det.model.modules()]
+    assert any(before) and not all(before)
+    for optimize in (False, True):
+        got = det.predict(img, conf=0.05, imgsz=320, optimize=optimize)[0]
+        assert [m.training for m in det.model.modules()] == before
+        # ran in eval mode: train-mode BatchNorm (batch statistics) would change the scores
+        assert len(got) > 0 and torch.equal(got.scores, refs[optimize].scores)

@@ -162,8 +162,13 @@ class Predictor:
         stride = max(self.model.cfg.strides)
         boxed, groups = letterbox_groups(images, self.imgsz, stride, self.auto)
         out: list[Detections | None] = [None] * len(images)
-        was_training = self.model.training
-        self.model.eval()
+        # Only when a module is in training mode (``eval()``/``train()`` walk every submodule through
+        # __setattr__, ~7 ms for v2-s); never for the folded copy (always in eval mode). Each
+        # module's own mode is restored afterwards.
+        modules = [] if self.folded is not None else list(self.model.modules())
+        modes = [m.training for m in modules]
+        if any(modes):
+            self.model.eval()
         try:
             for idx in groups:
                 x = to_tensor([boxed[i][0] for i in idx]).to(device)  # (b, 3, H, W)
@@ -184,7 +189,9 @@ class Predictor:
                         image=images[i] if keep_images else None,
                     )
         finally:
-            self.model.train(was_training)
+            if any(modes):
+                for m, mode in zip(modules, modes):
+                    m.training = mode
         return out  # type: ignore[return-value]
 
 
