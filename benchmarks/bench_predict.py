@@ -65,8 +65,11 @@ def write_video(path: Path, files: list[Path], frames: int, size: tuple[int, int
     return path
 
 
-def forward_rows(det, theirs, text: torch.Tensor, files: list[Path], batch: int, dtype, device: torch.device):
-    """Callables for the forward rows at one batch size (same input for all)."""
+def forward_rows(
+    det, theirs, text: torch.Tensor, files: list[Path], batch: int, dtype, device: torch.device, compiled: bool = False
+):
+    """Callables for the forward rows at one batch size (same input for all); ``compiled`` adds
+    the folded network through ``torch.compile(options={"freezing": True})``."""
     from ovdet.data.letterbox import letterbox, to_tensor
 
     x = to_tensor([letterbox(cv2.imread(str(p)), 640, auto=False)[0] for p in files[:batch]]).to(device)
@@ -94,7 +97,16 @@ def forward_rows(det, theirs, text: torch.Tensor, files: list[Path], batch: int,
         with torch.inference_mode(), ctx():
             return det.model(x, txt)
 
-    return {"ultralytics": ul, "ovdet (predict's network)": ov_folded, "ovdet (network as is)": ov_plain}
+    rows = {"ultralytics": ul, "ovdet (predict's network)": ov_folded, "ovdet (network as is)": ov_plain}
+    if compiled:
+        frozen = torch.compile(folded, options={"freezing": True})
+
+        def ov_compiled():
+            with torch.no_grad(), ctx():  # inductor's freezing needs no_grad, not inference_mode
+                return frozen(x.contiguous(memory_format=fmt))
+
+        rows["ovdet (folded, torch.compile freezing)"] = ov_compiled
+    return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -110,6 +122,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--video-frames", type=int, default=1000, help="0: skip the video memory row")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: forward,e2e,set_classes,video")
+    ap.add_argument("--compile", action="store_true", help="add a torch.compile(freezing) forward row (slow start)")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -152,7 +165,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     if "forward" not in skip:
         for b in [int(v) for v in args.batches.split(",")]:
-            fns = forward_rows(det, theirs, text, files, b, dtype, device)
+            fns = forward_rows(det, theirs, text, files, b, dtype, device, compiled=args.compile)
             report("forward", b, interleaved(fns, args.rounds, items=b, warmup=2, threads=threads, sync=sync))
 
     if "e2e" not in skip:

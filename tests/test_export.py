@@ -397,13 +397,22 @@ def test_tensorrt_missing_says_what_to_install(tmp_path: Path, monkeypatch: pyte
 
 
 def test_compiled_predict_equals_eager(coco128_images: list[Path]) -> None:
+    """compile() wraps the network predict runs: the folded copy (recompiled after a vocabulary
+    change) or, with optimize=False, the model as it is; both equal their eager runs."""
     det = make_detector(2)
     det.set_classes(NAMES)
     path = str(coco128_images[0])
-    ref = det.predict(path, conf=0.1, imgsz=256, optimize=False)[0]  # compile() wraps the network as it is
+    refs = {opt: det.predict(path, conf=0.1, imgsz=256, optimize=opt)[0] for opt in (True, False)}
     det.compile(backend="eager")
+    for opt, ref in refs.items():
+        out = det.predict(path, conf=0.1, imgsz=256, optimize=opt)[0]
+        assert len(ref) > 0 and torch.equal(out.boxes, ref.boxes) and torch.equal(out.scores, ref.scores)
+    first = det._compiled
+    assert first is not None and first[0] is det.folded_network()
+    det.set_classes(NAMES[:2])
     out = det.predict(path, conf=0.1, imgsz=256)[0]
-    assert len(ref) > 0 and torch.equal(out.boxes, ref.boxes) and torch.equal(out.scores, ref.scores)
+    assert det._compiled is not first and det._compiled[0] is det.folded_network()
+    assert out.names == NAMES[:2] and (len(out) == 0 or int(out.labels.max()) < 2)
 
 
 def test_cli_export_checks_parity(tmp_path: Path, coco128_images: list[Path]) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import nn
 
 from ovdet.config import NMSConfig
 from ovdet.data.images import ImageReadError, SourceItem, iter_sources
@@ -117,8 +118,9 @@ class Predictor:
         auto: letterbox to the smallest stride multiple (True, ultralytics' predictor) or to
             exactly ``imgsz`` (False; what fixed-size exports see).
         forward: what runs the network (default ``model`` itself; e.g. ``torch.compile(model)``).
-        folded: ``model`` with ``embeddings`` folded in (:class:`FoldedCache`); when given it
-            runs instead of ``model`` (same outputs up to float rounding), on channels-last input.
+        folded: ``model`` with ``embeddings`` folded in (:class:`FoldedCache`; or its
+            ``torch.compile`` wrapper); when given it runs instead of ``model`` (same outputs up
+            to float rounding), on channels-last input.
     """
 
     def __init__(
@@ -131,7 +133,7 @@ class Predictor:
         dtype: torch.dtype | None = None,
         auto: bool = True,
         forward: Callable[[torch.Tensor, torch.Tensor], RawOutputs] | None = None,
-        folded: FoldedDetector | None = None,
+        folded: FoldedDetector | nn.Module | None = None,
     ) -> None:
         if embeddings.ndim != 2 or embeddings.shape[0] != len(names):
             raise ValueError(
