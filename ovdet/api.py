@@ -312,8 +312,8 @@ class Detector:
         pays off for fixed-size streams (video, a fixed ``imgsz`` without ``auto`` padding).
         Outputs equal the eager network's up to float rounding. ``compile()`` uses torch's
         defaults (inductor); on CPU ``compile(options={"freezing": True})`` also prepacks the
-        weights for oneDNN (v2-s at 640: 0.71× ultralytics' forward time vs 0.79× eager folded,
-        28 s to compile one shape, on the 2-core dev machine); ``compile(backend="eager")``
+        weights for oneDNN (v2-s at 640: 0.68–0.71× ultralytics' forward time vs 0.79–0.82× eager folded,
+        28–40 s to compile one shape, on the 2-core dev machine); ``compile(backend="eager")``
         only checks that the network traces.
         """
         self._compile = dict(kwargs)
