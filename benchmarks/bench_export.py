@@ -13,10 +13,8 @@ ultralytics' (ratio = time / ultralytics' time, lower is better).
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -25,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import calibrate_bn  # noqa: E402
+from common import coco128_files, interleaved, ovdet_detector, ultralytics_pair, ultralytics_predictor  # noqa: E402
 
 
 def openvino_detector(path: Path, threads: int):
@@ -66,34 +64,20 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from ultralytics import YOLO
-    from ultralytics.nn.tasks import WorldModel
-
-    from ovdet import Detector
     from ovdet.deploy import OnnxDetector
 
-    files = sorted((Path(args.data) / "coco128" / "images" / "train2017").glob("*.jpg"))
-    paths = [str(p) for p in files[: args.images]]
-    names = [f"class {i}" for i in range(args.classes)]
-    text = torch.nn.functional.normalize(
-        torch.randn(args.classes, 512, generator=torch.Generator().manual_seed(0)), dim=-1
-    )
-    torch.manual_seed(0)
-    theirs = WorldModel(f"yolov8{args.scale}-worldv2.yaml", verbose=False)
-    calibrate_bn(theirs, files[64:72], text)
+    files = coco128_files(args.data)
     tmp = Path(tempfile.mkdtemp(prefix="ovdet-bench-export-"))
-    pt = tmp / "m.pt"
-    torch.save(
-        {"model": copy.deepcopy(theirs).half(), "ema": None, "optimizer": None, "epoch": -1, "train_args": {}}, pt
-    )
-
-    det = Detector.from_ultralytics(pt, trust=True, device="cpu")
-    det.set_class_embeddings(names, text)
-    det.fuse()
-    yolo = YOLO(str(pt), task="detect")
-    yolo.model.txt_feats = text[None].clone()
-    yolo.model.model[-1].nc = args.classes
-    yolo.model.names = dict(enumerate(names))
+    # every row reads the same folder: ultralytics turns a *list* of paths into one padded batch
+    folder = tmp / "images"
+    folder.mkdir()
+    for p in files[: args.images]:
+        (folder / p.name).symlink_to(p.resolve())
+    paths = [str(p) for p in sorted(folder.iterdir())]
+    _, pt, text = ultralytics_pair(args.data, tmp, args.scale, classes=args.classes)
+    names = [f"class {i}" for i in range(args.classes)]
+    det = ovdet_detector(pt, text)
+    yolo = ultralytics_predictor(pt, text)
 
     t0 = time.perf_counter()
     baked = det.export(
@@ -105,9 +89,9 @@ def main() -> None:
 
     rows: dict[str, object] = {
         "ultralytics PyTorch": lambda: yolo.predict(
-            paths, conf=args.conf, iou=0.7, imgsz=640, verbose=False, device="cpu"
+            str(folder), conf=args.conf, iou=0.7, imgsz=640, verbose=False, device="cpu", batch=1
         ),
-        "ovdet PyTorch": lambda: det.predict(paths, conf=args.conf, iou=0.7, imgsz=640, keep_images=False),
+        "ovdet PyTorch": lambda: det.predict(str(folder), conf=args.conf, iou=0.7, imgsz=640, keep_images=False),
     }
     runners = {
         "ovdet onnxruntime fp32": OnnxDetector(baked.path, threads=args.threads),
@@ -119,20 +103,12 @@ def main() -> None:
         runners["ovdet export on OpenVINO int8"] = openvino_detector(int8, args.threads)
     runners["ovdet onnxruntime fp32, dynamic vocab"].set_class_embeddings(names, text.numpy())
     for name, runner in runners.items():
-        rows[name] = lambda r=runner: r.predict(paths, conf=args.conf, iou=0.7, imgsz=640, keep_images=False)
+        rows[name] = lambda r=runner: r.predict(str(folder), conf=args.conf, iou=0.7, imgsz=640, keep_images=False)
 
     counts = {name: sum(len(d) for d in fn()) for name, fn in rows.items()}  # warm-up (every shape) + box counts
     # ultralytics' predictor setup calls torch.set_num_threads(cpu_count - 1); every row gets --threads
-    threads_seen = set()
-    times: dict[str, list[float]] = {name: [] for name in rows}
-    for _ in range(args.rounds):
-        for name, fn in rows.items():
-            torch.set_num_threads(args.threads)
-            t = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t) / len(paths))
-            threads_seen.add(torch.get_num_threads())
-    base = statistics.median(times["ultralytics PyTorch"])
+    timings = interleaved(rows, args.rounds, items=len(paths), warmup=0, threads=args.threads)
+    base = timings["ultralytics PyTorch"].median
     print(
         f"v2-{args.scale}, 640, CPU {platform.processor() or platform.machine()} x{os.cpu_count()} cores, "
         f"{args.threads} threads, {len(paths)} coco128 files x {args.rounds} interleaved rounds, "
@@ -140,10 +116,8 @@ def main() -> None:
         f"{100 * baked.checks['int8']['fraction']:.1f}% of fp32 boxes on held-out images"
     )
     print(f"{'':40} {'ms/image':>9} {'spread':>8} {'ratio':>6} {'boxes':>6}")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"{name:40} {1e3 * med:9.1f} {1e3 * (max(ts) - min(ts)):8.1f} {med / base:6.2f} {counts[name]:6d}")
-    print(f"torch threads during the rounds: {sorted(threads_seen)}")
+    for name, t in timings.items():
+        print(f"{name:40} {1e3 * t.median:9.1f} {1e3 * t.spread:8.1f} {t.median / base:6.2f} {counts[name]:6d}")
     print("ratio = time / ultralytics PyTorch time (lower is better); targets: onnxruntime fp32 <= 0.5, int8 <= 0.3")
 
 

@@ -82,9 +82,14 @@ def test_folded_network_is_cached_and_never_stale(home: Path, coco128_images: li
     assert det.folded_network() is first, "unchanged weights and vocabulary must reuse the copy"
 
     def agrees() -> None:
-        a = det.predict(img, conf=0.05, iou=0.6, imgsz=320)[0]
-        b = det.predict(img, conf=0.05, iou=0.6, imgsz=320, optimize=False)[0]
-        assert_same_detections(a, b, box_tol=5e-2, score_tol=2e-4)
+        # on images whose NMS decisions have a clear margin for the weights as they are now
+        boxes = 0
+        for clear in _clear_images(det, coco128_images[:32], 0.3, 0.6, 320, 3):
+            a = det.predict(clear, conf=0.3, iou=0.6, imgsz=320)[0]
+            b = det.predict(clear, conf=0.3, iou=0.6, imgsz=320, optimize=False)[0]
+            assert_same_detections(a, b, box_tol=5e-2, score_tol=2e-4)
+            boxes += len(b)
+        assert boxes > 0, "the comparison needs boxes"
 
     # a new vocabulary of the same size (a new tensor that may reuse the old one's memory)
     det.set_classes(list(reversed(NAMES)))
@@ -99,9 +104,9 @@ def test_folded_network_is_cached_and_never_stale(home: Path, coco128_images: li
     agrees()
     # load_state_dict of other weights
     other = make_detector()
-    with torch.no_grad():
-        for p in other.model.parameters():
-            p.mul_(0.9)
+    with torch.no_grad():  # other weights that still detect: the box branches' last biases moved
+        for branch in other.model.head.box_branches:
+            branch[-1].bias.add_(0.3)
     det.model.load_state_dict(other.model.state_dict())
     assert det.folded_network() is not third
     agrees()

@@ -105,8 +105,8 @@ def test_fast_and_exact_augmentation_keep_the_same_boxes(coco128: Dataset):
     for seed in range(30):
         rng = np.random.default_rng(seed)
         layout = mosaic_layout(_samples(coco128, list(rng.integers(0, 128, 4))), IMGSZ, rng, cfg)
-        a, flip_a = fast_aug(layout, 1000 + seed, mosaic=True)
-        b, flip_b = exact_aug(layout, 1000 + seed, mosaic=True)
+        a, flip_a = fast_aug(layout, 1000 + seed)
+        b, flip_b = exact_aug(layout, 1000 + seed)
         assert flip_a == flip_b and a.image.shape == b.image.shape == (IMGSZ, IMGSZ, 3)
         ids_a = {tuple(s): k for k, s in enumerate(a.source.tolist())}
         ids_b = {tuple(s): k for k, s in enumerate(b.source.tolist())}
@@ -122,8 +122,8 @@ def test_fast_and_exact_augmentation_keep_the_same_boxes(coco128: Dataset):
     # A single letterboxed image goes through the same maps.
     for i in (0, 1, 61):
         sample = _samples(coco128, [i])[0]
-        a, _ = fast_aug(sample, i, mosaic=False)
-        b, _ = exact_aug(sample, i, mosaic=False)
+        a, _ = fast_aug(sample, i)
+        b, _ = exact_aug(sample, i)
         assert a.source.tolist() == b.source.tolist()
         np.testing.assert_allclose(a.boxes, b.boxes, atol=1.0)
 

@@ -240,9 +240,9 @@ class DetectionDataset(torch.utils.data.Dataset):
                 used.append(j)
                 parts.append(part)
             layout = mosaic_layout(parts, self.imgsz, rng, self.augment)
-            sample, flipped = self._train_transform(layout, int(rng.integers(2**31)), mosaic=True)
+            sample, flipped = self._train_transform(layout, int(rng.integers(2**31)))
         else:
-            sample, flipped = self._train_transform(main, int(rng.integers(2**31)), mosaic=False)
+            sample, flipped = self._train_transform(main, int(rng.integers(2**31)))
 
         texts, per_box, mask = sample_texts(
             sample.texts,

@@ -53,7 +53,6 @@ __all__ = [
     "affine_matrix",
     "hsv_shift",
     "letterbox_sample",
-    "mosaic4",
     "mosaic_layout",
     "swap_left_right",
     "warp_layout",
@@ -221,10 +220,6 @@ class Layout:
             canvas[y1:y2, x1:x2] = t.image[y1 - oy : y2 - oy, x1 - ox : x2 - ox]
         return canvas
 
-    def sample(self) -> Sample:
-        """The painted canvas with the boxes of all tiles, in tile order."""
-        return _concat(self.paint(), self.parts)
-
 
 def _concat(image: np.ndarray, parts: Sequence[Sample]) -> Sample:
     """One sample with ``image`` and the boxes of ``parts`` in order."""
@@ -258,7 +253,7 @@ def mosaic_layout(samples: Sequence[Sample], imgsz: int, rng: np.random.Generato
         The layout on the (2s, 2s) canvas.
     """
     if len(samples) != 4:
-        raise ValueError(f"mosaic4 needs exactly 4 samples, got {len(samples)}")
+        raise ValueError(f"mosaic_layout needs exactly 4 samples, got {len(samples)}")
     s = imgsz
     size = 2 * s
     xc = int(rng.uniform(0.5 * s, 1.5 * s))
@@ -284,14 +279,6 @@ def mosaic_layout(samples: Sequence[Sample], imgsz: int, rng: np.random.Generato
         part.boxes = clipped[keep].astype(np.float32)
         parts.append(part)
     return Layout(tiles, parts, (size, size))
-
-
-def mosaic4(samples: Sequence[Sample], imgsz: int, rng: np.random.Generator, cfg: AugmentConfig) -> Sample:
-    """:func:`mosaic_layout` painted: the (2s, 2s) canvas with the boxes of all four images.
-
-    Uncovered canvas is grey (114); boxes are in canvas pixels, in sample order.
-    """
-    return mosaic_layout(samples, imgsz, rng, cfg).sample()
 
 
 @dataclass(frozen=True)
@@ -578,25 +565,21 @@ class TrainAugment:
         part = Sample(sample.image, boxes, sample.texts, sample.labels, sample.ignore, sample.source)
         return Layout([Tile(sample.image, (left, top, left + w, top + h), (left, top))], [part], (s, s))
 
-    def __call__(self, sample: Sample | Layout, seed: int, mosaic: bool) -> tuple[Sample, bool]:
+    def __call__(self, sample: Sample | Layout, seed: int) -> tuple[Sample, bool]:
         """Augment one image.
 
         Args:
-            sample: a :class:`Layout` (from :func:`mosaic_layout`), a painted (2s, 2s) mosaic
-                canvas from :func:`mosaic4` when ``mosaic``, else one image resized so its
-                longest side is at most imgsz (it is letterboxed here).
+            sample: a mosaic :class:`Layout` (from :func:`mosaic_layout`: the 2s canvas and its
+                centre crop), or one image resized so its longest side is at most imgsz (it is
+                letterboxed here).
             seed: the only source of randomness (the same seed gives the same output).
-            mosaic: whether ``sample`` is a mosaic (the 2s canvas and its centre crop).
 
         Returns:
             The imgsz×imgsz sample, and whether it was flipped horizontally (texts are then
             already left/right-swapped and relabelled).
         """
         s, cfg = self.imgsz, self.cfg
-        if isinstance(sample, Layout):
-            layout = sample
-        else:
-            layout = Layout.whole(sample) if mosaic else self.layout(sample)
+        layout = sample if isinstance(sample, Layout) else self.layout(sample)
         params, (hue, sat, val), flip = self.draw(np.random.default_rng(int(seed)))
         image, maps = warp_layout(layout, affine_matrix(params, layout.size, s), s, exact=self.exact)
         parts = []
