@@ -25,6 +25,7 @@ from ovdet.models.detector import OVDetector
 from ovdet.models.folded import FoldedDetector
 from ovdet.structures import Detections
 from ovdet.text import EmbeddingCache, TextEncoder, build_text_encoder, text_encoder_id, validate_class_names
+from ovdet.text.vocabulary import builtin_vocabulary, is_builtin_vocabulary
 
 __all__ = ["Detector"]
 
@@ -234,10 +235,11 @@ class Detector:
                 warnings.warn(f"could not write the embedding cache {self.cache.path}: {e}", stacklevel=3)
         return emb
 
-    def set_classes(self, names: Sequence[str]) -> Detector:
-        """Set the vocabulary from natural-language names.
+    def set_classes(self, names: Sequence[str] | str) -> Detector:
+        """Set the vocabulary from natural-language names, or a built-in vocabulary by name.
 
-        Embeddings come from the cache when known (no encoder call), else from the text
+        ``set_classes("coco")``, ``"lvis"`` or ``"objects365"`` uses the class names shipped with
+        ovdet (:mod:`ovdet.text.vocabulary`): a prompt-free mode in one word. Embeddings come from the cache when known (no encoder call), else from the text
         encoder; the cache is keyed by (encoder id, templates, text), so a new vocabulary or a
         new encoder never reuses stale embeddings.
 
@@ -247,6 +249,8 @@ class Detector:
             TextEncoderUnavailable: the encoder's weights cannot be fetched (offline); the
                 message says how to supply local files or precomputed embeddings.
         """
+        if is_builtin_vocabulary(names):
+            names = builtin_vocabulary(names)  # type: ignore[arg-type]
         names = validate_class_names(names)
         emb = self.encode(names)
         if emb.shape[1] != self.cfg.embed_dim:

@@ -1,4 +1,4 @@
-"""The ``ovdet`` command line: ``ovdet predict|embed|convert|check-data|val|train|export``.
+"""The ``ovdet`` command line: ``ovdet predict|embed|convert|check-data|val|train|export|serve``.
 
 Each sub-command validates its arguments first (nothing is loaded or created for a command
 line that cannot work), then runs through :class:`~ovdet.api.Detector` and prints a summary.
@@ -33,10 +33,11 @@ class UsageError(Exception):
 
 # ------------------------------------------------------------------------------------------------ helpers
 def read_classes(spec: str) -> list[str]:
-    """Class names from ``"a,b,c"`` or from a text file with one name per line (``#`` comments).
+    """Class names from ``"a,b,c"``, a built-in vocabulary (``coco``, ``lvis``, ``objects365``) or a
+    text file with one name per line (``#`` comments).
 
-    A spec is a file when it names an existing file or ends in ``.txt``/``.names``; anything
-    else (a long inline list included) is split on commas.
+    A spec is a file when it names an existing file or ends in ``.txt``/``.names``; else a
+    built-in vocabulary's name; anything else (a long inline list included) is split on commas.
 
     Raises:
         UsageError: a ``.txt``/``.names`` file that does not exist, or no names at all.
@@ -52,7 +53,9 @@ def read_classes(spec: str) -> list[str]:
         lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
         names = [n for n in lines if n and not n.startswith("#")]
     else:
-        names = [n.strip() for n in spec.split(",") if n.strip()]
+        from ovdet.text.vocabulary import parse_classes
+
+        names = parse_classes(spec)
     if not names:
         raise UsageError(f"--classes {spec!r} holds no class name")
     return names
@@ -484,6 +487,76 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from ovdet.config import ServeConfig
+    from ovdet.device import resolve_device, resolve_precision
+
+    missing = [m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"`ovdet serve` needs {', '.join(missing)} (not installed): pip install 'ovdet[serve]'")
+    _check_device(args.device)
+    try:
+        resolve_precision(args.precision, resolve_device(args.device))
+        cfg = ServeConfig(
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key or os.environ.get("OVDET_API_KEY") or None,
+            batch_window_ms=args.batch_window_ms,
+            max_batch=args.max_batch,
+            queue_size=args.queue_size,
+            timeout_s=args.timeout,
+            max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+            max_pixels=args.max_pixels,
+            max_images=args.max_images,
+            max_classes=args.max_classes,
+            cors_origins=tuple(args.cors),
+            max_connections=args.max_connections,
+        )
+    except (ValueError, ConfigError) as e:
+        raise UsageError(str(e)) from e
+    classes = read_classes(args.classes) if args.classes else None
+    if args.embeddings and not Path(args.embeddings).is_file():
+        raise UsageError(f"--embeddings {args.embeddings}: file not found")
+    check_model_spec(args.model)
+
+    import uvicorn
+
+    from ovdet.serve.app import create_app, public_bind_warning
+
+    det = load_detector(args.model, args.device)
+    _apply_text_options(det, args)
+    if classes or args.embeddings:
+        _set_vocabulary(det, classes, args.embeddings)
+    warning = public_bind_warning(cfg)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    app = create_app(det, cfg, model_name=args.model, precision=args.precision)
+    if det.names and not args.no_warmup:
+        start = time.perf_counter()
+        app.state.engine.warmup(args.imgsz_warmup)
+        print(f"warmed up in {time.perf_counter() - start:.1f} s ({len(det.names)} default classes)")
+    shown = f"{len(det.names)} default classes" if det.names else "no default classes (requests must send classes)"
+    print(
+        f"ovdet serve: {args.model} on {det.device}, {shown}; page http://{_url_host(cfg.host)}:{cfg.port}/ , API docs /docs"
+    )
+    uvicorn.run(
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        log_level=args.log_level,
+        limit_concurrency=cfg.max_connections,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    return EXIT_OK
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 # ------------------------------------------------------------------------------------------------ parser
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Every option's help line shows its default."""
@@ -605,7 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="ovdet checkpoint folder, model YAML (random init), or pretrained name (e.g. yolo-world-v2-s; "
         "downloaded and converted once)",
     )
-    pr.add_argument("--classes", help="comma-separated names, or a .txt file with one name per line")
+    pr.add_argument(
+        "--classes", help="comma-separated names, a built-in vocabulary (coco, lvis, objects365) or a .txt file"
+    )
     pr.add_argument("--embeddings", help="precomputed embeddings from `ovdet embed` (no text encoder needed)")
     pr.add_argument("--source", required=True, help="image, folder, glob, or video file")
     pr.add_argument("--save-dir", default="runs/predict", help="output folder (created when there is output)")
@@ -636,7 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_predict)
 
     em = command("embed", "precompute class-name embeddings to a safetensors file")
-    em.add_argument("--classes", required=True, help="comma-separated names or a .txt file")
+    em.add_argument("--classes", required=True, help="comma-separated names, coco / lvis / objects365, or a .txt file")
     em.add_argument("-o", "--output", required=True, help="output .safetensors file")
     em.add_argument("--model", help="model YAML whose text encoder to use (default: open_clip ViT-B-32 openai)")
     em.add_argument("--template", action="append", help="prompt template with {} (repeatable; averaged)")
@@ -803,6 +878,38 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--device", default="cpu", help="where the model is traced: cpu, cuda or cuda:N")
     _add_text_options(ex)
     ex.set_defaults(func=cmd_export)
+    sv = command("serve", "HTTP API with micro-batching and a web page (needs the [serve] extra)")
+    sv.add_argument("--model", required=True, help="ovdet checkpoint folder, model YAML or pretrained name")
+    sv.add_argument(
+        "--classes", help="default vocabulary for requests that send none: names, coco / lvis / objects365, or a .txt"
+    )
+    sv.add_argument("--embeddings", help="default vocabulary from `ovdet embed` instead of --classes")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (loopback unless told otherwise)")
+    sv.add_argument("--port", type=int, default=8000, help="TCP port")
+    sv.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    sv.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="inference precision")
+    sv.add_argument(
+        "--api-key", help="require this key in the X-API-Key header (better: set $OVDET_API_KEY, not visible in ps)"
+    )
+    sv.add_argument("--batch-window-ms", type=float, default=10.0, help="how long a request waits for batch mates")
+    sv.add_argument("--max-batch", type=int, default=8, help="images per forward pass at most")
+    sv.add_argument("--queue-size", type=int, default=64, help="requests waiting or running at most (503 beyond)")
+    sv.add_argument("--timeout", type=float, default=60.0, help="seconds a request may take (504 beyond)")
+    sv.add_argument("--max-upload-mb", type=float, default=32.0, help="largest request body, MiB (413 beyond)")
+    sv.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height (413 beyond)")
+    sv.add_argument("--max-images", type=int, default=16, help="images per request at most")
+    sv.add_argument("--max-classes", type=int, default=2000, help="class names per request at most")
+    sv.add_argument("--max-connections", type=int, default=256, help="concurrent connections (503 beyond)")
+    sv.add_argument(
+        "--cors", action="append", default=[], metavar="ORIGIN", help="allow browser calls from ORIGIN (repeatable)"
+    )
+    sv.add_argument("--imgsz-warmup", type=int, default=640, help="image size of the warm-up pass")
+    sv.add_argument("--no-warmup", action="store_true", help="skip the warm-up pass at start")
+    sv.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="server log"
+    )
+    _add_text_options(sv)
+    sv.set_defaults(func=cmd_serve)
     return p
 
 

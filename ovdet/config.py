@@ -269,6 +269,81 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """How ``ovdet serve`` (:func:`ovdet.serve.create_app`) answers HTTP requests.
+
+    Attributes:
+        host: address to bind; loopback unless told otherwise (a public address without
+            ``api_key`` starts with a warning).
+        port: TCP port.
+        api_key: when set, ``/v1/detect``, ``/v1/model`` and ``/v1/stats`` need it in an
+            ``X-API-Key`` (or ``Authorization: Bearer``) header, compared in constant time.
+        batch_window_ms: how long the first request of a batch waits for others with the same
+            vocabulary, image size and thresholds to share its forward pass.
+        max_batch: images per forward pass at most.
+        queue_size: requests waiting or running at most; more get 503 with ``Retry-After``.
+        timeout_s: seconds a request may wait for its result (queue + inference) before 504.
+        max_upload_bytes: largest request body (413 beyond).
+        max_pixels: largest image (width × height), checked on the header before decoding
+            (decompression bombs) and on the decoded image (413 beyond).
+        max_images: images per request at most.
+        max_classes: class names per request at most (LVIS has 1203).
+        max_name_length: characters per class name at most.
+        max_imgsz: largest ``imgsz`` a request may ask for.
+        vocab_cache: vocabularies whose embeddings are kept (least recently used go first).
+        folded_cache: vocabularies whose folded network copy is kept (each holds a copy of the
+            weights; a miss costs one fold, ~10–50 ms).
+        cors_origins: origins allowed to call the API from a browser (CORS); empty: CORS off.
+        max_connections: concurrent connections uvicorn accepts (503 beyond).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    batch_window_ms: float = 10.0
+    max_batch: int = 8
+    queue_size: int = 64
+    timeout_s: float = 60.0
+    max_upload_bytes: int = 32 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    max_images: int = 16
+    max_classes: int = 2000
+    max_name_length: int = 200
+    max_imgsz: int = 1920
+    vocab_cache: int = 64
+    folded_cache: int = 4
+    cors_origins: tuple[str, ...] = ()
+    max_connections: int = 256
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"serve.port must be in [0, 65535], got {self.port}")
+        if self.api_key is not None and len(self.api_key) < 8:
+            raise ConfigError("serve.api_key must be at least 8 characters (or unset)")
+        if self.batch_window_ms < 0:
+            raise ConfigError(f"serve.batch_window_ms must be >= 0, got {self.batch_window_ms}")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"serve.timeout_s must be > 0, got {self.timeout_s}")
+        if self.max_imgsz < 32 or self.max_imgsz % 32:
+            raise ConfigError(f"serve.max_imgsz must be a positive multiple of 32, got {self.max_imgsz}")
+        for name in (
+            "max_batch",
+            "queue_size",
+            "max_upload_bytes",
+            "max_pixels",
+            "max_images",
+            "max_classes",
+            "max_name_length",
+            "vocab_cache",
+            "folded_cache",
+            "max_connections",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"serve.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class AugmentConfig:
     """Training augmentation settings (defaults follow ultralytics' YOLOv8 training recipe).
 

@@ -34,6 +34,7 @@ __all__ = [
     "SourceItem",
     "count_sources",
     "decode_image",
+    "decode_image_bytes",
     "iter_sources",
     "probe_image_size",
     "to_bgr_array",
@@ -154,32 +155,63 @@ def decode_image(path: PathLike, max_pixels: int | None = None, notes: list[str]
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise ImageReadError(f"{path}: cannot read file ({e})") from e
+    return decode_image_bytes(data, path, max_pixels, notes)
+
+
+def decode_image_bytes(
+    data: np.ndarray | bytes,
+    name: str,
+    max_pixels: int | None = None,
+    notes: list[str] | None = None,
+    capture: bool = True,
+) -> np.ndarray:
+    """Decode an encoded image held in memory (an upload, a database blob) exactly as
+    :func:`decode_image` decodes a file: same checks, same conversions, same errors.
+
+    Args:
+        data: the encoded bytes (``(L,)`` uint8 array or bytes).
+        name: what error messages call the image (a file name, ``"upload 2"``).
+        max_pixels: see :func:`decode_image`.
+        notes: receives what the native decoder printed (only with ``capture``).
+        capture: keep native decoder messages off the terminal by redirecting file descriptor 2
+            during the decode. That redirect is process-wide, so threads decoding concurrently
+            (a server) pass False.
+
+    Returns:
+        ``(H, W, 3)`` uint8 BGR array, C-contiguous, in display orientation.
+
+    Raises:
+        ImageReadError: empty, truncated, corrupt, not an image, over the pixel limit, or an
+            unsupported pixel type; the message starts with ``name``.
+    """
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = np.frombuffer(data, dtype=np.uint8)
     if data.size == 0:
-        raise ImageReadError(f"{path}: empty file (0 bytes)")
+        raise ImageReadError(f"{name}: empty file (0 bytes)")
 
     head = data[:8].tobytes()
     reason = truncation_reason(data, head)
     if reason is not None:
-        raise ImageReadError(f"{path}: {reason}")
-    check_pixel_limit(path, declared_size(data), max_pixels)
-    with capture_native_stderr() as printed:
+        raise ImageReadError(f"{name}: {reason}")
+    check_pixel_limit(name, declared_size(data), max_pixels)
+    with capture_native_stderr() if capture else contextlib.nullcontext([]) as printed:
         try:
             image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
         except cv2.error as e:  # e.g. an image over OpenCV's own pixel limit
-            raise ImageReadError(f"{path}: OpenCV cannot decode it ({str(e).strip()})") from e
+            raise ImageReadError(f"{name}: OpenCV cannot decode it ({str(e).strip()})") from e
     if notes is not None:
         notes.extend(printed)
     if image is None or image.size == 0:
         if head.startswith(_JPEG_MAGIC):
-            raise ImageReadError(f"{path}: corrupt JPEG data")
+            raise ImageReadError(f"{name}: corrupt JPEG data")
         if head.startswith(_PNG_MAGIC):
-            raise ImageReadError(f"{path}: corrupt PNG data")
-        raise ImageReadError(f"{path}: not a decodable image (unrecognised or unsupported format)")
+            raise ImageReadError(f"{name}: corrupt PNG data")
+        raise ImageReadError(f"{name}: not a decodable image (unrecognised or unsupported format)")
 
     try:
         image = _to_bgr_uint8(image)
     except ValueError as e:
-        raise ImageReadError(f"{path}: {e}") from e
+        raise ImageReadError(f"{name}: {e}") from e
     return np.ascontiguousarray(_apply_orientation(image, _exif_orientation(data, head)))
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from importlib import resources
 
-__all__ = ["BUILTIN_VOCABULARIES", "builtin_vocabulary", "resolve_vocabulary"]
+__all__ = ["BUILTIN_VOCABULARIES", "builtin_vocabulary", "is_builtin_vocabulary", "parse_classes", "resolve_vocabulary"]
 
 BUILTIN_VOCABULARIES = ("coco", "lvis", "objects365")
 
@@ -33,6 +33,24 @@ def builtin_vocabulary(name: str) -> list[str]:
     return [s[0] if first[s[0]] == 1 or len(s) == 1 else s[-1] for s in synonyms]
 
 
+def is_builtin_vocabulary(spec: object) -> bool:
+    """True when ``spec`` is a string naming a built-in vocabulary (``"coco"``, ``" LVIS "``)."""
+    return isinstance(spec, str) and spec.strip().lower() in BUILTIN_VOCABULARIES
+
+
+def parse_classes(spec: str) -> list[str]:
+    """Class names from one string, as the command line, the HTTP API and the web page take them:
+    a built-in vocabulary's name (``coco``, ``lvis``, ``objects365``: the whole string), else
+    comma-separated names, stripped, empty ones dropped (``"person, red backpack"``).
+
+    The list is not validated (see :func:`~ovdet.text.validate_class_names`); a string of only
+    commas and spaces gives ``[]``.
+    """
+    if is_builtin_vocabulary(spec):
+        return builtin_vocabulary(spec)
+    return [n.strip() for n in spec.split(",") if n.strip()]
+
+
 def resolve_vocabulary(spec: str) -> list[str]:
     """Names from a built-in vocabulary name (``coco``, ``lvis``, ``objects365``) or a text file
     with one name per line (``#`` comments).
@@ -42,7 +60,7 @@ def resolve_vocabulary(spec: str) -> list[str]:
     """
     from pathlib import Path
 
-    if spec.strip().lower() in BUILTIN_VOCABULARIES:
+    if is_builtin_vocabulary(spec):
         return builtin_vocabulary(spec)
     path = Path(spec)
     if not path.is_file():
