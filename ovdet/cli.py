@@ -1,4 +1,4 @@
-"""The ``ovdet`` command line: ``ovdet predict|embed|convert|check-data|val|train|export|serve``.
+"""The ``ovdet`` command line: ``ovdet predict|embed|convert|check-data|val|train|export|serve|label``.
 
 Each sub-command validates its arguments first (nothing is loaded or created for a command
 line that cannot work), then runs through :class:`~ovdet.api.Detector` and prints a summary.
@@ -487,6 +487,58 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_label(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ovdet.config import NMSConfig
+    from ovdet.datatools import DatasetWriter, list_images, parse_class_map
+
+    _check_device(args.device)
+    try:
+        NMSConfig(conf=args.conf, iou=args.iou, max_det=args.max_det)
+    except (ValueError, ConfigError) as e:
+        raise UsageError(str(e)) from e
+    if args.imgsz < 32 or args.imgsz % 32:
+        raise UsageError(f"--imgsz must be a positive multiple of 32, got {args.imgsz}")
+    _positive("--batch", args.batch)
+    try:
+        classes = parse_class_map(read_classes(args.classes))
+        files = list_images(args.source)
+        writer = DatasetWriter(args.out, classes, args.format, args.val_split, args.copy, args.sheet)
+    except FileNotFoundError as e:
+        raise UsageError(f"--source: {e}") from e
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    check_model_spec(args.model)
+
+    pending = writer.pending(files)
+    print(f"{len(files)} images in {args.source}: {len(files) - len(pending)} already labelled, {len(pending)} to do")
+    if pending:
+        det = load_detector(args.model, args.device)
+        _apply_text_options(det, args)
+        det.set_classes(classes.prompts)
+        run = det.predict(
+            [str(p) for p in pending],
+            conf=args.conf,
+            iou=args.iou,
+            imgsz=args.imgsz,
+            max_det=args.max_det,
+            batch=args.batch,
+            stream=True,
+            keep_images=False,
+        )
+        with tqdm(total=len(pending), unit="img", desc="label", disable=args.quiet) as bar:
+            for d in run:
+                writer.add(d)
+                bar.update(1)
+            for name, reason in run.skipped:
+                writer.skip(name, reason)
+                bar.update(1)
+    summary = writer.finish()
+    print(summary.text())
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import importlib.util
 
@@ -878,6 +930,29 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--device", default="cpu", help="where the model is traced: cpu, cuda or cuda:N")
     _add_text_options(ex)
     ex.set_defaults(func=cmd_export)
+    lb = command("label", "auto-label a folder of images from text prompts into a YOLO or COCO dataset")
+    lb.add_argument("--model", required=True, help="ovdet checkpoint folder, model YAML or pretrained name")
+    lb.add_argument(
+        "--classes",
+        required=True,
+        help="prompts, comma-separated ('hard hat,person wearing a hard hat=worker': prompt=dataset name), "
+        "a built-in vocabulary or a .txt file",
+    )
+    lb.add_argument("--source", required=True, help="image file, folder or glob")
+    lb.add_argument("--out", required=True, help="dataset folder (rerun with the same one to resume)")
+    lb.add_argument("--format", default="yolo", choices=["yolo", "coco"], help="dataset layout")
+    lb.add_argument("--conf", type=float, default=0.3, help="minimum score of a kept box")
+    lb.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold")
+    lb.add_argument("--max-det", type=int, default=300, help="boxes per image at most")
+    lb.add_argument("--imgsz", type=int, default=640, help="letterbox size (a multiple of 32)")
+    lb.add_argument("--batch", type=int, default=1, help="images per forward pass")
+    lb.add_argument("--val-split", type=float, default=0.1, help="share of images in the val split")
+    lb.add_argument("--copy", action="store_true", help="copy images instead of symlinking them")
+    lb.add_argument("--sheet", type=int, default=16, help="images in contact_sheet.png (0: none)")
+    lb.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    lb.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_text_options(lb)
+    lb.set_defaults(func=cmd_label)
     sv = command("serve", "HTTP API with micro-batching and a web page (needs the [serve] extra)")
     sv.add_argument("--model", required=True, help="ovdet checkpoint folder, model YAML or pretrained name")
     sv.add_argument(

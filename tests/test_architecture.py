@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "ovdet.deploy": 5,
     "ovdet.export": 5,
     "ovdet.serve": 5,
+    "ovdet.datatools": 5,
     "ovdet.api": 6,
     "ovdet.cli": 7,
     "ovdet.__main__": 7,
