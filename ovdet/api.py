@@ -239,8 +239,8 @@ class Detector:
         """Set the vocabulary from natural-language names, or a built-in vocabulary by name.
 
         ``set_classes("coco")``, ``"lvis"`` or ``"objects365"`` uses the class names shipped with
-        ovdet (:mod:`ovdet.text.vocabulary`): a prompt-free mode in one word. Embeddings come from the cache when known (no encoder call), else from the text
-        encoder; the cache is keyed by (encoder id, templates, text), so a new vocabulary or a
+        ovdet (:mod:`ovdet.text.vocabulary`): a prompt-free mode in one word. Embeddings come
+        from the cache when known (no encoder call), else from the text encoder; the cache is keyed by (encoder id, templates, text), so a new vocabulary or a
         new encoder never reuses stale embeddings.
 
         Raises:

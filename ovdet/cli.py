@@ -165,6 +165,21 @@ def _set_vocabulary(det, classes: list[str] | None, embeddings: str | None) -> N
         raise UsageError("no vocabulary: pass --classes 'a,b,c' (or a .txt file) or --embeddings FILE")
 
 
+def _check_detection_options(args: argparse.Namespace) -> None:
+    """``--device``, ``--conf``/``--iou``/``--max-det``, ``--imgsz`` and ``--batch`` of a command that
+    runs ``Detector.predict`` (``predict``, ``label``), checked before anything is loaded."""
+    from ovdet.config import NMSConfig
+
+    _check_device(args.device)
+    try:
+        NMSConfig(conf=args.conf, iou=args.iou, max_det=args.max_det)
+    except (ValueError, ConfigError) as e:
+        raise UsageError(str(e)) from e
+    if args.imgsz < 32 or args.imgsz % 32:
+        raise UsageError(f"--imgsz must be a positive multiple of 32, got {args.imgsz}")
+    _positive("--batch", args.batch)
+
+
 def _positive(name: str, value: int, minimum: int = 1) -> None:
     if value < minimum:
         raise UsageError(f"{name} must be >= {minimum}, got {value}")
@@ -174,22 +189,17 @@ def _positive(name: str, value: int, minimum: int = 1) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ovdet.config import NMSConfig
     from ovdet.data.images import count_sources, resolve_max_pixels
     from ovdet.device import resolve_device, resolve_precision
     from ovdet.engine.outputs import PredictionWriter
 
     # Everything the command line says is checked before the model is loaded.
-    _check_device(args.device)
+    _check_detection_options(args)
     try:
         resolve_precision(args.precision, resolve_device(args.device))
-        NMSConfig(conf=args.conf, iou=args.iou, max_det=args.max_det)
         resolve_max_pixels(args.max_pixels)
     except (ValueError, ConfigError) as e:
         raise UsageError(str(e)) from e
-    if args.imgsz < 32 or args.imgsz % 32:
-        raise UsageError(f"--imgsz must be a positive multiple of 32, got {args.imgsz}")
-    _positive("--batch", args.batch)
     _positive("--video-stride", args.video_stride)
     classes = read_classes(args.classes) if args.classes else None
     if args.embeddings and not Path(args.embeddings).is_file():
@@ -490,17 +500,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_label(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ovdet.config import NMSConfig
     from ovdet.datatools import DatasetWriter, list_images, parse_class_map
 
-    _check_device(args.device)
-    try:
-        NMSConfig(conf=args.conf, iou=args.iou, max_det=args.max_det)
-    except (ValueError, ConfigError) as e:
-        raise UsageError(str(e)) from e
-    if args.imgsz < 32 or args.imgsz % 32:
-        raise UsageError(f"--imgsz must be a positive multiple of 32, got {args.imgsz}")
-    _positive("--batch", args.batch)
+    _check_detection_options(args)
     try:
         classes = parse_class_map(read_classes(args.classes))
         files = list_images(args.source)
