@@ -349,12 +349,14 @@ def _job(image: np.ndarray, names: list[str], i: int) -> Job:
 
 
 def test_engine_micro_batches_same_key_only(det: Detector, coco128_images: list[Path]) -> None:
-    # four same-shape images of two vocabularies, submitted together: two batches of two
-    images = [decode_image(p) for p in coco128_images[:40]]
-    images = [im for im in images if im.shape == images[0].shape][:4]
-    assert len(images) == 4
-    engine = BatchEngine(det, ServeConfig(batch_window_ms=500, max_batch=8))
+    # four same-shape images of two vocabularies, submitted together: two batches of two; each
+    # image has boxes and no NMS near-tie at (0.3, 0.6) for its vocabulary
     vocab_a, vocab_b = ["person", "car"], ["dog", "bowl", "bus"]
+    shape = decode_image(coco128_images[0]).shape
+    pool = [p for p in coco128_images if cv2.imread(str(p)).shape == shape]
+    a, b = _clear(det, pool, vocab_a, 0.3, 0.6, 2), _clear(det, pool, vocab_b, 0.3, 0.6, 2)
+    images = [decode_image(p) for p in (a[0], b[0], a[1], b[1])]
+    engine = BatchEngine(det, ServeConfig(batch_window_ms=500, max_batch=8))
     engine.warmup(320)
     engine.start()
     try:
