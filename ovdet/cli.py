@@ -1,4 +1,4 @@
-"""The ``ovdet`` command line: ``ovdet predict|embed|convert|check-data|val|train|export|serve|label``.
+"""The ``ovdet`` command line: ``ovdet predict|embed|convert|check-data|val|train|export|serve|label|index|search``.
 
 Each sub-command validates its arguments first (nothing is loaded or created for a command
 line that cannot work), then runs through :class:`~ovdet.api.Detector` and prints a summary.
@@ -541,6 +541,127 @@ def cmd_label(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _model_spec(model: str) -> str:
+    """``--model`` as an index records it: local paths made absolute, names as given."""
+    path = Path(model)
+    return str(path.resolve()) if path.exists() else model
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ovdet.datatools import Index, IndexMismatchError, list_images
+
+    _check_device(args.device)
+    try:
+        files = list_images(args.source)
+    except FileNotFoundError as e:
+        raise UsageError(f"--source: {e}") from e
+    settings = {"imgsz": args.imgsz, "regions": args.regions, "region_iou": args.region_iou, "faiss_index": args.faiss}
+    existing = None
+    if (Path(args.out) / "index.json").is_file():
+        try:
+            existing = Index.read_manifest(args.out)
+        except ValueError as e:
+            raise UsageError(f"--out: {e}") from e
+        given = {k: v for k, v in settings.items() if v is not None and v != existing[k]}
+        if given or args.vocabulary:
+            changed = ", ".join(f"{k}={v!r} (index: {existing[k]!r})" for k, v in given.items())
+            raise UsageError(
+                f"{args.out} already holds an index built with other settings ({changed or 'vocabulary'}); "
+                "drop those options to add to it, or choose a new --out"
+            )
+    else:
+        for name, value in (("--imgsz", args.imgsz), ("--regions", args.regions), ("--batch", args.batch)):
+            if value is not None and value < (32 if name == "--imgsz" else 1):
+                raise UsageError(f"{name} must be >= {32 if name == '--imgsz' else 1}, got {value}")
+        if args.imgsz is not None and args.imgsz % 32:
+            raise UsageError(f"--imgsz must be a multiple of 32, got {args.imgsz}")
+    model = args.model or (existing or {}).get("model", {}).get("spec")
+    if not model:
+        raise UsageError("--model is required to build a new index")
+    check_model_spec(model)
+    det = load_detector(model, args.device)
+    _apply_text_options(det, args)
+    try:
+        if existing is not None:
+            index = Index.load(args.out, det)
+            print(f"{args.out}: {len(index)} images indexed; adding new or changed files")
+        else:
+            vocabulary = read_classes(args.vocabulary) if args.vocabulary else "lvis"
+            index = Index(
+                det, vocabulary, **{k: v for k, v in settings.items() if v is not None}, batch=args.batch or 8
+            )
+            index.model_spec = _model_spec(model)
+    except IndexMismatchError as e:
+        raise UsageError(str(e)) from e
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    if args.batch:
+        index.batch = args.batch
+    with tqdm(total=len(files), unit="img", desc="index", disable=args.quiet) as bar:
+        report = index.add(files, progress=bar.update)
+    index.save(args.out)
+    size = sum(f.stat().st_size for f in Path(args.out).iterdir() if f.is_file())
+    print(report.text())
+    print(
+        f"index {args.out}: {len(index)} images, {index.num_regions} regions "
+        f"({size / 2**20:.1f} MiB on disk, {size / max(len(index), 1) / 1024:.1f} KiB per image)"
+    )
+    return EXIT_OK
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import json
+
+    from ovdet.datatools import Index, IndexMismatchError
+
+    _check_device(args.device)
+    _positive("-k", args.k)
+    if args.candidates is not None:
+        _positive("--candidates", args.candidates)
+    try:
+        manifest = Index.read_manifest(args.index)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    model = args.model or manifest["model"].get("spec")
+    if not model:
+        raise UsageError(f"{args.index} does not record its model: pass --model")
+    check_model_spec(model)
+    det = load_detector(model, args.device)
+    _apply_text_options(det, args)
+    try:
+        index = Index.load(args.index, det)
+    except IndexMismatchError as e:
+        raise UsageError(str(e)) from e
+    results = []
+    for query in args.queries:
+        try:
+            res = index.search(query, k=args.k, rerank=not args.no_rerank, candidates=args.candidates)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        results.append(res)
+        how = f"re-ranked {res.candidates}" if res.candidates else "index scores"
+        ms = " + ".join(f"{k} {v * 1000:.0f} ms" for k, v in res.timings.items())
+        print(f"{query!r}: {len(res.hits)} of {len(index)} images ({how}; {ms})")
+        for rank, hit in enumerate(res.hits, 1):
+            box = " ".join(f"{v:.0f}" for v in hit.box)
+            mark = "" if hit.exact else "~"
+            print(f"  {rank:3d}  {mark}{hit.score:.3f}  {hit.path}  [{box}]")
+        for path, reason in res.skipped:
+            print(f"  could not re-read {path}: {reason}")
+    if args.html:
+        from ovdet.datatools.gallery import search_page
+
+        print(f"page: {search_page(results, args.html, title=f'ovdet search: {args.index}')}")
+    if args.json:
+        from ovdet.io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps([r.to_dict() for r in results], indent=1))
+        print(f"json: {args.json}")
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import importlib.util
 
@@ -955,6 +1076,38 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_text_options(lb)
     lb.set_defaults(func=cmd_label)
+    ix = command("index", "index a folder of images for text search (region embeddings in a faiss index)")
+    ix.add_argument("--model", help="ovdet checkpoint folder, model YAML or pretrained name (default: the index's)")
+    ix.add_argument("--source", required=True, help="image file, folder or glob")
+    ix.add_argument("--out", required=True, help="index folder (an existing index is added to: new and changed files)")
+    ix.add_argument(
+        "--vocabulary",
+        help="indexing vocabulary that guides the neck and picks salient regions: lvis (default), coco, "
+        "objects365, comma-separated names or a .txt file",
+    )
+    ix.add_argument("--imgsz", type=int, help="letterbox size (a multiple of 32; default 640)")
+    ix.add_argument("--regions", type=int, help="regions kept per image (default 64)")
+    ix.add_argument("--region-iou", type=float, help="NMS IoU among an image's regions (default 0.5)")
+    ix.add_argument(
+        "--faiss", help="faiss index_factory string: Flat (exact, default), SQ8 (4x smaller), IVF1024,Flat (sub-linear)"
+    )
+    ix.add_argument("--batch", type=int, help="images per forward pass (default 8)")
+    ix.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ix.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_text_options(ix)
+    ix.set_defaults(func=cmd_index)
+    se = command("search", "find the images (and boxes) of an index that match a text query")
+    se.add_argument("index", help="index folder written by `ovdet index`")
+    se.add_argument("queries", nargs="+", metavar="QUERY", help="text to search for (several: one search each)")
+    se.add_argument("-k", type=int, default=10, help="images returned per query")
+    se.add_argument("--model", help="the model the index was built with (default: the one it records)")
+    se.add_argument("--no-rerank", action="store_true", help="index scores only (no detector pass over candidates)")
+    se.add_argument("--candidates", type=int, help="images re-ranked by the detector (default max(3k, 30))")
+    se.add_argument("--html", help="write an HTML page of thumbnails with the boxes drawn")
+    se.add_argument("--json", help="write the results as JSON")
+    se.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _add_text_options(se)
+    se.set_defaults(func=cmd_search)
     sv = command("serve", "HTTP API with micro-batching and a web page (needs the [serve] extra)")
     sv.add_argument("--model", required=True, help="ovdet checkpoint folder, model YAML or pretrained name")
     sv.add_argument(
