@@ -17,9 +17,10 @@ from typing import Any
 import torch
 
 from ovdet.checkpoint import load_checkpoint, save_checkpoint
-from ovdet.config import EvalConfig, ModelConfig, NMSConfig, TextConfig, load_model_config
+from ovdet.config import EvalConfig, ModelConfig, NMSConfig, TextConfig, TrackConfig, load_model_config
 from ovdet.device import resolve_device, resolve_precision
 from ovdet.engine.predict import FoldedCache, PredictionStream, Predictor, collect
+from ovdet.engine.track import TrackingStream, collect_tracks
 from ovdet.io import ovdet_home
 from ovdet.models.detector import OVDetector
 from ovdet.models.folded import FoldedDetector
@@ -370,10 +371,24 @@ class Detector:
             RuntimeError: no vocabulary set.
             ImageReadError: the source is a single unreadable image, or nothing could be read.
         """
-        if self._embeddings is None:
-            raise RuntimeError("no vocabulary: call set_classes([...]) or set_class_embeddings(...) first")
         dtype = resolve_precision(precision, self.device)
         nms = NMSConfig(conf=conf, iou=iou, max_det=max_det, agnostic=agnostic_nms)
+        predictor = self._predictor(nms, imgsz, dtype, optimize)
+        run = PredictionStream(
+            predictor, source, batch=batch, keep_images=keep_images, video_stride=video_stride, max_pixels=max_pixels
+        )
+        if stream:
+            return run
+        return collect(run)
+
+    def _predictor(self, nms: NMSConfig, imgsz: int | tuple[int, int], dtype: Any, optimize: bool) -> Predictor:
+        """The predictor for the current vocabulary and weights (the folded copy with ``optimize``).
+
+        Raises:
+            RuntimeError: no vocabulary set.
+        """
+        if self._embeddings is None:
+            raise RuntimeError("no vocabulary: call set_classes([...]) or set_class_embeddings(...) first")
         folded: Any = None
         if optimize:
             folded = self.folded_network()
@@ -381,15 +396,73 @@ class Detector:
                 if self._compiled is None or self._compiled[0] is not folded:
                     self._compiled = (folded, torch.compile(folded, **self._compile))
                 folded = self._compiled[1]
-        predictor = Predictor(
+        return Predictor(
             self.model, self._names, self._embeddings, nms, imgsz, dtype, forward=self._forward, folded=folded
         )
-        run = PredictionStream(
-            predictor, source, batch=batch, keep_images=keep_images, video_stride=video_stride, max_pixels=max_pixels
+
+    def track(
+        self,
+        source: Any,
+        classes: Sequence[str] | str | None = None,
+        tracker: str = "bytetrack",
+        conf: float = 0.1,
+        iou: float = 0.7,
+        imgsz: int | tuple[int, int] = 640,
+        max_det: int = 300,
+        precision: str = "fp32",
+        stream: bool = False,
+        keep_images: bool = True,
+        video_stride: int = 1,
+        max_pixels: int | None = None,
+        optimize: bool = True,
+        **kwargs: Any,
+    ) -> list[Detections] | TrackingStream:
+        """Detect and track objects through a video: each box gets an identity kept across frames.
+
+        Frames are detected one at a time with the vocabulary set *at that frame*: calling
+        :meth:`set_classes` between frames of a stream changes what is detected from the next
+        frame on, and (with ``class_aware``, the default) the tracks of classes that stay go on
+        with their ids.
+
+        Args:
+            source: a video file, a folder or glob of frames (sorted: one sequence), a camera
+                index (``0``) or a stream URL (``rtsp://…``, ``http://…``).
+            classes: set this vocabulary first (as :meth:`set_classes`; it stays set).
+            tracker: ``"bytetrack"`` (default), ``"sort"`` or ``"ocsort"``.
+            conf: detection threshold (low on purpose: ByteTrack uses low-score boxes to keep
+                tracks through occlusion; only boxes at ``new_track`` or above start tracks).
+            iou: NMS IoU threshold. max_det: boxes per frame.
+            imgsz, precision, keep_images, video_stride, max_pixels, optimize: as in :meth:`predict`.
+            **kwargs: more :class:`~ovdet.config.TrackConfig` fields (high, new_track,
+                match_iou, buffer, min_hits, class_aware, trail).
+
+        Returns:
+            One :class:`Detections` per frame, with ``track_ids`` (N,) set and only the boxes of
+            confirmed tracks; with ``stream=True`` a lazy :class:`~ovdet.engine.track.TrackingStream`
+            (bounded memory; ``skipped`` lists unreadable frames).
+
+        Raises:
+            RuntimeError: no vocabulary set (and no ``classes``).
+            TypeError: an unknown keyword (the valid ones are named).
+            ImportError: the ``trackers`` package is missing (``pip install 'ovdet[track]'``).
+            ImageReadError: nothing could be read (``stream=False``).
+        """
+        values = _config_kwargs(TrackConfig, kwargs, "track")
+        cfg = TrackConfig(tracker=tracker, conf=conf, **values)
+        if classes is not None:
+            self.set_classes(classes)
+        dtype = resolve_precision(precision, self.device)
+        nms = NMSConfig(conf=cfg.conf, iou=iou, max_det=max_det)
+        self._predictor(nms, imgsz, dtype, optimize)  # no vocabulary: fail now, not at the first frame
+        run = TrackingStream(
+            lambda: self._predictor(nms, imgsz, dtype, optimize),
+            source,
+            cfg,
+            keep_images=keep_images,
+            video_stride=video_stride,
+            max_pixels=max_pixels,
         )
-        if stream:
-            return run
-        return collect(run)
+        return run if stream else collect_tracks(run)
 
     def train(
         self, data: str | Path | None = None, resume: str | Path | None = None, progress: bool = True, **kwargs: Any

@@ -1,4 +1,4 @@
-"""The ``ovdet`` command line: ``ovdet predict|embed|convert|check-data|val|train|export|serve|label|index|search``.
+"""The ``ovdet`` command line: ``ovdet predict|embed|convert|check-data|val|train|export|serve|label|index|search|track``.
 
 Each sub-command validates its arguments first (nothing is loaded or created for a command
 line that cannot work), then runs through :class:`~ovdet.api.Detector` and prints a summary.
@@ -193,6 +193,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ovdet.device import resolve_device, resolve_precision
     from ovdet.engine.outputs import PredictionWriter
 
+    if args.engine == "ray":
+        return _predict_ray(args)
+    ray_only = {
+        "--out": args.out,
+        "--ray-address": args.ray_address,
+        "--actors": args.actors,
+        "--ray-cpus": args.ray_cpus,
+    }
+    given = [flag for flag, value in ray_only.items() if value is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)}: only with --engine ray (--engine local writes to --save-dir)")
     # Everything the command line says is checked before the model is loaded.
     _check_detection_options(args)
     try:
@@ -262,6 +273,86 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"results: {out_json}" + (f", annotated files in {args.save_dir}" if save else ""))
     if videos:
         print(f"annotated video(s): {', '.join(videos)}")
+    return EXIT_OK
+
+
+def _predict_ray(args: argparse.Namespace) -> int:
+    """``ovdet predict --engine ray``: Ray Data actors over a folder, glob, image or parquet of paths;
+    one parquet row per image in ``--out`` (see :mod:`ovdet.distributed.raydata`)."""
+    from ovdet.distributed import SUMMARY_FILE, RayPredictConfig, import_ray, run_ray_predict, source_paths
+
+    try:
+        import_ray()
+    except ImportError as e:
+        raise UsageError(str(e)) from e
+    if not args.out:
+        raise UsageError("--engine ray writes its results as parquet: pass --out DIR")
+    if args.video_stride != 1 or args.save_frames:
+        raise UsageError("--engine ray reads still images: --video-stride and --save-frames need --engine local")
+    if args.ray_cpus is not None and args.ray_address:
+        raise UsageError("--ray-cpus sizes a local Ray; the cluster of --ray-address has its own CPUs")
+    for flag, value in (("--actors", args.actors), ("--ray-cpus", args.ray_cpus)):
+        if value is not None:
+            _positive(flag, value)
+    gpus = {"auto": None, "cpu": 0.0, "cuda": 1.0}.get(args.device, -1.0)
+    if gpus is not None and gpus < 0:
+        raise UsageError(
+            f"--device {args.device}: with --engine ray use auto (a GPU per actor when the cluster has GPUs), "
+            "cpu or cuda (Ray gives each actor its own GPU)"
+        )
+    try:
+        config = RayPredictConfig(
+            conf=args.conf,
+            iou=args.iou,
+            imgsz=args.imgsz,
+            max_det=args.max_det,
+            agnostic_nms=args.agnostic_nms,
+            batch=args.batch,
+            precision=args.precision,
+            max_pixels=args.max_pixels,
+            actors=args.actors,
+            gpus_per_actor=gpus,
+        )
+    except (ValueError, ConfigError) as e:
+        raise UsageError(str(e)) from e
+    if any(Path(args.out).glob("*.parquet")):
+        raise UsageError(f"--out {args.out} holds results of an earlier run: choose another folder or remove them")
+    classes = read_classes(args.classes) if args.classes else None
+    if args.embeddings and not Path(args.embeddings).is_file():
+        raise UsageError(f"--embeddings {args.embeddings}: file not found")
+    try:
+        paths = source_paths(args.source)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"--source: {e}") from e
+    check_model_spec(args.model)
+
+    det = load_detector(args.model, "cpu")  # the vocabulary is embedded once, here; actors load their own
+    _apply_text_options(det, args)
+    _set_vocabulary(det, classes, args.embeddings)
+    s = run_ray_predict(
+        paths,
+        args.out,
+        args.model,
+        det.names,
+        det.class_embeddings,
+        config,
+        ray_address=args.ray_address,
+        num_cpus=args.ray_cpus,
+        progress=not args.quiet,
+    )
+    print(
+        f"\n{s.images} images, {len(s.errors)} unreadable, {s.detections} detections, {s.images_per_second:.1f} "
+        f"images/s with {s.plan.actors} {s.plan.device} actor(s) ({s.seconds:.1f} s; Ray start-up {s.startup_seconds:.1f} s)"
+    )
+    for name, n in s.per_class.items():
+        print(f"  {name:<30} {n}")
+    for _, reason in s.errors[:20]:
+        print(f"  error: {reason}")
+    if len(s.errors) > 20:
+        print(f"  ... {len(s.errors) - 20} more errors in {s.out_dir / SUMMARY_FILE}")
+    print(f"results: {len(s.files)} parquet file(s) in {s.out_dir}, summary {s.out_dir / SUMMARY_FILE}")
+    if s.errors and len(s.errors) == s.images:
+        raise RuntimeError(f"no image could be read from {args.source} ({len(s.errors)} errors)")
     return EXIT_OK
 
 
@@ -538,6 +629,93 @@ def cmd_label(args: argparse.Namespace) -> int:
                 bar.update(1)
     summary = writer.finish()
     print(summary.text())
+    return EXIT_OK
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ovdet.config import NMSConfig, TrackConfig
+    from ovdet.data.images import count_sources, is_capture_source, resolve_max_pixels
+    from ovdet.device import resolve_device, resolve_precision
+    from ovdet.engine.track import TrackWriter
+
+    # Everything the command line says is checked before the model is loaded.
+    _check_device(args.device)
+    options = {
+        "high": args.high,
+        "new_track": args.new_track,
+        "match_iou": args.match_iou,
+        "buffer": args.buffer,
+        "min_hits": args.min_hits,
+        "class_aware": not args.class_agnostic,
+        "trail": args.trail,
+    }
+    try:
+        TrackConfig(tracker=args.tracker, conf=args.conf, **options)
+        NMSConfig(conf=args.conf, iou=args.iou, max_det=args.max_det)
+        resolve_precision(args.precision, resolve_device(args.device))
+        resolve_max_pixels(args.max_pixels)
+    except (ValueError, ConfigError) as e:
+        raise UsageError(str(e)) from e
+    if args.imgsz < 32 or args.imgsz % 32:
+        raise UsageError(f"--imgsz must be a positive multiple of 32, got {args.imgsz}")
+    _positive("--video-stride", args.video_stride)
+    classes = read_classes(args.classes) if args.classes else None
+    if args.embeddings and not Path(args.embeddings).is_file():
+        raise UsageError(f"--embeddings {args.embeddings}: file not found")
+    live = is_capture_source(args.source)
+    try:
+        total = None if live else count_sources(args.source, video_stride=args.video_stride)
+    except (FileNotFoundError, ValueError, TypeError) as e:
+        raise UsageError(f"--source: {e}") from e
+    check_model_spec(args.model)
+
+    det = load_detector(args.model, args.device)
+    _apply_text_options(det, args)
+    _set_vocabulary(det, classes, args.embeddings)
+    save_video = not args.no_save_video
+    stream = det.track(
+        int(args.source) if live and args.source.isdigit() else args.source,
+        tracker=args.tracker,
+        conf=args.conf,
+        iou=args.iou,
+        imgsz=args.imgsz,
+        max_det=args.max_det,
+        precision=args.precision,
+        stream=True,
+        keep_images=save_video,
+        video_stride=args.video_stride,
+        max_pixels=args.max_pixels,
+        **options,
+    )
+    writer = TrackWriter(args.save_dir, video=save_video, trail=args.trail, fps=stream.fps)
+    start = time.perf_counter()
+    try:
+        with tqdm(total=total, unit="frame", desc="track", disable=args.quiet) as bar:
+            for d in stream:
+                writer.add(d)
+                bar.update(1)
+    finally:  # Ctrl-C on a camera stream still leaves complete files
+        writer.close()
+    elapsed = time.perf_counter() - start
+    if stream.seen == 0:
+        for _, reason in stream.skipped:
+            print(f"  skipped: {reason}", file=sys.stderr)
+        first = stream.skipped[0][1] if stream.skipped else "no frames"
+        raise RuntimeError(f"no frame could be read from {args.source}: {first}")
+    tracks = sum(s["tracks"] for s in writer.summaries)
+    boxes = sum(s["boxes"] for s in writer.summaries)
+    print(
+        f"\n{stream.seen} frames, {tracks} tracks, {boxes} tracked boxes, {len(stream.skipped)} skipped, "
+        f"{stream.seen / elapsed if elapsed > 0 else 0:.1f} frames/s ({det.device}, {args.tracker})"
+    )
+    for summary in writer.summaries:
+        per_class = ", ".join(f"{n} {c}" for n, c in summary["per_class"].items()) or "no tracks"
+        print(f"  {summary['sequence']}: {summary['frames']} frames, {summary['tracks']} tracks ({per_class})")
+    for _, reason in stream.skipped:
+        print(f"  skipped: {reason}")
+    print(f"results in {args.save_dir}: " + ", ".join(p.name for p in writer.written))
     return EXIT_OK
 
 
@@ -882,6 +1060,25 @@ def build_parser() -> argparse.ArgumentParser:
         "89478485, 0 = no limit",
     )
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process; ray: Ray Data with a pool of detector actors, results as parquet in --out "
+        "(the [ray] extra)",
+    )
+    pr.add_argument(
+        "--out", help="--engine ray: results folder (*.parquet, one row per image, and _summary.json); required"
+    )
+    pr.add_argument(
+        "--ray-address",
+        help="--engine ray: the Ray cluster to join ('auto' on a node of it, or ray://host:10001); default "
+        "$RAY_ADDRESS, else a local Ray started and stopped by this command",
+    )
+    pr.add_argument(
+        "--actors", type=int, help="--engine ray: detector actors (default: one per GPU; without GPUs min(2, CPUs))"
+    )
+    pr.add_argument("--ray-cpus", type=int, help="--engine ray: CPUs of the local Ray (default: all)")
     _add_text_options(pr)
     pr.set_defaults(func=cmd_predict)
 
@@ -1076,6 +1273,40 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_text_options(lb)
     lb.set_defaults(func=cmd_label)
+    tr = command("track", "detect and track text-named classes through a video, frames, a camera or a stream")
+    tr.add_argument("--model", required=True, help="ovdet checkpoint folder, model YAML or pretrained name")
+    tr.add_argument(
+        "--classes", help="comma-separated names, a built-in vocabulary (coco, lvis, objects365) or a .txt file"
+    )
+    tr.add_argument("--embeddings", help="precomputed embeddings from `ovdet embed` (no text encoder needed)")
+    tr.add_argument(
+        "--source",
+        required=True,
+        help="video file, folder or glob of frames (one sequence), camera index (0) or stream URL (rtsp://...)",
+    )
+    tr.add_argument("--save-dir", default="runs/track", help="output folder: <name>.mp4, <name>.txt (MOT), <name>.json")
+    tr.add_argument("--tracker", default="bytetrack", choices=["bytetrack", "sort", "ocsort"], help="algorithm")
+    tr.add_argument("--conf", type=float, default=0.1, help="detection threshold (low: ByteTrack uses low scores)")
+    tr.add_argument("--high", type=float, default=0.25, help="scores at or above it are matched first")
+    tr.add_argument("--new-track", type=float, default=0.25, help="score needed to start a track")
+    tr.add_argument("--match-iou", type=float, default=0.1, help="IoU with a track's predicted box to match it")
+    tr.add_argument("--buffer", type=int, default=30, help="frames (at 30 fps) a lost track waits to be found")
+    tr.add_argument("--min-hits", type=int, default=2, help="frames an object is seen before its track gets an id")
+    tr.add_argument(
+        "--class-agnostic", action="store_true", help="one tracker for all classes (ids survive label flips)"
+    )
+    tr.add_argument("--trail", type=int, default=30, help="trail length drawn behind each box, in frames (0: none)")
+    tr.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold, in [0, 1]")
+    tr.add_argument("--imgsz", type=int, default=640, help="letterbox size in pixels (a multiple of 32)")
+    tr.add_argument("--max-det", type=int, default=300, help="detections kept per frame")
+    tr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    tr.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="numeric precision")
+    tr.add_argument("--video-stride", type=int, default=1, help="use every n-th frame")
+    tr.add_argument("--no-save-video", action="store_true", help="write only the MOT and JSON files")
+    tr.add_argument("--max-pixels", type=int, default=None, help="skip frames with more pixels than this")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_text_options(tr)
+    tr.set_defaults(func=cmd_track)
     ix = command("index", "index a folder of images for text search (region embeddings in a faiss index)")
     ix.add_argument("--model", help="ovdet checkpoint folder, model YAML or pretrained name (default: the index's)")
     ix.add_argument("--source", required=True, help="image file, folder or glob")

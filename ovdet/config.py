@@ -269,6 +269,58 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class TrackConfig:
+    """How :meth:`ovdet.Detector.track` links detections across video frames (ByteTrack).
+
+    ByteTrack matches confident detections to tracks first, then gives tracks left unmatched a
+    second chance with the low-score ones (a partly occluded object scores lower), so the
+    detector runs with the low threshold ``conf`` and only ``new_track`` starts a track.
+
+    Attributes:
+        tracker: the algorithm: ``"bytetrack"`` (default), ``"sort"`` or ``"ocsort"`` (the
+            ``trackers`` package's implementations).
+        conf: detection threshold: boxes below it are not seen by the tracker at all.
+        high: score separating ByteTrack's first (confident) and second (low-score) matching.
+        new_track: a detection left unmatched starts a new track only at this score or above.
+        match_iou: IoU between a track's predicted box and a detection needed to match.
+        buffer: frames (at 30 fps; scaled by the video's rate) a lost track is kept for
+            re-association before it ends.
+        min_hits: consecutive frames an object must be detected in before its track gets an id
+            and its boxes are returned (the ``trackers`` package confirms a track at its second
+            frame at the earliest, so 1 acts as 2).
+        class_aware: one tracker per class name: boxes of different classes never swap ids,
+            and a vocabulary change leaves the tracks of the classes that stay untouched; False:
+            one tracker for every class (a track keeps its id if its label flips).
+        trail: centre points drawn behind each box on annotated frames (0: none).
+    """
+
+    tracker: str = "bytetrack"
+    conf: float = 0.1
+    high: float = 0.25
+    new_track: float = 0.25
+    match_iou: float = 0.1
+    buffer: int = 30
+    min_hits: int = 2
+    class_aware: bool = True
+    trail: int = 30
+
+    def __post_init__(self) -> None:
+        if self.tracker not in ("bytetrack", "sort", "ocsort"):
+            raise ConfigError(f"track.tracker must be 'bytetrack', 'sort' or 'ocsort', got {self.tracker!r}")
+        for name in ("conf", "high", "new_track", "match_iou"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"track.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.high < self.conf:
+            raise ConfigError(f"track.high ({self.high}) must be >= track.conf ({self.conf})")
+        if self.buffer < 0:
+            raise ConfigError(f"track.buffer must be >= 0, got {self.buffer}")
+        if self.min_hits < 1:
+            raise ConfigError(f"track.min_hits must be >= 1, got {self.min_hits}")
+        if self.trail < 0:
+            raise ConfigError(f"track.trail must be >= 0, got {self.trail}")
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """How ``ovdet serve`` (:func:`ovdet.serve.create_app`) answers HTTP requests.
 

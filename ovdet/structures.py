@@ -87,6 +87,8 @@ class Detections:
         image_size: ``(height, width)`` of the original image, pixels.
         path: Source name (file path, ``"video.mp4:frame3"``, ``"array0"``), if any.
         image: The original ``(H, W, 3)`` uint8 BGR image, kept for plotting; never modified.
+        track_ids: ``(N,)`` int64 track identities (video tracking, :meth:`ovdet.Detector.track`),
+            or None for plain detections.
 
     On construction, tensors (or array-likes) are moved to CPU and coerced to float32/int64,
     and rows are reordered by descending score if they are not already.
@@ -99,6 +101,7 @@ class Detections:
     image_size: tuple[int, int]
     path: str | None = None
     image: np.ndarray | None = field(default=None, repr=False)
+    track_ids: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         boxes = torch.as_tensor(self.boxes).detach().to("cpu", torch.float32)
@@ -153,10 +156,24 @@ class Detections:
             if tuple(im.shape[:2]) != size:
                 raise ValueError(f"Detections.image has shape {tuple(im.shape[:2])} but image_size is {size}")
 
+        track_ids = None
+        if self.track_ids is not None:
+            track_ids = torch.as_tensor(self.track_ids).detach().cpu()
+            integral = not track_ids.is_floating_point() or torch.equal(track_ids, track_ids.round())
+            if track_ids.shape != (n,) or not integral or track_ids.dtype == torch.bool:
+                raise ValueError(
+                    f"Detections.track_ids must be ({n},) integers to match boxes {tuple(boxes.shape)}, "
+                    f"got {tuple(track_ids.shape)} {track_ids.dtype}"
+                )
+            track_ids = track_ids.to(torch.int64)
+
         if n > 1 and bool((scores[1:] > scores[:-1]).any()):
             order = torch.sort(scores, descending=True, stable=True).indices  # (N,)
             boxes, scores, labels = boxes[order], scores[order], labels[order]
+            if track_ids is not None:
+                track_ids = track_ids[order]
         self.boxes, self.scores, self.labels = boxes.contiguous(), scores.contiguous(), labels.contiguous()
+        self.track_ids = None if track_ids is None else track_ids.contiguous()
         self.names = names
         self.image_size = (size[0], size[1])
 
@@ -199,6 +216,7 @@ class Detections:
             image_size=self.image_size,
             path=self.path,
             image=self.image,
+            track_ids=None if self.track_ids is None else self.track_ids[index],
         )
 
     def __repr__(self) -> str:
@@ -259,6 +277,8 @@ class Detections:
             color = label_color(label)
             cv2.rectangle(canvas, (x1, y1), (x2, y2), color, lw, cv2.LINE_AA)
             text = self.names[label] + (f" {float(self.scores[i]):.2f}" if show_scores else "")
+            if self.track_ids is not None:
+                text = f"#{int(self.track_ids[i])} {text}"
             (tw, th), baseline = cv2.getTextSize(text, font, fs, thickness)
             box_h = th + baseline + 2
             # Above the box when there is room, else just inside its top edge.
@@ -339,18 +359,23 @@ class Detections:
         return results
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary: path, image_size, names and each detection's box/score/label/name."""
+        """JSON-ready summary: path, image_size, names and each detection's box/score/label/name
+        (and ``track_id`` when the detections are tracked)."""
+        dets = [
+            {
+                "box": [round(v, 4) for v in box],
+                "score": round(score, 5),
+                "label": int(label),
+                "name": self.names[label],
+            }
+            for box, score, label in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist())
+        ]
+        if self.track_ids is not None:
+            for d, tid in zip(dets, self.track_ids.tolist()):
+                d["track_id"] = int(tid)
         return {
             "path": self.path,
             "image_size": [self.image_size[0], self.image_size[1]],
             "names": list(self.names),
-            "detections": [
-                {
-                    "box": [round(v, 4) for v in box],
-                    "score": round(score, 5),
-                    "label": int(label),
-                    "name": self.names[label],
-                }
-                for box, score, label in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist())
-            ],
+            "detections": dets,
         }

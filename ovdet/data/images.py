@@ -35,6 +35,8 @@ __all__ = [
     "count_sources",
     "decode_image",
     "decode_image_bytes",
+    "is_capture_source",
+    "iter_capture",
     "iter_sources",
     "probe_image_size",
     "to_bgr_array",
@@ -755,8 +757,8 @@ def _iterate(entries: Sequence[_Entry], video_stride: int, max_pixels: int) -> I
                 yield SourceItem(entry.name, None, error=str(e), notes=notes)
 
 
-def open_video(path: str) -> cv2.VideoCapture:
-    """``cv2.VideoCapture(path)`` with ffmpeg's own logging off.
+def open_video(path: str | int) -> cv2.VideoCapture:
+    """``cv2.VideoCapture(path)`` (a file, a stream URL or a camera index) with ffmpeg's own logging off.
 
     ffmpeg's decoder threads report corrupt data asynchronously, straight to the terminal, while
     Python prints progress there; OpenCV reads ``OPENCV_FFMPEG_LOGLEVEL`` once, when it first
@@ -774,19 +776,57 @@ def open_video(path: str) -> cv2.VideoCapture:
         del os.environ["OPENCV_FFMPEG_LOGLEVEL"]
 
 
-def _iter_video(path: str, stride: int, max_pixels: int) -> Iterator[SourceItem]:
+#: URL schemes :func:`iter_capture` opens as live streams (through OpenCV's ffmpeg backend).
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+
+
+def is_capture_source(source: Any) -> bool:
+    """True for what :func:`iter_capture` reads: a camera index (``0``, ``"0"``) or a stream URL."""
+    if isinstance(source, int) and not isinstance(source, bool):
+        return source >= 0
+    return isinstance(source, str) and (source.isdigit() or source.lower().startswith(STREAM_SCHEMES))
+
+
+def iter_capture(source: int | str, *, video_stride: int = 1, max_pixels: int | None = None) -> Iterator[SourceItem]:
+    """Stream the frames of a camera (index ``0``, ``1``, … or ``"0"``) or of a network stream
+    (``rtsp://…``, ``http://…``) through ``cv2.VideoCapture``, one frame in memory at a time.
+
+    Frames are named ``camera0:frame12`` / ``rtsp://host/path:frame12``. A source that cannot be
+    opened yields one error item; a live stream ends when the capture stops delivering frames.
+
+    Raises:
+        ValueError: not a camera index or a stream URL, or ``video_stride < 1``.
+    """
+    if not is_capture_source(source):
+        raise ValueError(f"not a camera index or stream URL: {source!r}")
+    if not isinstance(video_stride, int) or isinstance(video_stride, bool) or video_stride < 1:
+        raise ValueError(f"video_stride must be an integer >= 1, got {video_stride!r}")
+    limit = resolve_max_pixels(max_pixels)
+    if isinstance(source, str) and source.isdigit():
+        source = int(source)
+    name = f"camera{source}" if isinstance(source, int) else source
+    return _iter_video(source, video_stride, limit, name=name)
+
+
+def _iter_video(target: str | int, stride: int, max_pixels: int, name: str | None = None) -> Iterator[SourceItem]:
     """Yield every ``stride``-th frame of a video, holding one frame in memory at a time.
 
     A video whose frames stop before the count its container declares ends with an error item
     saying how many frames were read; native decoder messages are captured into ``notes``.
+    ``target`` is a file, or a camera index or stream URL with ``name`` naming it in items.
     """
+    path = name if name is not None else str(target)
     with capture_native_stderr() as notes:
-        capture = open_video(path)
+        capture = open_video(target)
     try:
         if not capture.isOpened():
-            yield SourceItem(
-                path, None, error=f"{path}: cannot open video (unsupported codec or corrupt file)", notes=notes
-            )
+            if name is None:
+                why = "cannot open video (unsupported codec, corrupt file, or no frames)"
+            elif isinstance(target, int):
+                why = "cannot open the camera (no such device, or in use)"
+            else:
+                why = "cannot open the stream (unreachable, refused, or an unsupported codec)"
+            yield SourceItem(path, None, error=f"{path}: {why}", notes=notes)
             return
         declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))  # container metadata; 0 when unknown
         fps = float(capture.get(cv2.CAP_PROP_FPS)) or None

@@ -800,13 +800,13 @@ def exhaustive_search(
     one class, images ranked by their best score (unreadable files are left out).
 
     Returns:
-        (path, score) for every readable image, best first.
+        (resolved path, score) for every readable image, best first (paths as an index stores them).
     """
     emb = torch.nn.functional.normalize(detector.encode([text]).float(), dim=-1)
     folded = FoldedCache()
     predictor = _query_predictor(detector.model, text, emb, imgsz, folded)
     out: list[tuple[str, float]] = []
-    names = [str(p) for p in paths]
+    names = [str(Path(p).resolve()) for p in paths]
     for lo in range(0, len(names), batch):
         chunk = names[lo : lo + batch]
         items = [(name, im) for name, (im, _) in zip(chunk, _read(chunk)) if im is not None]
