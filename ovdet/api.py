@@ -8,6 +8,7 @@ in :mod:`ovdet.weights`, inference in :mod:`ovdet.engine.predict`, validation in
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import fields
@@ -28,7 +29,7 @@ from ovdet.structures import Detections
 from ovdet.text import EmbeddingCache, TextEncoder, build_text_encoder, text_encoder_id, validate_class_names
 from ovdet.text.vocabulary import builtin_vocabulary, is_builtin_vocabulary
 
-__all__ = ["Detector"]
+__all__ = ["Detector", "load_detector"]
 
 
 class Detector:
@@ -593,6 +594,23 @@ class Detector:
             rows = [self._names.index(n) for n in names]
             return self._embeddings[rows].cpu()
         return self.encode(names)
+
+
+def load_detector(model: str | os.PathLike, device: str | torch.device = "auto") -> Detector:
+    """A Detector from what ``--model`` accepts: an ovdet checkpoint folder, a model YAML (random
+    init, seed 0: the same weights in every process) or a pretrained name; a local folder wins over
+    a pretrained name of the same spelling.
+
+    Raises:
+        FileNotFoundError / ValueError: see :meth:`Detector.load`, :meth:`Detector.from_config`
+            and :meth:`Detector.from_pretrained`.
+    """
+    path = Path(model)
+    if path.is_dir():
+        return Detector.load(path, device=device)
+    if path.suffix in {".yaml", ".yml"}:
+        return Detector.from_config(path, device=device)
+    return Detector.from_pretrained(os.fspath(model), device=device)
 
 
 def _config_kwargs(config: type, kwargs: dict[str, Any], method: str) -> dict[str, Any]:

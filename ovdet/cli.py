@@ -106,15 +106,10 @@ def load_detector(model: str, device: str = "auto"):
     Raises:
         UsageError: ``model`` names nothing usable (see :func:`check_model_spec`).
     """
-    from ovdet.api import Detector
+    from ovdet.api import load_detector as load
 
     check_model_spec(model)
-    path = Path(model)
-    if path.is_dir():
-        return Detector.load(path, device=device)
-    if path.suffix in {".yaml", ".yml"}:
-        return Detector.from_config(path, device=device)
-    return Detector.from_pretrained(model, device=device)
+    return load(model, device)
 
 
 def _check_device(device: str) -> str:
@@ -180,6 +175,34 @@ def _check_detection_options(args: argparse.Namespace) -> None:
     _positive("--batch", args.batch)
 
 
+def _check_stream_options(args: argparse.Namespace) -> list[str] | None:
+    """``--precision``, ``--max-pixels``, ``--video-stride``, ``--classes`` and ``--embeddings`` of a
+    command that streams a source through the detector (``predict``, ``track``), checked before
+    anything is loaded; returns the class names (None: not given)."""
+    from ovdet.data.images import resolve_max_pixels
+    from ovdet.device import resolve_device, resolve_precision
+
+    try:
+        resolve_precision(args.precision, resolve_device(args.device))
+        resolve_max_pixels(args.max_pixels)
+    except (ValueError, ConfigError) as e:
+        raise UsageError(str(e)) from e
+    _positive("--video-stride", args.video_stride)
+    classes = read_classes(args.classes) if args.classes else None
+    if args.embeddings and not Path(args.embeddings).is_file():
+        raise UsageError(f"--embeddings {args.embeddings}: file not found")
+    return classes
+
+
+def _detector_with_vocabulary(args: argparse.Namespace, classes: list[str] | None):
+    """The ``--model`` detector on ``--device`` with the text options and the vocabulary applied."""
+    check_model_spec(args.model)
+    det = load_detector(args.model, args.device)
+    _apply_text_options(det, args)
+    _set_vocabulary(det, classes, args.embeddings)
+    return det
+
+
 def _positive(name: str, value: int, minimum: int = 1) -> None:
     if value < minimum:
         raise UsageError(f"{name} must be >= {minimum}, got {value}")
@@ -189,8 +212,7 @@ def _positive(name: str, value: int, minimum: int = 1) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ovdet.data.images import count_sources, resolve_max_pixels
-    from ovdet.device import resolve_device, resolve_precision
+    from ovdet.data.images import count_sources
     from ovdet.engine.outputs import PredictionWriter
 
     if args.engine == "ray":
@@ -206,24 +228,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError(f"{', '.join(given)}: only with --engine ray (--engine local writes to --save-dir)")
     # Everything the command line says is checked before the model is loaded.
     _check_detection_options(args)
-    try:
-        resolve_precision(args.precision, resolve_device(args.device))
-        resolve_max_pixels(args.max_pixels)
-    except (ValueError, ConfigError) as e:
-        raise UsageError(str(e)) from e
-    _positive("--video-stride", args.video_stride)
-    classes = read_classes(args.classes) if args.classes else None
-    if args.embeddings and not Path(args.embeddings).is_file():
-        raise UsageError(f"--embeddings {args.embeddings}: file not found")
+    classes = _check_stream_options(args)
     try:
         total = count_sources(args.source, video_stride=args.video_stride)
     except (FileNotFoundError, ValueError, TypeError) as e:
         raise UsageError(f"--source: {e}") from e
-    check_model_spec(args.model)
 
-    det = load_detector(args.model, args.device)
-    _apply_text_options(det, args)
-    _set_vocabulary(det, classes, args.embeddings)
+    det = _detector_with_vocabulary(args, classes)
     run = det.predict(
         args.source,
         conf=args.conf,
@@ -636,8 +647,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ovdet.config import NMSConfig, TrackConfig
-    from ovdet.data.images import count_sources, is_capture_source, resolve_max_pixels
-    from ovdet.device import resolve_device, resolve_precision
+    from ovdet.data.images import count_sources, is_capture_source
     from ovdet.engine.track import TrackWriter
 
     # Everything the command line says is checked before the model is loaded.
@@ -654,26 +664,18 @@ def cmd_track(args: argparse.Namespace) -> int:
     try:
         TrackConfig(tracker=args.tracker, conf=args.conf, **options)
         NMSConfig(conf=args.conf, iou=args.iou, max_det=args.max_det)
-        resolve_precision(args.precision, resolve_device(args.device))
-        resolve_max_pixels(args.max_pixels)
     except (ValueError, ConfigError) as e:
         raise UsageError(str(e)) from e
     if args.imgsz < 32 or args.imgsz % 32:
         raise UsageError(f"--imgsz must be a positive multiple of 32, got {args.imgsz}")
-    _positive("--video-stride", args.video_stride)
-    classes = read_classes(args.classes) if args.classes else None
-    if args.embeddings and not Path(args.embeddings).is_file():
-        raise UsageError(f"--embeddings {args.embeddings}: file not found")
+    classes = _check_stream_options(args)
     live = is_capture_source(args.source)
     try:
         total = None if live else count_sources(args.source, video_stride=args.video_stride)
     except (FileNotFoundError, ValueError, TypeError) as e:
         raise UsageError(f"--source: {e}") from e
-    check_model_spec(args.model)
 
-    det = load_detector(args.model, args.device)
-    _apply_text_options(det, args)
-    _set_vocabulary(det, classes, args.embeddings)
+    det = _detector_with_vocabulary(args, classes)
     save_video = not args.no_save_video
     stream = det.track(
         int(args.source) if live and args.source.isdigit() else args.source,
@@ -1072,13 +1074,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument(
         "--ray-address",
-        help="--engine ray: the Ray cluster to join ('auto' on a node of it, or ray://host:10001); default "
+        help="--engine ray: the Ray cluster to join ('auto' on a node of it, or ray://host:10001); None: "
         "$RAY_ADDRESS, else a local Ray started and stopped by this command",
     )
     pr.add_argument(
-        "--actors", type=int, help="--engine ray: detector actors (default: one per GPU; without GPUs min(2, CPUs))"
+        "--actors", type=int, help="--engine ray: detector actors (None: one per GPU; without GPUs min(2, CPUs))"
     )
-    pr.add_argument("--ray-cpus", type=int, help="--engine ray: CPUs of the local Ray (default: all)")
+    pr.add_argument("--ray-cpus", type=int, help="--engine ray: CPUs of a local Ray (None: all of this machine's)")
     _add_text_options(pr)
     pr.set_defaults(func=cmd_predict)
 

@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "ovdet.serve": 5,
     "ovdet.datatools": 5,
     "ovdet.api": 6,
+    "ovdet.distributed": 6,
     "ovdet.cli": 7,
     "ovdet.__main__": 7,
     "ovdet": 7,

@@ -22,7 +22,7 @@ __all__ = ["search_page", "thumbnail"]
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;background:#fafafa;color:#222}
 h1{font-size:1.3rem} h2{font-size:1.1rem;margin-top:2rem} .meta{color:#666;font-size:.85rem}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:12px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:12px;align-items:start}
 figure{margin:0;background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px}
 figure img{width:100%;height:auto;display:block} figcaption{font-size:.8rem;margin-top:4px;word-break:break-all}
 .score{font-weight:600} .approx{color:#a60}

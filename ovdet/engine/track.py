@@ -70,7 +70,7 @@ class ObjectTracker:
         self.fps = float(fps)
         self._lib = _trackers()
         self._trackers: dict[str, Any] = {}  # class name ("" when not class-aware) → tracker
-        self._ids: dict[tuple[str, int], int] = {}  # (key, the tracker's own id) → global id
+        self._ids: dict[str, dict[int, int]] = {}  # key → {the tracker's own id → global id}, live tracks only
         self._next_id = 1
 
     def _new_tracker(self) -> Any:
@@ -97,7 +97,7 @@ class ObjectTracker:
     def reset(self) -> None:
         """Forget every track (a new sequence); ids continue from where they were."""
         self._trackers.clear()
-        self._ids = {}
+        self._ids.clear()
 
     def update(self, detections: Detections) -> Detections:
         """Track one frame.
@@ -119,7 +119,7 @@ class ObjectTracker:
         keys = [d.names[int(i)] for i in labels] if self.cfg.class_aware else [""] * len(d)
         present = set(keys)
         for key in present - set(self._trackers):
-            self._trackers[key] = self._new_tracker()
+            self._trackers[key], self._ids[key] = self._new_tracker(), {}
         rows_out: list[int] = []
         ids_out: list[int] = []
         for key in list(self._trackers):
@@ -127,20 +127,22 @@ class ObjectTracker:
             frame = sv.Detections(
                 xyxy=boxes[rows].reshape(-1, 4), confidence=scores[rows], class_id=rows.astype(int)
             )  # class_id carries each box's row in ``d``
-            result = self._trackers[key].update(frame)
+            tracker, ids = self._trackers[key], self._ids[key]
+            result = tracker.update(frame)
             for row, local in zip(np.asarray(result.class_id).tolist(), np.asarray(result.tracker_id).tolist()):
                 if local < 0:  # a detection not (yet) in a confirmed track
                     continue
-                gid = self._ids.get((key, local))
-                if gid is None:
-                    gid = self._ids[(key, local)] = self._next_id
+                if local not in ids:
+                    ids[local] = self._next_id
                     self._next_id += 1
                 rows_out.append(int(row))
-                ids_out.append(gid)
-            if key not in present and not self._trackers[key].tracks:
+                ids_out.append(ids[local])
+            live = {t.tracker_id for t in tracker.tracks}
+            for local in [i for i in ids if i not in live]:  # ended tracks: memory follows live tracks only
+                del ids[local]
+            if key not in present and not tracker.tracks:
                 # a class that left the vocabulary (or the frame) and whose tracks all ended
-                del self._trackers[key]
-                self._ids = {k: v for k, v in self._ids.items() if k[0] != key}
+                del self._trackers[key], self._ids[key]
         index = torch.as_tensor(rows_out, dtype=torch.int64)
         return Detections(
             boxes=d.boxes[index],
