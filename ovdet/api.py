@@ -21,7 +21,7 @@ from ovdet.checkpoint import load_checkpoint, save_checkpoint
 from ovdet.config import EvalConfig, ModelConfig, NMSConfig, TextConfig, TrackConfig, load_model_config
 from ovdet.device import resolve_device, resolve_precision
 from ovdet.engine.predict import FoldedCache, PredictionStream, Predictor, collect
-from ovdet.engine.track import TrackingStream, collect_tracks
+from ovdet.engine.track import ObjectTracker, TrackingStream, collect_tracks
 from ovdet.io import ovdet_home
 from ovdet.models.detector import OVDetector
 from ovdet.models.folded import FoldedDetector
@@ -64,6 +64,7 @@ class Detector:
         self._compile: dict[str, Any] | None = None  # torch.compile arguments set by compile()
         self._compiled: tuple[FoldedDetector, Any] | None = None  # a folded copy and its compiled wrapper
         self._folded = FoldedCache()  # the vocabulary-folded copy predict() runs (see predict(optimize=))
+        self._tracker: ObjectTracker | None = None  # what track(persist=True) continues
 
     @property
     def cfg(self) -> ModelConfig:
@@ -416,6 +417,7 @@ class Detector:
         video_stride: int = 1,
         max_pixels: int | None = None,
         optimize: bool = True,
+        persist: bool = False,
         **kwargs: Any,
     ) -> list[Detections] | TrackingStream:
         """Detect and track objects through a video: each box gets an identity kept across frames.
@@ -434,6 +436,9 @@ class Detector:
                 tracks through occlusion; only boxes at ``new_track`` or above start tracks).
             iou: NMS IoU threshold. max_det: boxes per frame.
             imgsz, precision, keep_images, video_stride, max_pixels, optimize: as in :meth:`predict`.
+            persist: continue the tracks of the previous ``track(..., persist=True)`` call, for
+                frames fed one call at a time (``det.track(frame, persist=True)`` in your own
+                capture loop); False starts new tracks (and forgets the kept ones).
             **kwargs: more :class:`~ovdet.config.TrackConfig` fields (high, new_track,
                 match_iou, buffer, min_hits, class_aware, trail).
 
@@ -455,6 +460,8 @@ class Detector:
         dtype = resolve_precision(precision, self.device)
         nms = NMSConfig(conf=cfg.conf, iou=iou, max_det=max_det)
         self._predictor(nms, imgsz, dtype, optimize)  # no vocabulary: fail now, not at the first frame
+        if not persist or self._tracker is None or self._tracker.cfg != cfg:
+            self._tracker = ObjectTracker(cfg) if persist else None
         run = TrackingStream(
             lambda: self._predictor(nms, imgsz, dtype, optimize),
             source,
@@ -462,6 +469,7 @@ class Detector:
             keep_images=keep_images,
             video_stride=video_stride,
             max_pixels=max_pixels,
+            tracker=self._tracker,
         )
         return run if stream else collect_tracks(run)
 

@@ -425,3 +425,20 @@ def test_camera_and_stream_sources(synthetic: Synthetic, tmp_path: Path) -> None
         assert torch.equal(a.track_ids, b.track_ids) and torch.allclose(a.boxes, b.boxes)
     with pytest.raises(ImageReadError, match="cannot open the stream"):
         det.track("rtsp://127.0.0.1:1/none")
+
+
+def test_persist_continues_tracks_across_calls(synthetic: Synthetic) -> None:
+    """``track(frame, persist=True)`` frame by frame (a user's own capture loop) equals tracking the
+    frames in one call; without persist every call starts over (a new track needs two frames)."""
+    det = make_detector(2)
+    det.set_classes(["person", "dog", "car"])
+    frames = synthetic.frames[:12]
+    whole = det.track(frames, imgsz=320, conf=0.05, keep_images=False)
+    assert sum(len(d) for d in whole) >= 10
+    one_by_one = [det.track(f, imgsz=320, conf=0.05, keep_images=False, persist=True)[0] for f in frames]
+    for a, b in zip(one_by_one, whole):
+        assert torch.equal(a.track_ids, b.track_ids) and torch.allclose(a.boxes, b.boxes)
+    fresh = [det.track(f, imgsz=320, conf=0.05, keep_images=False)[0] for f in frames[:3]]
+    assert [len(d) for d in fresh] == [0, 0, 0]
+    again = det.track(frames[0], imgsz=320, conf=0.05, persist=True)[0]  # persist=False forgot the old tracks
+    assert len(again) == 0

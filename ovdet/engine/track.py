@@ -168,6 +168,8 @@ class TrackingStream(Iterable[Detections]):
         keep_images: keep each frame on its Detections (for plotting and the annotated video).
         video_stride: use every n-th frame (the tracker's frame rate is divided by n).
         max_pixels: largest frame decoded (see :func:`~ovdet.data.images.resolve_max_pixels`).
+        tracker: continue this tracker's tracks in the first sequence (frames fed one call at a
+            time, ``Detector.track(frame, persist=True)``); later sequences get new trackers.
 
     Attributes:
         skipped: (source, reason) of every frame or file that could not be read.
@@ -186,6 +188,7 @@ class TrackingStream(Iterable[Detections]):
         keep_images: bool = True,
         video_stride: int = 1,
         max_pixels: int | None = None,
+        tracker: ObjectTracker | None = None,
     ) -> None:
         self.predictor, self.cfg, self.keep_images = predictor, cfg or TrackConfig(), keep_images
         self.video_stride = video_stride
@@ -200,6 +203,7 @@ class TrackingStream(Iterable[Detections]):
         self.seen = 0
         self.sequences: list[str] = []
         self.tracker: ObjectTracker | None = None
+        self._continue = tracker
 
     def __iter__(self) -> Iterator[Detections]:
         for item in self.items:
@@ -212,7 +216,10 @@ class TrackingStream(Iterable[Detections]):
                 continue
             if not self.sequences or seq != self.sequences[-1]:
                 self.sequences.append(seq)
-                self.tracker = ObjectTracker(self.cfg, fps=(item.fps or 30.0) / self.video_stride)
+                if self._continue is not None:
+                    self.tracker, self._continue = self._continue, None
+                else:
+                    self.tracker = ObjectTracker(self.cfg, fps=(item.fps or 30.0) / self.video_stride)
             det = self.predictor()([item.image], [item.name], self.keep_images)[0]
             self.seen += 1
             yield self.tracker.update(det)  # type: ignore[union-attr]
