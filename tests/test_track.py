@@ -381,7 +381,7 @@ def test_bad_videos_give_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     code = main(["track", "--model", str(model), "--classes", "person", "--source", str(tmp_path / "nope.mp4")])
     assert code == 2 and "--source" in capsys.readouterr().err
     with pytest.raises(TypeError, match="unknown argument"):
-        det.track(corrupt, persist=True)
+        det.track(corrupt, frame_rate=30)
 
 
 def test_camera_and_stream_sources(synthetic: Synthetic, tmp_path: Path) -> None:
