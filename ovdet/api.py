@@ -29,7 +29,7 @@ from ovdet.structures import Detections
 from ovdet.text import EmbeddingCache, TextEncoder, build_text_encoder, text_encoder_id, validate_class_names
 from ovdet.text.vocabulary import builtin_vocabulary, is_builtin_vocabulary
 
-__all__ = ["Detector", "load_detector"]
+__all__ = ["Detector", "load_detector", "portable_model_spec"]
 
 
 class Detector:
@@ -619,6 +619,12 @@ def load_detector(model: str | os.PathLike, device: str | torch.device = "auto")
     if path.suffix in {".yaml", ".yml"}:
         return Detector.from_config(path, device=device)
     return Detector.from_pretrained(os.fspath(model), device=device)
+
+
+def portable_model_spec(model: str | os.PathLike) -> str:
+    """``model`` as another process or directory can load it with :func:`load_detector`: an
+    existing local path made absolute, a pretrained name as given."""
+    return str(Path(model).resolve()) if Path(model).exists() else os.fspath(model)
 
 
 def _config_kwargs(config: type, kwargs: dict[str, Any], method: str) -> dict[str, Any]:

@@ -721,15 +721,10 @@ def cmd_track(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _model_spec(model: str) -> str:
-    """``--model`` as an index records it: local paths made absolute, names as given."""
-    path = Path(model)
-    return str(path.resolve()) if path.exists() else model
-
-
 def cmd_index(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ovdet.api import portable_model_spec
     from ovdet.datatools import Index, IndexMismatchError, list_images
 
     _check_device(args.device)
@@ -772,7 +767,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             index = Index(
                 det, vocabulary, **{k: v for k, v in settings.items() if v is not None}, batch=args.batch or 8
             )
-            index.model_spec = _model_spec(model)
+            index.model_spec = portable_model_spec(model)
     except IndexMismatchError as e:
         raise UsageError(str(e)) from e
     except ValueError as e:

@@ -41,6 +41,7 @@ from ovdet._version import __version__
 from ovdet.config import ModelConfig, NMSConfig
 from ovdet.data.images import iter_sources
 from ovdet.data.letterbox import to_tensor, unletterbox_boxes
+from ovdet.data.readers.common import load_json
 from ovdet.datatools.label import list_images
 from ovdet.engine.predict import FoldedCache, Predictor, letterbox_groups
 from ovdet.io import atomic_write, atomic_write_text
@@ -719,10 +720,7 @@ class Index:
         file = Path(path) / MANIFEST
         if not file.is_file():
             raise FileNotFoundError(f"no index in {path} ({MANIFEST} not found); build one with `ovdet index`")
-        try:
-            manifest = json.loads(file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{file}: not valid JSON ({e})") from e
+        manifest = load_json(file)
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise ValueError(f"{file}: not an ovdet index (format {manifest.get('format')!r})")
         if manifest.get("version", 0) > FORMAT_VERSION:

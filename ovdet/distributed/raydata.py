@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ovdet.api import load_detector as load_model
+from ovdet.api import portable_model_spec
 from ovdet.config import NMSConfig
 from ovdet.data.images import VIDEO_EXTENSIONS, decode_image, resolve_max_pixels
 from ovdet.datatools.label import list_images
@@ -467,11 +468,6 @@ def _as_embeddings(embeddings: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
     return emb
 
 
-def _model_spec(model: str | os.PathLike) -> str:
-    """An existing path made absolute (actors run in other directories), else the name as given."""
-    return str(Path(model).resolve()) if Path(model).exists() else os.fspath(model)
-
-
 def predict_dataset(
     ds: ray.data.Dataset,
     model: str | os.PathLike,
@@ -531,7 +527,7 @@ def predict_dataset(
         batch_size=config.batch,
         batch_format="numpy",
         fn_constructor_kwargs={
-            "model": _model_spec(model),
+            "model": portable_model_spec(model),  # actors run in other directories
             "names": names,
             "embeddings": emb,
             "config": config,

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import deque
@@ -143,17 +144,10 @@ class ObjectTracker:
             if key not in present and not tracker.tracks:
                 # a class that left the vocabulary (or the frame) and whose tracks all ended
                 del self._trackers[key], self._ids[key]
-        index = torch.as_tensor(rows_out, dtype=torch.int64)
-        return Detections(
-            boxes=d.boxes[index],
-            scores=d.scores[index],
-            labels=d.labels[index],
-            names=d.names,
-            image_size=d.image_size,
-            path=d.path,
-            image=d.image,
-            track_ids=torch.as_tensor(ids_out, dtype=torch.int64),
-        )
+        # rows of ``d`` in ascending order keep its descending scores, so the ids stay aligned
+        order = np.argsort(np.asarray(rows_out, dtype=np.int64), kind="stable")
+        rows = torch.as_tensor(np.asarray(rows_out, dtype=np.int64)[order])
+        return dataclasses.replace(d[rows], track_ids=torch.as_tensor(np.asarray(ids_out, dtype=np.int64)[order]))
 
 
 class TrackingStream(Iterable[Detections]):
