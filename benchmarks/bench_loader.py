@@ -6,8 +6,10 @@ its YOLO-World multi-modal dataset, ``RandomLoadText``). Each loader runs ``--ep
 back to back, alone (no loader's workers run while another is timed); a pass is timed from
 ``iter(loader)`` to its last batch (both keep persistent workers, so worker start-up counts in
 the first epoch only). Dataset construction is not timed. ultralytics keeps up
-to min(n, 8·batch, 1000) decoded images in a per-worker buffer, which holds all of coco128, so
-ovdet is measured both without a cache and with ``cache="ram"``. Prints images/s and the
+to min(n, 8·batch, 1000) decoded images in a per-worker buffer, which holds all of coco128; ovdet
+keeps a per-worker LRU of up to ``buffer_mb`` (default 256) MiB of decoded images, which holds it
+too. ovdet is measured with its defaults (no cache, the buffer), with ``cache="ram"`` and with
+neither (``buffer_mb=0``: every image decoded every time). Prints images/s and the
 ovdet/ultralytics ratios (> 1: ovdet faster).
 
     python benchmarks/bench_loader.py --imgsz 640 --batch 16 --workers 2 --epochs 3
@@ -86,19 +88,23 @@ def main() -> None:
         rates[name] = images / seconds
 
     item_ms: dict[str, float] = {}
-    for cache in (None, "ram"):
-        ds = DetectionDataset(data, imgsz=args.imgsz, seed=0, cache=cache)
+    for name, cache, buffer_mb in (
+        ("ovdet cache=None", None, 256.0),
+        ("ovdet cache=ram", "ram", 0.0),
+        ("ovdet no buffer", None, 0.0),
+    ):
+        ds = DetectionDataset(data, imgsz=args.imgsz, seed=0, cache=cache, buffer_mb=buffer_mb)
         if cache:
             ds.fill_cache()  # before the workers fork, so they share it
         ds.set_epoch(0, total_epochs=100)  # mosaic on
         t = time.perf_counter()
         for i in range(64):  # one item in this process, no workers: the cost a worker pays
             ds[i]
-        item_ms[f"ovdet cache={cache}"] = 1e3 * (time.perf_counter() - t) / 64
-        print(f"ovdet cache={cache}: {item_ms[f'ovdet cache={cache}']:.1f} ms per item in one process", flush=True)
+        item_ms[name] = 1e3 * (time.perf_counter() - t) / 64
+        print(f"{name}: {item_ms[name]:.1f} ms per item in one process", flush=True)
         loader = build_loader(ds, args.batch, workers=args.workers, shuffle=True, seed=0, pin_memory=False)
         # Far from close_mosaic: mosaic stays on.
-        run(f"ovdet cache={cache}", loader, lambda e, loader=loader: loader.set_epoch(e, total_epochs=e + 100))
+        run(name, loader, lambda e, loader=loader: loader.set_epoch(e, total_epochs=e + 100))
         del loader, ds
 
     with tempfile.TemporaryDirectory() as tmp:

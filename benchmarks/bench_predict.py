@@ -4,9 +4,11 @@ One random ultralytics v2 model (BatchNorm statistics set on coco128) is saved a
 saves checkpoints and converted to ovdet; both get the same text embeddings. Rows (interleaved,
 medians; ratio = ovdet time / ultralytics time, lower is better):
 
-- forward: the same letterboxed 640×640 coco128 batch through ultralytics' fused WorldModel, the
-  network ovdet's ``predict`` runs (vocabulary folded, channels-last) and ovdet's fused network
-  as it is;
+- forward: the same letterboxed 640×640 coco128 batch through the network ``YOLO.predict`` runs
+  (ultralytics' fused WorldModel in the memory layout its predictor gives it: channels-last on
+  x86 CPUs since ultralytics 8.4; the ratios are against this row), the same WorldModel in NCHW
+  when that differs, the network ovdet's ``predict`` runs (vocabulary folded, channels-last) and
+  ovdet's fused network as it is;
 - end to end: ``YOLO.predict(folder, batch=b)`` vs ``Detector.predict(folder, batch=b)`` over
   coco128 files (decode + letterbox + network + NMS + results in original pixels);
 - ``set_classes`` with the 1203 LVIS names, embeddings already cached (ovdet-demo's encoder);
@@ -25,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -38,6 +41,7 @@ from common import (  # noqa: E402
     machine,
     ovdet_detector,
     ultralytics_pair,
+    ultralytics_predict_network,
     ultralytics_predictor,
 )
 
@@ -66,10 +70,21 @@ def write_video(path: Path, files: list[Path], frames: int, size: tuple[int, int
 
 
 def forward_rows(
-    det, theirs, text: torch.Tensor, files: list[Path], batch: int, dtype, device: torch.device, compiled: bool = False
+    det,
+    theirs: dict[str, torch.nn.Module],
+    text: torch.Tensor,
+    files: list[Path],
+    batch: int,
+    dtype,
+    device: torch.device,
+    compiled: bool = False,
 ):
-    """Callables for the forward rows at one batch size (same input for all); ``compiled`` adds
-    the folded network through ``torch.compile(options={"freezing": True})``."""
+    """Callables for the forward rows at one batch size (same input for all).
+
+    Args:
+        theirs: row name → an ultralytics WorldModel (the first is the baseline).
+        compiled: add the folded network through ``torch.compile(options={"freezing": True})``.
+    """
     from ovdet.data.letterbox import letterbox, to_tensor
 
     x = to_tensor([letterbox(cv2.imread(str(p)), 640, auto=False)[0] for p in files[:batch]]).to(device)
@@ -85,9 +100,9 @@ def forward_rows(
             else torch.autocast(device.type, enabled=False)
         )
 
-    def ul():
-        with torch.inference_mode(), ctx():
-            return theirs.predict(x, txt_feats=txt[None].expand(batch, -1, -1))
+    def ul(net: torch.nn.Module):
+        with torch.inference_mode(), ctx():  # NCHW input, as ultralytics' preprocessing gives it
+            return net.predict(x, txt_feats=txt[None].expand(batch, -1, -1))
 
     def ov_folded():
         with torch.inference_mode(), ctx():
@@ -97,7 +112,8 @@ def forward_rows(
         with torch.inference_mode(), ctx():
             return det.model(x, txt)
 
-    rows = {"ultralytics": ul, "ovdet (predict's network)": ov_folded, "ovdet (network as is)": ov_plain}
+    rows = {name: partial(ul, net) for name, net in theirs.items()}
+    rows |= {"ovdet (predict's network)": ov_folded, "ovdet (network as is)": ov_plain}
     if compiled:
         frozen = torch.compile(folded, options={"freezing": True})
 
@@ -140,8 +156,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     theirs = theirs.float().to(device).fuse(verbose=False)
     theirs.model[-1].nc = len(text)
     yolo = ultralytics_predictor(pt, text)
+    predict_net, layout = ultralytics_predict_network(yolo, files[0], str(device))
+    networks = {"ultralytics": predict_net}  # the baseline: what YOLO.predict runs
+    if layout != "NCHW":
+        networks["ultralytics (NCHW module)"] = theirs
     where = machine(device, threads)
-    print(f"v2-{args.scale}, 80 classes, 640, {args.precision}; {where}", flush=True)
+    print(f"v2-{args.scale}, 80 classes, 640, {args.precision}; {where}; YOLO.predict runs {layout}", flush=True)
     rows: list[dict] = []
 
     def report(figure: str, batch: int | str, timings, base: str = "ultralytics", extra: dict | None = None):
@@ -165,7 +185,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     if "forward" not in skip:
         for b in [int(v) for v in args.batches.split(",")]:
-            fns = forward_rows(det, theirs, text, files, b, dtype, device, compiled=args.compile)
+            fns = forward_rows(det, networks, text, files, b, dtype, device, compiled=args.compile)
             report("forward", b, interleaved(fns, args.rounds, items=b, warmup=2, threads=threads, sync=sync))
 
     if "e2e" not in skip:
@@ -196,7 +216,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append(bench_video(tmp, files, args.video_frames, device))
 
     if args.json:
-        args.json.write_text(json.dumps({"machine": where, "precision": args.precision, "rows": rows}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {"machine": where, "precision": args.precision, "ultralytics_layout": layout, "rows": rows}, indent=1
+            )
+        )
     return rows
 
 

@@ -81,6 +81,27 @@ def ultralytics_predictor(pt: Path, text: torch.Tensor):
     return yolo
 
 
+def ultralytics_predict_network(yolo, probe: Path, device: str = "cpu") -> tuple[torch.nn.Module, str]:
+    """The network ``yolo.predict`` runs, as its predictor prepared it, and that network's layout.
+
+    ultralytics' ``AutoBackend`` fuses the model and, since 8.4 on x86 CPUs and on CUDA, converts it
+    to channels-last; timing its plain NCHW module instead would time something its users do not
+    run. One prediction on ``probe`` sets the predictor up.
+
+    Returns:
+        (the fused WorldModel ``YOLO.predict`` calls, ``"channels-last"`` or ``"NCHW"``).
+    """
+    yolo.predict(str(probe), verbose=False, device=device)
+    backend = yolo.predictor.model
+    net = getattr(getattr(backend, "backend", None), "model", None) or backend.model  # 8.4+ / 8.3
+    # a 3×3 convolution with several input channels: a 1×1 weight is contiguous in both layouts
+    conv = next(
+        m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1) and m.in_channels > 1
+    )
+    layout = "channels-last" if conv.weight.is_contiguous(memory_format=torch.channels_last) else "NCHW"
+    return net, layout
+
+
 def ovdet_detector(pt: Path, text: torch.Tensor, device: str = "cpu"):
     """``pt`` converted to an ovdet ``Detector``, BN-fused, with ``text`` as its vocabulary."""
     from ovdet import Detector

@@ -59,25 +59,45 @@ def table(predict: dict, loader: dict | None, gpu: dict | None) -> str:
         )
 
     fwd = "ovdet (predict's network)"
+    layout = predict.get("ultralytics_layout", "NCHW")
     for b in sorted({r["batch"] for r in rows if r["figure"] == "forward"}):
-        time_row(f"CPU forward, v2-s 640, batch {b}, fused", "forward", b, 0.8, fwd)
-        a = _find(rows, figure="forward", batch=b, row="ovdet (network as is)")
+        time_row(
+            f"CPU forward, v2-s 640, batch {b}, fused (ultralytics: the network `YOLO.predict` runs, {layout})",
+            "forward",
+            b,
+            0.8,
+            fwd,
+        )
         ref = _find(rows, figure="forward", batch=b, row="ultralytics")
+        a = _find(rows, figure="forward", batch=b, row="ovdet (network as is)")
         lines.append(
-            f"| … the same without folding/channels-last (`optimize=False`) | {a['ms']:.1f} ms/img | "
+            f"| … ovdet without folding/channels-last (`optimize=False`) | {a['ms']:.1f} ms/img | "
             f"{ref['ms']:.1f} ms/img | {a['ms'] / ref['ms']:.2f} | — | — |"
         )
+        if layout != "NCHW":  # what ultralytics ran before its predictor went channels-last (8.4)
+            ours = _find(rows, figure="forward", batch=b, row=fwd)
+            nchw = _find(rows, figure="forward", batch=b, row="ultralytics (NCHW module)")
+            lines.append(
+                f"| … ovdet vs ultralytics' WorldModel in NCHW | {ours['ms']:.1f} ms/img | {nchw['ms']:.1f} ms/img "
+                f"| {ours['ms'] / nchw['ms']:.2f} | — | — |"
+            )
     for b in sorted({r["batch"] for r in rows if r["figure"] == "e2e"}):
         time_row(f"CPU end-to-end `predict` over coco128 files, v2-s 640, batch {b}", "e2e", b, 0.6)
     if loader:
         base = loader["rates"]["ultralytics"]
         for name, target in (("ovdet cache=ram", 1.5), ("ovdet cache=None", 1.0)):
             rate = loader["rates"][name]
-            label = 'with `cache="ram"`' if "ram" in name else "no cache"
+            label = 'with `cache="ram"`' if "ram" in name else "no cache (the default 256 MiB decode buffer per worker)"
             lines.append(
                 f"| training loader, mosaic {loader['imgsz']}, batch {loader['batch']}, {loader['workers']} workers, "
                 f"{label} | {rate:.1f} img/s | {base:.1f} img/s | **{base / rate:.2f}** (time; {rate / base:.2f}× the "
                 f"images/s) | ≥ {target}× images/s | {'yes' if rate / base >= target else 'no'} |"
+            )
+        if "ovdet no buffer" in loader["rates"]:
+            rate = loader["rates"]["ovdet no buffer"]
+            lines.append(
+                f"| … no cache and `buffer_mb=0` (every image decoded every time) | {rate:.1f} img/s | {base:.1f} img/s "
+                f"| {base / rate:.2f} (time; {rate / base:.2f}× the images/s) | — | — |"
             )
     sc = _find(rows, figure="set_classes", row="cached (memory)")
     disk = _find(rows, figure="set_classes", row="cached (file)")

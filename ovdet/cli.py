@@ -537,6 +537,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "name",
             "seed",
             "cache",
+            "buffer_mb",
             "keep_vocab",
             "text_lr_mult",
         )
@@ -1196,6 +1197,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--text-lr-mult", type=float, default=None, help="> 0 fine-tunes the text encoder at lr0 × this")
     tr.add_argument("--cache", default=None, choices=["ram"], help="keep decoded images in memory")
+    tr.add_argument(
+        "--buffer-mb",
+        type=float,
+        default=None,
+        help="without --cache: MiB of recently decoded images each loader worker keeps (default 256; 0: none)",
+    )
     tr.add_argument("--project", default=None, help="runs folder (default runs/train)")
     tr.add_argument("--name", default=None, help="run name (default exp; exp2, exp3… when taken)")
     tr.add_argument("--seed", type=int, default=None, help="seed of initialisation order, sampling and augmentation")

@@ -589,6 +589,8 @@ class TrainConfig:
         seed: seed of initialisation order, sampling and augmentation.
         deterministic: deterministic kernels (slower); resuming then reproduces an uninterrupted run.
         cache: ``"ram"`` keeps decoded images in memory.
+        buffer_mb: without a cache, MiB of recently decoded images each loader worker keeps
+            (least recently used dropped first; 0: none). Samples are the same either way.
         sync_bn: synchronise BatchNorm statistics across processes (distributed only).
         max_bad_steps: non-finite losses skipped before the run stops with an error.
         loss: loss gains and assigner.
@@ -627,6 +629,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     cache: str | None = None
+    buffer_mb: float = 256.0
     sync_bn: bool = False
     max_bad_steps: int = 20
     loss: LossConfig = field(default_factory=LossConfig)
@@ -659,6 +662,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         if self.cache not in (None, "ram"):
             raise ConfigError(f"train.cache must be null or 'ram', got {self.cache!r}")
+        if not (isinstance(self.buffer_mb, (int, float)) and self.buffer_mb >= 0):
+            raise ConfigError(f"train.buffer_mb must be a number >= 0, got {self.buffer_mb!r}")
         for name in (
             "lrf",
             "momentum",

@@ -71,6 +71,15 @@ def test_folded_channels_last_network_equals_model(version: int, home: Path, coc
     assert_close_scaled(got.box_logits, ref.box_logits, rel=1e-4)
     assert torch.equal(got.anchors, ref.anchors) and torch.equal(got.strides, ref.strides)
     assert not any(p.requires_grad for p in net.parameters())
+    # the copy's SiLUs run in place (each on a fresh convolution output); the model's are untouched
+    acts = [m for m in net.modules() if isinstance(m, torch.nn.SiLU)]
+    assert len(acts) >= 50 and all(m.inplace for m in acts)
+    assert not any(m.inplace for m in det.model.modules() if isinstance(m, torch.nn.SiLU))
+    with torch.inference_mode():  # in-place activations never touch the caller's input
+        xc = x.contiguous(memory_format=torch.channels_last)
+        before = xc.clone()
+        again = net(xc)
+    assert torch.equal(xc, before) and torch.equal(again.cls_logits, got.cls_logits)
 
 
 def test_folded_network_is_cached_and_never_stale(home: Path, coco128_images: list[Path]) -> None:

@@ -312,6 +312,61 @@ def test_ram_cache_gives_identical_samples(coco128: Dataset):
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["boxes"], b["boxes"]) and a["texts"] == b["texts"]
 
 
+def test_decode_buffer_gives_identical_samples_and_stays_in_budget(
+    coco128: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a cache, recently decoded images are kept (LRU, bounded in MiB): the samples equal
+    unbuffered ones over several epochs (augmentation never writes into a kept image), repeat
+    draws decode nothing, and the kept bytes never pass the budget."""
+    import ovdet.data.loader as loader_module
+
+    decoded: list[str] = []
+
+    def counting_decode(path):
+        decoded.append(str(path))
+        return decode_image(path)
+
+    monkeypatch.setattr(loader_module, "decode_image", counting_decode)
+    data = _subset(coco128, coco128.records[:8])
+    plain = DetectionDataset(data, imgsz=IMGSZ, seed=4, buffer_mb=0)
+    buffered = DetectionDataset(data, imgsz=IMGSZ, seed=4)  # default 256 MiB: all 8 fit
+    for epoch in (0, 1, 2):
+        plain.set_epoch(epoch, 50)
+        buffered.set_epoch(epoch, 50)
+        for i in range(8):
+            before = len(decoded)
+            a = plain[i]
+            plain_decodes = len(decoded) - before
+            b = buffered[i]
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["boxes"], b["boxes"])
+            assert a["texts"] == b["texts"]
+            assert plain_decodes >= 1  # mosaic: up to 4 images per sample
+    assert len(buffered._buffer) == 8 and buffered._buffer_bytes == sum(v[0].nbytes for v in buffered._buffer.values())
+    # once every image is kept, the buffered dataset decodes nothing more
+    before = len(decoded)
+    for i in range(8):
+        buffered[i]
+    assert len(decoded) == before
+
+    # a budget of about three images (validation: kept at their decoded size): never exceeded,
+    # least recently used dropped first, so what is kept is the longest run of latest images that fits
+    sizes = [decode_image(r.path).nbytes for r in data.records]
+    small = DetectionDataset(data, imgsz=IMGSZ, seed=4, buffer_mb=3.5 * max(sizes) / 2**20, train=False)
+    for i in range(8):
+        small[i]
+        kept, total = [], 0
+        for j in range(i, -1, -1):
+            if total + sizes[j] > small._buffer_limit:
+                break
+            kept.insert(0, j)
+            total += sizes[j]
+        assert list(small._buffer) == kept and small._buffer_bytes == total <= small._buffer_limit
+    assert 3 <= len(small._buffer) < 8
+    with pytest.raises(ValueError, match="buffer_mb"):
+        DetectionDataset(data, imgsz=IMGSZ, buffer_mb=-1)
+    assert DetectionDataset(data, imgsz=IMGSZ, cache="ram")._buffer_limit == 0  # the cache holds them instead
+
+
 def test_persistent_workers_follow_the_epoch(coco128: Dataset):
     """Workers live across epochs, yet each epoch's samples equal the single-process ones."""
     ds = DetectionDataset(coco128, imgsz=IMGSZ, train=True, seed=5)

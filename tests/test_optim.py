@@ -93,6 +93,8 @@ def test_train_config_validates_and_accepts_plain_dicts() -> None:
         ({"imgsz": 100}, "imgsz"),
         ({"augment": {"mosaic": 2.0}}, "mosaic"),
         ({"loss": {"nope": 1}}, "nope"),
+        ({"buffer_mb": -1}, "buffer_mb"),
+        ({"buffer_mb": "lots"}, "buffer_mb"),
     ):
         with pytest.raises(ConfigError, match=match):
             TrainConfig(**bad)

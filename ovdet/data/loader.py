@@ -11,6 +11,7 @@ process counts them even when workers produced it (:class:`DetectionLoader` does
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -53,6 +54,11 @@ class DetectionDataset(torch.utils.data.Dataset):
         seed: seed of every random choice.
         cache: ``"ram"`` keeps decoded (training: already resized) images in memory, per process;
             call :meth:`fill_cache` before building a loader so forked workers share it.
+        buffer_mb: without a cache, each process (each persistent loader worker) keeps up to this
+            many MiB of the images it decoded last (least recently used dropped first), so a
+            small dataset, or mosaic partners drawn again, is decoded once per worker rather
+            than every time; samples are the same with or without it. 0 turns it off.
+            (ultralytics' loader buffers up to 1000 decoded images per worker.)
         pad_text: text of the padding slots.
         extra_negatives: more texts negatives may be drawn from besides ``data.names`` (e.g. a
             general vocabulary, to keep the open vocabulary while fine-tuning); never positives.
@@ -74,11 +80,14 @@ class DetectionDataset(torch.utils.data.Dataset):
         cache: Literal["ram"] | None = None,
         pad_text: str = "",
         extra_negatives: Sequence[str] = (),
+        buffer_mb: float = 256.0,
     ) -> None:
         if imgsz % 32:
             raise ValueError(f"imgsz must be a multiple of 32, got {imgsz}")
         if cache not in (None, "ram"):
             raise ValueError(f"cache must be None or 'ram', got {cache!r}")
+        if not buffer_mb >= 0:
+            raise ValueError(f"buffer_mb must be >= 0, got {buffer_mb!r}")
         if not data.records:
             raise ValueError("the dataset has no records; check the reader's report (ovdet check-data)")
         self.data = data
@@ -97,6 +106,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.skipped = 0
         self.dropped = 0
         self._cache: dict[int, tuple[np.ndarray, tuple[int, int]]] | None = {} if cache == "ram" else None
+        self._buffer: OrderedDict[int, tuple[np.ndarray, tuple[int, int]]] = OrderedDict()  # LRU, per process
+        self._buffer_limit = 0 if cache == "ram" else int(buffer_mb * 2**20)
+        self._buffer_bytes = 0
         self._bad: dict[int, str] = {}  # index → reason, learnt per process
         self._name_to_index = {n: i for i, n in reversed(list(enumerate(self.names)))}
         self._cat_to_index = {int(c): i for i, c in enumerate(data.category_ids)}
@@ -149,6 +161,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         """
         if self._cache is not None and i in self._cache:
             image, orig = self._cache[i]
+        elif i in self._buffer:
+            self._buffer.move_to_end(i)
+            image, orig = self._buffer[i]
         else:
             image = decode_image(self.records[i].path)
             orig = image.shape[:2]
@@ -161,6 +176,11 @@ class DetectionDataset(torch.utils.data.Dataset):
                     )
             if self._cache is not None:
                 self._cache[i] = (image, orig)
+            elif image.nbytes <= self._buffer_limit:
+                self._buffer[i] = (image, orig)
+                self._buffer_bytes += image.nbytes
+                while self._buffer_bytes > self._buffer_limit:
+                    self._buffer_bytes -= self._buffer.popitem(last=False)[1][0].nbytes
         return Sample.from_record(self.records[i], image, i, orig_size=orig), orig
 
     def _mark_bad(self, i: int, error: Exception) -> None:

@@ -205,6 +205,7 @@ def _run(
         seed=cfg.seed,
         cache=cfg.cache,
         extra_negatives=extra,
+        buffer_mb=cfg.buffer_mb,
     )
     if cfg.cache == "ram":
         dataset.fill_cache()
