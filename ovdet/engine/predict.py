@@ -63,9 +63,8 @@ class FoldedCache:
     """The network ``Detector.predict`` runs: a copy with the vocabulary folded into its weights
     (:func:`~ovdet.models.folded.fold_vocabulary`: nothing text-related runs per image), fused,
     in the device's fastest memory layout, its SiLUs in place (each acts on a fresh convolution
-    output, so nothing else sees it: one tensor less to allocate and write per layer; an inference
-    network, it takes no gradients) — built once and reused until the weights or the vocabulary
-    change.
+    output that nothing else holds: one tensor less to allocate and write per layer) — built once
+    and reused until the weights or the vocabulary change.
 
     A change is seen through every parameter's and buffer's identity (held weakly), storage and in-place
     version counter (optimizer steps, ``load_state_dict``, ``fuse``, ``.to(...)`` and a new
