@@ -662,7 +662,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         if self.cache not in (None, "ram"):
             raise ConfigError(f"train.cache must be null or 'ram', got {self.cache!r}")
-        if not (isinstance(self.buffer_mb, (int, float)) and self.buffer_mb >= 0):
+        if isinstance(self.buffer_mb, bool) or not (isinstance(self.buffer_mb, (int, float)) and self.buffer_mb >= 0):
             raise ConfigError(f"train.buffer_mb must be a number >= 0, got {self.buffer_mb!r}")
         for name in (
             "lrf",

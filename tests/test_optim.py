@@ -95,6 +95,7 @@ def test_train_config_validates_and_accepts_plain_dicts() -> None:
         ({"loss": {"nope": 1}}, "nope"),
         ({"buffer_mb": -1}, "buffer_mb"),
         ({"buffer_mb": "lots"}, "buffer_mb"),
+        ({"buffer_mb": True}, "buffer_mb"),
     ):
         with pytest.raises(ConfigError, match=match):
             TrainConfig(**bad)
