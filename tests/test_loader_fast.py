@@ -197,19 +197,10 @@ def test_augmentation_draws_cover_the_configured_ranges():
     assert aug.draw(np.random.default_rng(7)) == aug.draw(np.random.default_rng(7))
 
 
-def test_hsv_lookup_equals_per_channel_indexing(coco128_images: list[Path]):
-    """The one interleaved 3-channel lookup equals indexing each HSV channel by its own table,
-    in place or not, and leaves the input alone when not in place."""
-    from ovdet.data.transforms import _hsv_luts
+def test_lut_fallback_without_stringzilla_gives_the_same_image(coco128_images: list[Path], monkeypatch):
+    import ovdet.data.transforms as transforms
 
     image = decode_image(coco128_images[5])
-    keep = image.copy()
     fast = hsv_shift(image, 1.7, -23.4, 31.9)
-    assert np.array_equal(image, keep)
-    hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)
-    for c, lut in enumerate(_hsv_luts(1.7, -23.4, 31.9)):
-        hsv[..., c] = lut[hsv[..., c]]
-    assert np.array_equal(fast, cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR))
-    assert not np.array_equal(fast, image)
-    inplace = image.copy()
-    assert hsv_shift(inplace, 1.7, -23.4, 31.9, inplace=True) is inplace and np.array_equal(inplace, fast)
+    monkeypatch.setattr(transforms, "_sz", None)
+    assert np.array_equal(hsv_shift(image, 1.7, -23.4, 31.9), fast)
