@@ -237,17 +237,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     det = _detector_with_vocabulary(args, classes)
     run = det.predict(
         args.source,
-        conf=args.conf,
-        iou=args.iou,
-        imgsz=args.imgsz,
-        max_det=args.max_det,
-        agnostic_nms=args.agnostic_nms,
-        batch=args.batch,
-        precision=args.precision,
+        **_predict_options(args),
         stream=True,
         keep_images=not args.no_save_images,
         video_stride=args.video_stride,
-        max_pixels=args.max_pixels,
     )
     save = not args.no_save_images
     writer = PredictionWriter(args.save_dir, images=save, videos=save, frames=save and args.save_frames, fps=run.fps)
@@ -287,6 +280,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _predict_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``Detector.predict`` arguments ``ovdet predict`` takes from its flags, for either engine
+    (the local one passes them to ``predict``, Ray's to every actor through ``RayPredictConfig``)."""
+    return {
+        "conf": args.conf,
+        "iou": args.iou,
+        "imgsz": args.imgsz,
+        "max_det": args.max_det,
+        "agnostic_nms": args.agnostic_nms,
+        "batch": args.batch,
+        "precision": args.precision,
+        "max_pixels": args.max_pixels,
+    }
+
+
 def _predict_ray(args: argparse.Namespace) -> int:
     """``ovdet predict --engine ray``: Ray Data actors over a folder, glob, image or parquet of paths;
     one parquet row per image in ``--out`` (see :mod:`ovdet.distributed.raydata`)."""
@@ -312,18 +320,7 @@ def _predict_ray(args: argparse.Namespace) -> int:
             "cpu or cuda (Ray gives each actor its own GPU)"
         )
     try:
-        config = RayPredictConfig(
-            conf=args.conf,
-            iou=args.iou,
-            imgsz=args.imgsz,
-            max_det=args.max_det,
-            agnostic_nms=args.agnostic_nms,
-            batch=args.batch,
-            precision=args.precision,
-            max_pixels=args.max_pixels,
-            actors=args.actors,
-            gpus_per_actor=gpus,
-        )
+        config = RayPredictConfig(**_predict_options(args), actors=args.actors, gpus_per_actor=gpus)
     except (ValueError, ConfigError) as e:
         raise UsageError(str(e)) from e
     if any(Path(args.out).glob("*.parquet")):

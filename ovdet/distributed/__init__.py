@@ -6,40 +6,5 @@
 Ray and pyarrow are imported only when a pipeline is built or run (the ``[ray]`` extra).
 """
 
-from ovdet.distributed.raydata import (
-    RAY_MISSING,
-    SUMMARY_FILE,
-    ActorPlan,
-    BatchDetector,
-    RayPredictConfig,
-    RayPredictSummary,
-    decode_batch,
-    import_ray,
-    load_model,
-    plan_actors,
-    predict_dataset,
-    read_source,
-    result_schema,
-    results_table,
-    run_ray_predict,
-    source_paths,
-)
-
-__all__ = [
-    "RAY_MISSING",
-    "SUMMARY_FILE",
-    "ActorPlan",
-    "BatchDetector",
-    "RayPredictConfig",
-    "RayPredictSummary",
-    "decode_batch",
-    "import_ray",
-    "load_model",
-    "plan_actors",
-    "predict_dataset",
-    "read_source",
-    "result_schema",
-    "results_table",
-    "run_ray_predict",
-    "source_paths",
-]
+from ovdet.distributed.raydata import *  # noqa: F403  (raydata's __all__ is this package's)
+from ovdet.distributed.raydata import __all__  # noqa: F401

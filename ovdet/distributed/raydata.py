@@ -123,6 +123,19 @@ class RayPredictConfig:
     gpus_per_actor: float | None = None
     cpus_per_actor: float | None = None
 
+    def predict_kwargs(self) -> dict[str, Any]:
+        """The :meth:`Detector.predict` arguments each actor passes (``max_pixels`` applies where
+        images are decoded, before the actors; the actors' own arrays are never limited)."""
+        return {
+            "conf": self.conf,
+            "iou": self.iou,
+            "imgsz": self.imgsz,
+            "max_det": self.max_det,
+            "agnostic_nms": self.agnostic_nms,
+            "batch": self.batch,
+            "precision": self.precision,
+        }
+
     def __post_init__(self) -> None:
         NMSConfig(conf=self.conf, iou=self.iou, max_det=self.max_det)  # raises ConfigError naming the field
         sizes = (self.imgsz,) if isinstance(self.imgsz, int) else tuple(self.imgsz)
@@ -339,18 +352,7 @@ class BatchDetector:
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detections of B ``(H, W, 3)`` uint8 BGR images, in order (as :meth:`Detector.predict`)."""
-        c = self.config
-        out = self.detector.predict(
-            list(images),
-            conf=c.conf,
-            iou=c.iou,
-            imgsz=c.imgsz,
-            max_det=c.max_det,
-            agnostic_nms=c.agnostic_nms,
-            batch=c.batch,
-            precision=c.precision,
-            keep_images=False,
-        )
+        out = self.detector.predict(list(images), **self.config.predict_kwargs(), keep_images=False)
         if not isinstance(out, list) or len(out) != len(images):  # arrays are never skipped
             raise RuntimeError(f"predict returned {len(out)} results for {len(images)} images")
         return out
