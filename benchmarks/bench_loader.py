@@ -2,17 +2,22 @@
 
 Both loaders read the 128 coco128 images with mosaic (p=1), affine, HSV and flip at the same
 image size, batch size and worker count, and both sample per-image texts (ultralytics through
-its YOLO-World multi-modal dataset, ``RandomLoadText``). Each loader runs ``--epochs`` passes
-back to back, alone (no loader's workers run while another is timed); a pass is timed from
-``iter(loader)`` to its last batch (both keep persistent workers, so worker start-up counts in
-the first epoch only). Dataset construction is not timed. ultralytics keeps up
-to min(n, 8·batch, 1000) decoded images in a per-worker buffer, which holds all of coco128; ovdet
+its YOLO-World multi-modal dataset, ``RandomLoadText``). ultralytics keeps up to
+min(n, 8·batch, 1000) decoded images in a per-worker buffer, which holds all of coco128; ovdet
 keeps a per-worker LRU of up to ``buffer_mb`` (default 256) MiB of decoded images, which holds it
 too. ovdet is measured with its defaults (no cache, the buffer), with ``cache="ram"`` and with
-neither (``buffer_mb=0``: every image decoded every time). Prints images/s and the
-ovdet/ultralytics ratios (> 1: ovdet faster).
+neither (``buffer_mb=0``: every image decoded every time).
 
-    python benchmarks/bench_loader.py --imgsz 640 --batch 16 --workers 2 --epochs 3
+Every loader is built once, with persistent workers, and first runs ``--warmup`` untimed epochs
+(ultralytics' buffer and ovdet's fill over the first epochs; the figure is the steady state a
+training run sees). Then ``--rounds`` rounds each time every loader alone for ``--epochs``
+consecutive epochs (one span: epoch boundaries included, so each loader's own prefetching across
+epochs counts), the loaders' order reversed every other round, with a pause after each span so
+one loader's read-ahead never runs while another is timed. Dataset construction is not timed.
+Prints each loader's median images/s over the rounds, the spread, and the ovdet/ultralytics
+ratios (> 1: ovdet faster).
+
+    python benchmarks/bench_loader.py --imgsz 640 --batch 16 --workers 2 --warmup 3 --epochs 4 --rounds 3
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import os
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 _DEFAULT_DATA = Path(__file__).resolve().parents[1] / "../shared/data"
 
@@ -64,7 +71,9 @@ def main() -> None:
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=3, help="timed passes per loader (alternating)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed epochs per loader first")
+    ap.add_argument("--epochs", type=int, default=4, help="consecutive epochs in one timed span")
+    ap.add_argument("--rounds", type=int, default=3, help="timed spans per loader (alternating order)")
     ap.add_argument("--json", type=Path, help="also write the rates here")
     args = ap.parse_args()
 
@@ -74,19 +83,20 @@ def main() -> None:
 
     coco128 = Path(args.data).resolve() / "coco128"
     data = read_yolo(coco128 / "coco128.yaml", "train")
-    rates: dict[str, float] = {}
+    total_epochs = 10_000  # fixed, far from close_mosaic: mosaic stays on
+    epoch_of: dict[str, int] = {}
 
-    def run(name: str, loader, before_epoch=None) -> None:
-        seconds, images = 0.0, 0
-        for epoch in range(args.epochs):
-            if before_epoch is not None:
-                before_epoch(epoch)
-            t, n = _epoch(loader)
-            seconds += t
-            images += n
-            print(f"{name:<18} epoch {epoch}: {n} images in {t:6.2f} s ({n / t:6.1f} img/s)", flush=True)
-        rates[name] = images / seconds
+    def span(name: str, loader, epochs: int) -> tuple[float, int]:
+        """Seconds and images for ``epochs`` consecutive passes over ``loader``."""
+        t, n = time.perf_counter(), 0
+        for _ in range(epochs):
+            if hasattr(loader, "set_epoch"):  # ovdet: the epoch travels with the indices
+                loader.set_epoch(epoch_of[name], total_epochs)
+            epoch_of[name] += 1
+            n += _epoch(loader)[1]
+        return time.perf_counter() - t, n
 
+    loaders: dict[str, object] = {}
     item_ms: dict[str, float] = {}
     for name, cache, buffer_mb in (
         ("ovdet cache=None", None, 256.0),
@@ -96,32 +106,43 @@ def main() -> None:
         ds = DetectionDataset(data, imgsz=args.imgsz, seed=0, cache=cache, buffer_mb=buffer_mb)
         if cache:
             ds.fill_cache()  # before the workers fork, so they share it
-        ds.set_epoch(0, total_epochs=100)  # mosaic on
+        ds.set_epoch(0, total_epochs=total_epochs)  # mosaic on
         t = time.perf_counter()
         for i in range(64):  # one item in this process, no workers: the cost a worker pays
             ds[i]
         item_ms[name] = 1e3 * (time.perf_counter() - t) / 64
         print(f"{name}: {item_ms[name]:.1f} ms per item in one process", flush=True)
-        loader = build_loader(ds, args.batch, workers=args.workers, shuffle=True, seed=0, pin_memory=False)
-        # Far from close_mosaic: mosaic stays on.
-        run(name, loader, lambda e, loader=loader: loader.set_epoch(e, total_epochs=e + 100))
-        del loader, ds
+        loaders[name] = build_loader(ds, args.batch, workers=args.workers, shuffle=True, seed=0, pin_memory=False)
 
     with tempfile.TemporaryDirectory() as tmp:
-        theirs = _ultralytics_loader(coco128, Path(tmp), args.imgsz, args.batch, args.workers)
-        run("ultralytics", theirs)
-        del theirs
+        loaders["ultralytics"] = _ultralytics_loader(coco128, Path(tmp), args.imgsz, args.batch, args.workers)
+        for name, loader in loaders.items():
+            epoch_of[name] = 0
+            seconds, images = span(name, loader, args.warmup)
+            print(f"{name:<18} warm-up: {args.warmup} epochs, {images / seconds:6.1f} img/s", flush=True)
+            time.sleep(1.0)
+        spans: dict[str, list[float]] = {name: [] for name in loaders}
+        for r in range(args.rounds):
+            for name in list(loaders) if r % 2 == 0 else list(loaders)[::-1]:
+                seconds, images = span(name, loaders[name], args.epochs)
+                spans[name].append(images / seconds)
+                print(f"{name:<18} round {r}: {images} images in {seconds:6.2f} s ({images / seconds:6.1f} img/s)")
+                time.sleep(1.0)  # its workers' read-ahead of the next epoch ends before the next span
+        del loaders
 
+    rates = {name: float(np.median(v)) for name, v in spans.items()}
     print(
-        f"\nimgsz {args.imgsz}, batch {args.batch}, workers {args.workers}, {args.epochs} epochs of coco128 "
-        f"each, mosaic on, {os.cpu_count()} CPUs"
+        f"\nimgsz {args.imgsz}, batch {args.batch}, workers {args.workers}, coco128; after {args.warmup} warm-up "
+        f"epochs, {args.rounds} spans of {args.epochs} epochs per loader, mosaic on, {os.cpu_count()} CPUs"
     )
-    print(f"{'loader':<18} {'img/s':>8} {'ratio':>6}")
+    print(f"{'loader':<18} {'img/s':>8} {'spread':>15} {'ratio':>6}")
     for name, rate in rates.items():
-        print(f"{name:<18} {rate:8.1f} {rate / rates['ultralytics']:6.2f}")
+        lo, hi = min(spans[name]), max(spans[name])
+        print(f"{name:<18} {rate:8.1f} {f'{lo:.0f}–{hi:.0f}':>15} {rate / rates['ultralytics']:6.2f}")
     if args.json:
-        info = {"imgsz": args.imgsz, "batch": args.batch, "workers": args.workers, "epochs": args.epochs}
-        args.json.write_text(json.dumps({**info, "rates": rates, "item_ms": item_ms}, indent=1))
+        info = {"imgsz": args.imgsz, "batch": args.batch, "workers": args.workers, "warmup": args.warmup}
+        info |= {"epochs": args.epochs, "rounds": args.rounds}
+        args.json.write_text(json.dumps({**info, "rates": rates, "spans": spans, "item_ms": item_ms}, indent=1))
 
 
 if __name__ == "__main__":

@@ -148,6 +148,34 @@ def test_items_do_not_depend_on_workers_or_order(coco128: Dataset):
     assert [t for b in batches for t in b.texts] == [s["texts"] for s in single]
 
 
+def test_batch_items_are_written_into_one_batch_tensor(coco128: Dataset):
+    """``__getitems__`` (what the DataLoader calls) equals item by item access; collate passes
+    its image rows on as the batch without a copy, and stacks anything else."""
+    data = _subset(coco128, coco128.records[:6])
+    ds = DetectionDataset(data, imgsz=IMGSZ, seed=4)
+    keys = [(i, 2, 50) for i in (5, 0, 3, 3)]
+    items = ds.__getitems__(keys)
+    for key, item in zip(keys, items):
+        ref = ds[key]
+        assert torch.equal(item["image"], ref["image"]) and torch.equal(item["boxes"], ref["boxes"])
+        assert item["texts"] == ref["texts"] and item["sources"] == ref["sources"]
+    batch = collate(items)
+    assert batch.images.data_ptr() == items[0]["image"].data_ptr()  # the rows' own tensor
+    assert torch.equal(batch.images, torch.stack([it["image"] for it in items]))
+    shuffled = collate(items[::-1])  # not rows in order: a stacked copy
+    assert shuffled.images.data_ptr() != items[0]["image"].data_ptr()
+    assert torch.equal(shuffled.images, torch.stack([it["image"] for it in items[::-1]]))
+    part = collate(items[1:3])  # rows of a larger tensor, not from its start: stacked
+    assert torch.equal(part.images, torch.stack([items[1]["image"], items[2]["image"]]))
+    assert part.images.data_ptr() != items[1]["image"].data_ptr()
+
+    # A worker's batch arrives in shared memory, equal to the samples made here.
+    loader = build_loader(ds, batch_size=3, workers=1, shuffle=False, pin_memory=False)
+    batches = list(loader)
+    assert all(b.images.is_shared() for b in batches)
+    assert torch.equal(torch.cat([b.images for b in batches]), torch.stack([ds[i]["image"] for i in range(6)]))
+
+
 def test_epoch_changes_augmentation(coco128: Dataset):
     ds = DetectionDataset(coco128, imgsz=IMGSZ, seed=0)
     a = ds[5]["image"]
@@ -266,14 +294,14 @@ def test_distributed_sampler_splits_disjointly(coco128: Dataset):
             ds, batch_size=8, workers=0, shuffle=True, seed=3, distributed=True, num_replicas=2, rank=rank
         )
         loader.set_epoch(1)
-        items = list(loader.sampler)
+        items = list(loader.batch_sampler.sampler)
         assert all(e == 1 for _, e, _ in items)  # the epoch travels with each index
         shards.append([i for i, _, _ in items])
         assert len(loader) == 8  # 64 images per rank
     assert len(shards[0]) == len(shards[1]) == 64
     assert not set(shards[0]) & set(shards[1]) and set(shards[0]) | set(shards[1]) == set(range(128))
     loader.set_epoch(2)
-    assert [i for i, _, _ in loader.sampler] != shards[1]  # the order changes with the epoch
+    assert [i for i, _, _ in loader.batch_sampler.sampler] != shards[1]  # the order changes with the epoch
 
 
 def test_text_limits_and_lvis_negatives(coco128: Dataset):

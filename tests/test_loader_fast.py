@@ -1,9 +1,8 @@
 """The fast training-augmentation path against simple references, on real coco128 images.
 
-* per-tile resize rendering (:func:`warp_layout`) equals ``cv2.warpAffine`` of the painted
-  mosaic canvas with the map each tile reports;
-* the fast and the reference (``exact=True``) :class:`TrainAugment` keep the same boxes, within
-  the half-pixel shift the fast path may apply;
+* per-tile warp rendering (:func:`warp_layout`) equals ``cv2.warpAffine`` of the painted
+  mosaic canvas, away from the seams between tiles;
+* the fast and the reference (``exact=True``) :class:`TrainAugment` keep the same boxes;
 * the affine map and the box mapping equal albumentations' ``Affine`` (the previous recipe);
 * the lookup-table HSV shift equals the per-pixel formula and albumentations' ``shift_hsv``.
 """
@@ -60,7 +59,7 @@ def _tile_region(rect: tuple[int, int, int, int], m: np.ndarray, size: int) -> t
     return j0, i0, j1, i1
 
 
-def test_tile_resizes_equal_one_warp_of_the_canvas(coco128: Dataset):
+def test_tile_warps_equal_one_warp_of_the_canvas(coco128: Dataset):
     cfg = AugmentConfig()
     compared = 0
     for seed in range(12):
@@ -74,21 +73,19 @@ def test_tile_resizes_equal_one_warp_of_the_canvas(coco128: Dataset):
         exact, exact_maps = warp_layout(layout, matrix, IMGSZ, exact=True)
         assert fast.shape == exact.shape == (IMGSZ, IMGSZ, 3) and fast.dtype == np.uint8
         assert all(m is matrix for m in exact_maps)
-        canvas = layout.paint()
         covered = np.zeros((IMGSZ, IMGSZ), dtype=bool)
         for tile, m in zip(layout.tiles, maps):
-            # The resize moved the tile by at most half a pixel, and says so.
-            assert np.array_equal(m[:2, :2], matrix[:2, :2])
-            assert np.all(np.abs(m[:2, 2] - matrix[:2, 2]) <= 0.5 + 1e-9)
+            assert np.array_equal(m, matrix)  # every tile went through the layout's own map
             j0, i0, j1, i1 = _tile_region(tile.rect, matrix, IMGSZ)
             covered[i0:i1, j0:j1] = True
             if j1 - j0 <= 4 or i1 - i0 <= 4:  # the tile (nearly) missed the output
                 continue
-            # Away from the tile's edges (2 px), its pixels are the canvas warped with its own map.
-            ref = cv2.warpAffine(canvas, m[:2], (IMGSZ, IMGSZ), flags=cv2.INTER_LINEAR, borderValue=(114, 114, 114))
+            # Away from the tile's edges (2 px), its pixels are the reference's (OpenCV rounds
+            # coordinates to 1/32 pixel from a different origin: a level or two at most).
             inner = (slice(i0 + 2, i1 - 2), slice(j0 + 2, j1 - 2))
-            diff = np.abs(fast[inner].astype(int) - ref[inner].astype(int))
+            diff = np.abs(fast[inner].astype(int) - exact[inner].astype(int))
             assert diff.max() <= 2, (seed, diff.max())
+            assert (diff == 0).mean() > 0.9, seed
             compared += diff.shape[0] * diff.shape[1]
         # Outside every tile: the grey border, as in the reference.
         assert np.all(fast[~covered] == 114)
@@ -101,23 +98,21 @@ def test_fast_and_exact_augmentation_keep_the_same_boxes(coco128: Dataset):
     cfg = AugmentConfig()
     fast_aug = TrainAugment(IMGSZ, cfg, coco128.names)
     exact_aug = TrainAugment(IMGSZ, cfg, coco128.names, exact=True)
-    boxes = same = 0
+    boxes = 0
     for seed in range(30):
         rng = np.random.default_rng(seed)
         layout = mosaic_layout(_samples(coco128, list(rng.integers(0, 128, 4))), IMGSZ, rng, cfg)
         a, flip_a = fast_aug(layout, 1000 + seed)
         b, flip_b = exact_aug(layout, 1000 + seed)
         assert flip_a == flip_b and a.image.shape == b.image.shape == (IMGSZ, IMGSZ, 3)
-        ids_a = {tuple(s): k for k, s in enumerate(a.source.tolist())}
-        ids_b = {tuple(s): k for k, s in enumerate(b.source.tolist())}
-        boxes += len(ids_b)
-        for key in ids_a.keys() & ids_b.keys():
-            np.testing.assert_allclose(a.boxes[ids_a[key]], b.boxes[ids_b[key]], atol=1.0)
-            assert a.texts[ids_a[key]] == b.texts[ids_b[key]]
-            same += 1
-        # Only boxes at a filter threshold can differ (a half-pixel shift decides them).
-        assert len(ids_a.keys() ^ ids_b.keys()) <= 1
-    assert boxes > 150 and same >= boxes - 5
+        # The same map for every tile: the same boxes, texts and sources, exactly.
+        assert a.source.tolist() == b.source.tolist() and a.texts == b.texts
+        assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.labels, b.labels)
+        boxes += len(b.boxes)
+        # Pixels differ only at the seams between tiles (and by OpenCV's coordinate rounding).
+        diff = np.abs(a.image.astype(int) - b.image.astype(int)).max(axis=2)
+        assert (diff > 2).mean() < 0.03, seed
+    assert boxes > 150
 
     # A single letterboxed image goes through the same maps.
     for i in (0, 1, 61):
@@ -125,7 +120,7 @@ def test_fast_and_exact_augmentation_keep_the_same_boxes(coco128: Dataset):
         a, _ = fast_aug(sample, i)
         b, _ = exact_aug(sample, i)
         assert a.source.tolist() == b.source.tolist()
-        np.testing.assert_allclose(a.boxes, b.boxes, atol=1.0)
+        assert np.array_equal(a.boxes, b.boxes)
 
 
 def test_affine_map_and_boxes_equal_albumentations_affine():

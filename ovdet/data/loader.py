@@ -10,6 +10,7 @@ process counts them even when workers produced it (:class:`DetectionLoader` does
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -22,7 +23,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, get_worker_info
 
 from ovdet.config import AugmentConfig
-from ovdet.data.batch import Batch, collate
+from ovdet.data.batch import Batch, collate, new_images
 from ovdet.data.images import ImageReadError, decode_image
 from ovdet.data.letterbox import LetterboxInfo
 from ovdet.data.records import Dataset
@@ -35,7 +36,7 @@ from ovdet.data.transforms import (
     swap_left_right,
 )
 
-__all__ = ["DetectionDataset", "DetectionLoader", "EpochSampler", "build_loader"]
+__all__ = ["DetectionDataset", "DetectionLoader", "EpochBatchSampler", "EpochSampler", "build_loader"]
 
 #: Replacement images tried for one unreadable image before giving up on the whole dataset.
 MAX_REPLACEMENTS = 100
@@ -222,6 +223,16 @@ class DetectionDataset(torch.utils.data.Dataset):
     # Items
     # ---------------------------------------------------------------------------------------
 
+    def __getitems__(self, indices: Sequence[int | tuple[int, int, int | None]]) -> list[dict[str, Any]]:
+        """The samples of one batch (the DataLoader asks for a batch's indices at once).
+
+        Each sample equals ``self[index]``, but the images are written straight into the rows
+        of one (B, 3, s, s) tensor — in shared memory in a worker — which :func:`collate`
+        passes on as the batch's images without stacking them.
+        """
+        images = new_images(len(indices), (3, self.imgsz, self.imgsz))
+        return [self._item(index, images[k]) for k, index in enumerate(indices)]
+
     def __getitem__(self, index: int | tuple[int, int, int | None]) -> dict[str, Any]:
         """One sample.
 
@@ -241,6 +252,10 @@ class DetectionDataset(torch.utils.data.Dataset):
             over ``max_texts``; ``box_source`` (N, 2) int64 (record index, box index in the
             record) of each box; ``letterbox`` (validation: its LetterboxInfo, else None).
         """
+        return self._item(index, None)
+
+    def _item(self, index: int | tuple[int, int, int | None], out: torch.Tensor | None) -> dict[str, Any]:
+        """:meth:`__getitem__`, its image written into ``out`` ((3, s, s) uint8) when given."""
         epoch, total = self.epoch, self.total_epochs
         if isinstance(index, tuple):
             index, epoch, total = index
@@ -281,10 +296,13 @@ class DetectionDataset(torch.utils.data.Dataset):
             self.skipped += len(skipped)
             self.dropped += dropped
 
-        image = np.empty((3, *sample.image.shape[:2]), dtype=np.uint8)  # (3, s, s) RGB planes
-        cv2.split(sample.image, [image[2], image[1], image[0]])  # BGR → RGB planes, one pass
+        if sample.image.shape != (self.imgsz, self.imgsz, 3):  # every path above makes s × s
+            raise RuntimeError(f"internal: sample image {sample.image.shape}, expected ({self.imgsz}, {self.imgsz}, 3)")
+        image = torch.empty((3, self.imgsz, self.imgsz), dtype=torch.uint8) if out is None else out
+        planes = image.numpy()  # (3, s, s) RGB planes
+        cv2.split(sample.image, [planes[2], planes[1], planes[0]])  # BGR → RGB planes, one pass
         return {
-            "image": torch.from_numpy(image),
+            "image": image,
             "boxes": torch.from_numpy(sample.boxes.astype(np.float32).reshape(-1, 4)),
             "labels": torch.from_numpy(per_box.astype(np.int64)),
             "ignore": torch.from_numpy(sample.ignore.astype(bool)),
@@ -357,24 +375,74 @@ class EpochSampler(Sampler):
         return len(self.order)
 
 
+class EpochBatchSampler(Sampler):
+    """Batches of :class:`EpochSampler`'s ``(index, epoch, total_epochs)``, epoch after epoch.
+
+    Iteration starts at the selected epoch and does not stop at its end: the next epoch's
+    batches follow (each batch within one epoch; the last one partial unless ``drop_last``), so
+    loader workers prepare the first batches of epoch e + 1 while epoch e's last ones are used,
+    as ultralytics' ``InfiniteDataLoader`` does. ``len`` is the batches of one epoch;
+    :class:`DetectionLoader` takes that many per pass.
+    """
+
+    def __init__(self, sampler: EpochSampler, batch_size: int, drop_last: bool = False) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+
+    def set_epoch(self, epoch: int, total_epochs: int | None = None) -> None:
+        self.sampler.set_epoch(epoch, total_epochs)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int | None]]]:
+        start, total = self.sampler.epoch, self.sampler.total_epochs
+        for epoch in itertools.count(start):
+            self.sampler.order.set_epoch(epoch)
+            keys = [(int(i), epoch, total) for i in self.sampler.order]
+            for k in range(0, len(keys), self.batch_size):
+                batch = keys[k : k + self.batch_size]
+                if len(batch) == self.batch_size or not self.drop_last:
+                    yield batch
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
 class DetectionLoader(DataLoader):
     """A DataLoader over a :class:`DetectionDataset` that keeps the dataset's counters right.
 
     Worker processes count skipped images and dropped boxes in their own copies of the dataset;
     this loader adds each batch's counts to the main process's dataset instead. Workers persist
-    across epochs; the epoch reaches them through :class:`EpochSampler`.
+    across epochs; the epoch reaches them with each index (:class:`EpochSampler`). One pass
+    yields the selected epoch. When the next pass is the next epoch (``set_epoch(e + 1)`` with
+    the same ``total_epochs``, as a training loop does) it continues the batch stream, whose
+    first batches the workers have already made (:class:`EpochBatchSampler`); any other epoch,
+    or a pass left before its end, starts the stream afresh at the selected epoch.
     """
+
+    _stream: Iterator[Batch] | None = None
+    _stream_next: tuple[int, int | None] | None = None  # the epoch the stream is at the start of
 
     def set_epoch(self, epoch: int, total_epochs: int | None = None) -> None:
         """Select the epoch for the shuffle order and the dataset (augmentation, close_mosaic)."""
-        self.sampler.set_epoch(epoch, total_epochs)
+        self.batch_sampler.set_epoch(epoch, total_epochs)
         self.dataset.set_epoch(epoch, total_epochs)
 
     def __iter__(self) -> Iterator[Batch]:
-        for batch in super().__iter__():
+        epochs = self.batch_sampler.sampler
+        here = (epochs.epoch, epochs.total_epochs)
+        if self._stream is None or self._stream_next != here:
+            self._stream = super().__iter__()  # persistent workers: drops what they made ahead
+        self._stream_next = None  # until this pass has taken its last batch
+        for k in range(len(self)):
+            batch = next(self._stream)
             if self.num_workers > 0:
                 self.dataset.skipped += len(batch.skipped)
                 self.dataset.dropped += batch.dropped
+            if k == len(self) - 1:
+                self._stream_next = (here[0] + 1, here[1])
             yield batch
 
 
@@ -431,12 +499,10 @@ def build_loader(
         order = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=shuffle, seed=seed)
     return DetectionLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=EpochSampler(order),
+        batch_sampler=EpochBatchSampler(EpochSampler(order), batch_size, drop_last=drop_last),
         num_workers=workers,
         collate_fn=collate,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        drop_last=drop_last,
         worker_init_fn=_worker_init,
         persistent_workers=workers > 0,
     )

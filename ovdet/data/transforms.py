@@ -14,9 +14,9 @@ Training (:class:`TrainAugment`), per image::
                                       in texts)
 
 The canvas is never painted on the default (axis-aligned: scale and shift) recipe: placement,
-affine and crop compose into one map per image, rendered by one resize of just the visible part
-of each image straight into the output (:func:`warp_layout`). With rotation or shear the canvas
-is painted and warped once, into the crop only.
+affine and crop compose into one map per image, rendered by one warp of just the visible part
+of each image straight into its region of the output (:func:`warp_layout`). With rotation or
+shear the canvas is painted and warped once, into the crop only.
 
 Boxes are filtered after every geometric step (min area, min visible fraction, min side, max
 aspect ratio). Randomness comes only from the per-item seed the caller passes, so an item is the
@@ -338,14 +338,12 @@ def warp_layout(
 
     The reference (``exact=True``, or any rotation / shear) paints the canvas and warps it once
     with ``cv2.warpAffine`` (bilinear, constant border). An axis-aligned map (scale and shift,
-    the default recipe) is instead rendered tile by tile: each tile resizes (``cv2.resize``,
-    bilinear, about 3× cheaper than a warp) only the part of its image that lands in the
-    output, straight into its region of the output. A resize can place its result only at
-    whole output pixels, so each tile's shift is rounded to the nearest such position: it
-    moves by at most half an output pixel in x and y (a sub-pixel jitter, independent per
-    tile), and the matrix returned for it includes that shift, so its boxes follow its pixels
-    exactly. Pixels on a tile's outermost output row/column repeat the tile's edge instead of
-    blending with the neighbouring tile or the grey border.
+    the default recipe) is instead rendered tile by tile: each tile warps (bilinear) only the
+    part of its image that lands in the output, in place into its region of the output — no
+    canvas, no intermediate image, every output pixel computed once (0.64 vs 1.01 ms for the
+    reference on a 640 mosaic, one core). Pixels are those of the reference to OpenCV's 1/32
+    pixel coordinate rounding, except on a tile's outermost output row/column, which repeat the
+    tile's edge instead of blending with the neighbouring tile or the grey border.
 
     Args:
         layout: the placed images.
@@ -354,7 +352,8 @@ def warp_layout(
         exact: always take the reference path.
 
     Returns:
-        The (size, size, 3) uint8 image, and per tile the (3, 3) map its pixels went through.
+        The (size, size, 3) uint8 image, and per tile the (3, 3) map its pixels went through
+        (``matrix`` itself on both paths).
     """
     if exact or not _axis_aligned(matrix):
         canvas = layout.paint()
@@ -368,15 +367,13 @@ def warp_layout(
         )
         return image, [matrix] * len(layout.tiles)
     out = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
-    return out, [_resize_tile(t, matrix, out) for t in layout.tiles]
+    for tile in layout.tiles:
+        _warp_tile(tile, matrix, out)
+    return out, [matrix] * len(layout.tiles)
 
 
-def _resize_tile(tile: Tile, m: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Render one tile through the axis-aligned map ``m`` into ``out`` ((S, S, 3), in place).
-
-    Returns:
-        (3, 3) the map actually applied: ``m`` with its shift rounded as the resize requires.
-    """
+def _warp_tile(tile: Tile, m: np.ndarray, out: np.ndarray) -> None:
+    """Render one tile through the axis-aligned map ``m`` into ``out`` ((S, S, 3), in place)."""
     x1, y1, x2, y2 = tile.rect
     ox, oy = tile.offset
     h, w = tile.image.shape[:2]
@@ -386,37 +383,26 @@ def _resize_tile(tile: Tile, m: np.ndarray, out: np.ndarray) -> np.ndarray:
     j0, j1 = (min(max(math.ceil(ax * (v - 0.5) + bx), 0), sx) for v in (x1, x2))
     i0, i1 = (min(max(math.ceil(ay * (v - 0.5) + by), 0), sy) for v in (y1, y2))
     if j0 >= j1 or i0 >= i1:
-        return m
+        return
     # Source pixels they read (tile indices), with a margin for the bilinear neighbours.
     q0 = max(math.floor((j0 - bx) / ax) - ox - 1, 0)
     q1 = min(math.ceil((j1 - 1 - bx) / ax) - ox + 2, w)
     p0 = max(math.floor((i0 - by) / ay) - oy - 1, 0)
     p1 = min(math.ceil((i1 - 1 - by) / ay) - oy + 2, h)
-    # cv2.resize with fx maps resized index d to source index (d + 0.5) / fx - 0.5, so resized
-    # column d is output column d + dx_exact; dx rounds that to a whole pixel.
-    dx_exact = ax * (q0 + ox) + bx + 0.5 - 0.5 * ax
-    dy_exact = ay * (p0 + oy) + by + 0.5 - 0.5 * ay
-    dx, dy = round(dx_exact), round(dy_exact)
-    roi = tile.image[p0:p1, q0:q1]
-    if round((q1 - q0) * ax) < 1 or round((p1 - p0) * ay) < 1:  # too small for a resize: warp it
-        shifted = np.array([[ax, 0, dx_exact - dx + 0.5 * ax - 0.5], [0, ay, dy_exact - dy + 0.5 * ay - 0.5]])
-        shifted[:, 2] -= [j0 - dx, i0 - dy]
-        out[i0:i1, j0:j1] = cv2.warpAffine(
-            roi, shifted, (j1 - j0, i1 - i0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-        )
-        return m
-    resized = cv2.resize(roi, None, fx=ax, fy=ay, interpolation=cv2.INTER_LINEAR)
-    lo_x, hi_x, lo_y, hi_y = j0 - dx, j1 - dx, i0 - dy, i1 - dy
-    rh, rw = resized.shape[:2]
-    pads = (max(-lo_y, 0), max(hi_y - rh, 0), max(-lo_x, 0), max(hi_x - rw, 0))  # top, bottom, left, right
-    if any(pads):  # the tile's outer edge rounded one pixel beyond the resized image
-        resized = cv2.copyMakeBorder(resized, *pads, cv2.BORDER_REPLICATE)
-        lo_x, hi_x, lo_y, hi_y = lo_x + pads[2], hi_x + pads[2], lo_y + pads[0], hi_y + pads[0]
-    out[i0:i1, j0:j1] = resized[lo_y:hi_y, lo_x:hi_x]
-    applied = m.copy()
-    applied[0, 2] += dx - dx_exact
-    applied[1, 2] += dy - dy_exact
-    return applied
+    # Region pixel (j - j0, i - i0) reads roi pixel of canvas index (j - bx) / ax, minus the
+    # roi's canvas origin (q0 + ox, p0 + oy).
+    local = np.array([[ax, 0.0, ax * (q0 + ox) + bx - j0], [0.0, ay, ay * (p0 + oy) + by - i0]])
+    region = out[i0:i1, j0:j1]  # a view: OpenCV writes into it (rows strided, pixels contiguous)
+    warped = cv2.warpAffine(
+        tile.image[p0:p1, q0:q1],
+        local,
+        (j1 - j0, i1 - i0),
+        dst=region,
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    if not np.shares_memory(warped, region):  # an OpenCV that reallocated instead
+        region[...] = warped
 
 
 def affine_boxes(boxes: np.ndarray, matrix: np.ndarray) -> np.ndarray:
@@ -530,7 +516,7 @@ class TrainAugment:
         names: the dataset vocabulary; texts changed by a flip ("left" ↔ "right") are relabelled
             to their index here, or -1 when absent.
         exact: render through the reference path (paint the canvas, one ``cv2.warpAffine``)
-            instead of per-tile resizes; same draws, pixels within half a pixel of shift.
+            instead of per-tile warps; same draws and boxes, pixels equal but at tile seams.
     """
 
     def __init__(self, imgsz: int, cfg: AugmentConfig, names: Sequence[str] = (), exact: bool = False) -> None:
