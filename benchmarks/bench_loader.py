@@ -10,14 +10,16 @@ neither (``buffer_mb=0``: every image decoded every time).
 
 Every loader is built once, with persistent workers, and first runs ``--warmup`` untimed epochs
 (ultralytics' buffer and ovdet's fill over the first epochs; the figure is the steady state a
-training run sees). Then ``--rounds`` rounds each time every loader alone for ``--epochs``
+training run sees). Then ``--rounds`` rounds each run every loader alone for ``--epochs``
 consecutive epochs (one span: epoch boundaries included, so each loader's own prefetching across
 epochs counts), the loaders' order reversed every other round, with a pause after each span so
-one loader's read-ahead never runs while another is timed. Dataset construction is not timed.
+one loader's read-ahead never runs while another is timed. A span's rate counts from the arrival
+of its batch 2·workers·2 to its last: the first batches were made ahead (both loaders' workers
+keep 2 batches each ready across epochs) or wait for the pipeline to fill. Dataset construction is not timed.
 Prints each loader's median images/s over the rounds, the spread, and the ovdet/ultralytics
 ratios (> 1: ovdet faster).
 
-    python benchmarks/bench_loader.py --imgsz 640 --batch 16 --workers 2 --warmup 3 --epochs 4 --rounds 3
+    python benchmarks/bench_loader.py --imgsz 640 --batch 16 --workers 2 --warmup 3 --epochs 5 --rounds 3
 """
 
 from __future__ import annotations
@@ -32,15 +34,6 @@ from pathlib import Path
 import numpy as np
 
 _DEFAULT_DATA = Path(__file__).resolve().parents[1] / "../shared/data"
-
-
-def _epoch(loader) -> tuple[float, int]:
-    """Seconds and images for one pass over ``loader``."""
-    t = time.perf_counter()
-    n = 0
-    for batch in loader:
-        n += len(batch.images) if hasattr(batch, "images") else len(batch["img"])
-    return time.perf_counter() - t, n
 
 
 def _ultralytics_loader(coco128: Path, root: Path, imgsz: int, batch: int, workers: int):
@@ -72,7 +65,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=3, help="untimed epochs per loader first")
-    ap.add_argument("--epochs", type=int, default=4, help="consecutive epochs in one timed span")
+    ap.add_argument("--epochs", type=int, default=5, help="consecutive epochs in one timed span")
     ap.add_argument("--rounds", type=int, default=3, help="timed spans per loader (alternating order)")
     ap.add_argument("--json", type=Path, help="also write the rates here")
     args = ap.parse_args()
@@ -86,15 +79,19 @@ def main() -> None:
     total_epochs = 10_000  # fixed, far from close_mosaic: mosaic stays on
     epoch_of: dict[str, int] = {}
 
-    def span(name: str, loader, epochs: int) -> tuple[float, int]:
-        """Seconds and images for ``epochs`` consecutive passes over ``loader``."""
-        t, n = time.perf_counter(), 0
+    def span(name: str, loader, epochs: int, skip: int = 0) -> tuple[float, int]:
+        """Seconds and images over ``epochs`` consecutive passes over ``loader``, from the
+        arrival of batch ``skip`` to the last (the first batches are ready before the span
+        starts, made ahead by the workers, or wait for the pipeline to fill)."""
+        arrivals: list[tuple[float, int]] = []  # (time, images) per batch
         for _ in range(epochs):
             if hasattr(loader, "set_epoch"):  # ovdet: the epoch travels with the indices
                 loader.set_epoch(epoch_of[name], total_epochs)
             epoch_of[name] += 1
-            n += _epoch(loader)[1]
-        return time.perf_counter() - t, n
+            for batch in loader:
+                n = len(batch.images) if hasattr(batch, "images") else len(batch["img"])
+                arrivals.append((time.perf_counter(), n))
+        return arrivals[-1][0] - arrivals[skip][0], sum(n for _, n in arrivals[skip + 1 :])
 
     loaders: dict[str, object] = {}
     item_ms: dict[str, float] = {}
@@ -124,7 +121,7 @@ def main() -> None:
         spans: dict[str, list[float]] = {name: [] for name in loaders}
         for r in range(args.rounds):
             for name in list(loaders) if r % 2 == 0 else list(loaders)[::-1]:
-                seconds, images = span(name, loaders[name], args.epochs)
+                seconds, images = span(name, loaders[name], args.epochs, skip=2 * args.workers * 2)
                 spans[name].append(images / seconds)
                 print(f"{name:<18} round {r}: {images} images in {seconds:6.2f} s ({images / seconds:6.1f} img/s)")
                 time.sleep(1.0)  # its workers' read-ahead of the next epoch ends before the next span

@@ -88,6 +88,7 @@ def table(predict: dict, loader: dict | None, gpu: dict | None) -> str:
         for name, target in (("ovdet cache=ram", 1.5), ("ovdet cache=None", 1.0)):
             rate = loader["rates"][name]
             label = 'with `cache="ram"`' if "ram" in name else "no cache (the default 256 MiB decode buffer per worker)"
+            label += f", steady state (after {loader['warmup']} warm-up epochs)"
             lines.append(
                 f"| training loader, mosaic {loader['imgsz']}, batch {loader['batch']}, {loader['workers']} workers, "
                 f"{label} | {rate:.1f} img/s | {base:.1f} img/s | **{base / rate:.2f}** (time; {rate / base:.2f}× the "
@@ -142,7 +143,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="shared data root (default $OVDET_DATA or ../shared/data)")
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--loader-epochs", type=int, default=3)
+    ap.add_argument("--loader-epochs", type=int, default=5, help="epochs per timed loader span")
+    ap.add_argument("--loader-rounds", type=int, default=3, help="timed spans per loader")
     ap.add_argument("--device", default=None, help="also run the GPU rows on this CUDA device")
     ap.add_argument("--readme", type=Path, default=HERE.parent / "README.md")
     ap.add_argument("--no-readme", action="store_true", help="print the table, leave README.md alone")
@@ -151,7 +153,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         predict = run("bench_predict.py", [*data, "--rounds", str(args.rounds)], out / "predict.json")
-        loader = run("bench_loader.py", [*data, "--epochs", str(args.loader_epochs)], out / "loader.json")
+        loader = run(
+            "bench_loader.py",
+            [*data, "--epochs", str(args.loader_epochs), "--rounds", str(args.loader_rounds)],
+            out / "loader.json",
+        )
         gpu = None
         if args.device:
             gpu = run(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
+import pickle
 import shutil
 import warnings
 from pathlib import Path
@@ -148,32 +150,57 @@ def test_items_do_not_depend_on_workers_or_order(coco128: Dataset):
     assert [t for b in batches for t in b.texts] == [s["texts"] for s in single]
 
 
-def test_batch_items_are_written_into_one_batch_tensor(coco128: Dataset):
-    """``__getitems__`` (what the DataLoader calls) equals item by item access; collate passes
-    its image rows on as the batch without a copy, and stacks anything else."""
-    data = _subset(coco128, coco128.records[:6])
-    ds = DetectionDataset(data, imgsz=IMGSZ, seed=4)
-    keys = [(i, 2, 50) for i in (5, 0, 3, 3)]
-    items = ds.__getitems__(keys)
-    for key, item in zip(keys, items):
-        ref = ds[key]
-        assert torch.equal(item["image"], ref["image"]) and torch.equal(item["boxes"], ref["boxes"])
-        assert item["texts"] == ref["texts"] and item["sources"] == ref["sources"]
-    batch = collate(items)
-    assert batch.images.data_ptr() == items[0]["image"].data_ptr()  # the rows' own tensor
-    assert torch.equal(batch.images, torch.stack([it["image"] for it in items]))
-    shuffled = collate(items[::-1])  # not rows in order: a stacked copy
-    assert shuffled.images.data_ptr() != items[0]["image"].data_ptr()
-    assert torch.equal(shuffled.images, torch.stack([it["image"] for it in items[::-1]]))
-    part = collate(items[1:3])  # rows of a larger tensor, not from its start: stacked
-    assert torch.equal(part.images, torch.stack([items[1]["image"], items[2]["image"]]))
-    assert part.images.data_ptr() != items[1]["image"].data_ptr()
+def test_worker_batches_reuse_shared_memory_only_once_freed(coco128: Dataset):
+    """Workers stack into reused shared-memory segments (PooledCollate): batches equal the
+    in-process samples epoch after epoch, a segment is reused only after every tensor and
+    array on its last batch is gone, and kept batches are never overwritten."""
+    data = _subset(coco128, coco128.records[:12])
+    ds = DetectionDataset(data, imgsz=IMGSZ, seed=6)
+    loader = build_loader(ds, batch_size=3, workers=2, shuffle=True, seed=2, pin_memory=False)
+    flags = loader.collate_fn.flags
+    assert flags.shape == (2, 4) and flags.is_shared()
 
-    # A worker's batch arrives in shared memory, equal to the samples made here.
-    loader = build_loader(ds, batch_size=3, workers=1, shuffle=False, pin_memory=False)
-    batches = list(loader)
-    assert all(b.images.is_shared() for b in batches)
-    assert torch.equal(torch.cat([b.images for b in batches]), torch.stack([ds[i]["image"] for i in range(6)]))
+    kept_view, kept_array, kept_refs = None, None, None
+    leases = []
+    for epoch in range(4):
+        loader.set_epoch(epoch, 10)
+        order = [i for i, _, _ in loader.batch_sampler.sampler]
+        for k, batch in enumerate(loader):
+            keys = [(i, epoch, 10) for i in order[3 * k : 3 * k + 3]]
+            expected = torch.stack([ds[key]["image"] for key in keys])
+            assert torch.equal(batch.images, expected), (epoch, k)
+            assert batch.images.is_shared() and not batch.boxes.is_shared()  # small tensors inline
+            assert batch.lease is not None
+            leases.append((batch.lease.worker, batch.lease.slot))
+            if epoch == 0 and k == 1:  # keep a view and an array on this batch, nothing else
+                kept_view, kept_array = batch.images[2], batch.images.numpy()
+                kept_refs = (expected[2].clone(), expected.numpy().copy())
+    assert len(leases) == 16 and len(set(leases)) < 16  # segments were reused
+    # The kept batch's segment was never handed out again while its view and array lived.
+    assert torch.equal(kept_view, kept_refs[0]) and np.array_equal(kept_array, kept_refs[1])
+
+    # Batches that are all kept: each in a segment of its own (or a new one), never overwritten.
+    held, orders = [], {}
+    for epoch in (7, 8):
+        loader.set_epoch(epoch, 10)
+        orders[epoch] = [i for i, _, _ in loader.batch_sampler.sampler]
+        held += [(epoch, k, b) for k, b in enumerate(loader)]
+    for epoch, k, batch in held:
+        keys = [(i, epoch, 10) for i in orders[epoch][3 * k : 3 * k + 3]]
+        assert torch.equal(batch.images, torch.stack([ds[key]["image"] for key in keys])), (epoch, k)
+    held = [b for _, _, b in held]
+    ptrs = [b.images.data_ptr() for b in held]
+    assert len(set(ptrs)) == len(ptrs)
+
+    # Sent on from this process: a private copy, no lease, equal.
+    again = pickle.loads(pickle.dumps(held[0]))
+    assert again.lease is None and torch.equal(again.images, held[0].images)
+    assert again.images.data_ptr() != held[0].images.data_ptr()
+    assert torch.equal(again.boxes, held[0].boxes) and again.texts == held[0].texts
+    del held, again, kept_view, kept_array
+    gc.collect()
+    # Freed everywhere: only the segments of batches made ahead (2 per worker) are still out.
+    assert int(flags.sum()) <= 4
 
 
 def test_epoch_changes_augmentation(coco128: Dataset):

@@ -172,6 +172,21 @@ def test_resume_equals_an_uninterrupted_run(tmp_path: Path, data_dir: Path) -> N
     assert losses(full_rows) == losses(part_rows) and len(full_rows) == 5
 
 
+def test_loader_workers_give_the_same_run(tmp_path: Path, data_dir: Path) -> None:
+    """Two loader workers (the batch stream carried across epochs, batches in reused shared
+    memory) train exactly the run one process does, with the full augmentation."""
+    data = make_dataset(tmp_path / "d", data_dir)
+    for name, workers in (("inline", 0), ("workers", 2)):
+        det = tiny_detector()
+        cfg = quick(tmp_path, name, epochs=3, workers=workers, augment={}, val_interval=100)
+        train(det.model, TrainConfig(data=str(data), deterministic=True, **cfg), det.encode, progress=False)
+    a = load_file(tmp_path / "runs/inline/weights/last/model.safetensors")
+    b = load_file(tmp_path / "runs/workers/weights/last/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [(tmp_path / f"runs/{n}/results.csv").read_text().splitlines() for n in ("inline", "workers")]
+    assert [r.split(",")[:5] for r in rows[0]] == [r.split(",")[:5] for r in rows[1]] and len(rows[0]) == 4
+
+
 def test_sigkill_mid_run_then_resume(tmp_path: Path, data_dir: Path) -> None:
     data = make_dataset(tmp_path / "d", data_dir)
     run = tmp_path / "runs" / "k"
