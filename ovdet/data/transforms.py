@@ -580,7 +580,7 @@ class TrainAugment:
         if cfg.hsv_h or cfg.hsv_s or cfg.hsv_v:
             result.image = hsv_shift(result.image, hue, sat, val, inplace=True)  # our own warp output
         if flip:
-            result.image = cv2.flip(result.image, 1)
+            cv2.flip(result.image, 1, dst=result.image)  # in place: our own warp output
             result.boxes = np.stack(
                 [s - result.boxes[:, 2], result.boxes[:, 1], s - result.boxes[:, 0], result.boxes[:, 3]], axis=1
             )
