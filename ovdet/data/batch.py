@@ -231,7 +231,7 @@ class PooledCollate:
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> Batch:
         info = get_worker_info()
-        if info is None or not items:
+        if info is None or not items or info.id >= len(self.flags):  # (more workers than it was made for)
             return collate(items)
         if self._pid != os.getpid():  # a new worker: its own segments (not its parent's)
             self._buffers, self._pid = [None] * len(self._buffers), os.getpid()
