@@ -214,7 +214,9 @@ class PooledCollate:
     * with every segment out (a training loop that keeps batches), a worker stacks into a new
       segment, as :func:`collate` does.
 
-    Items and batches equal :func:`collate`'s. Outside a worker this is :func:`collate`.
+    Items and batches equal :func:`collate`'s. Outside a worker this is :func:`collate`. A
+    worker keeps its segments while it lives: ``slots`` batches of shared memory (4 × 19.7 MB
+    for 16 images at 640), where a DataLoader holds ~3 per worker in flight anyway.
 
     Args:
         workers: the DataLoader's worker count.
