@@ -15,9 +15,9 @@ consecutive epochs (one span: epoch boundaries included, so each loader's own pr
 epochs counts), the loaders' order reversed every other round, with a pause after each span so
 one loader's read-ahead never runs while another is timed. A span's rate counts from the arrival
 of its batch 2·workers·2 to its last: the first batches were made ahead (both loaders' workers
-keep 2 batches each ready across epochs) or wait for the pipeline to fill. Dataset construction is not timed.
-Prints each loader's median images/s over the rounds, the spread, and the ovdet/ultralytics
-ratios (> 1: ovdet faster).
+keep 2 batches each ready across epochs) or wait for the pipeline to fill. Dataset construction
+is not timed. Prints each loader's median images/s over the rounds, the spread, and the
+ovdet/ultralytics ratios (> 1: ovdet faster).
 
     python benchmarks/bench_loader.py --imgsz 640 --batch 16 --workers 2 --warmup 3 --epochs 5 --rounds 3
 """

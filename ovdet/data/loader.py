@@ -353,9 +353,14 @@ class EpochSampler(Sampler):
         self.epoch, self.total_epochs = int(epoch), total_epochs
         self.order.set_epoch(epoch)
 
+    def keys(self, epoch: int, total_epochs: int | None) -> list[tuple[int, int, int | None]]:
+        """The ``(index, epoch, total_epochs)`` of any epoch (the selected one stays selected)."""
+        order = copy.copy(self.order)
+        order.set_epoch(epoch)
+        return [(int(i), epoch, total_epochs) for i in order]
+
     def __iter__(self) -> Iterator[tuple[int, int, int | None]]:
-        for i in self.order:
-            yield int(i), self.epoch, self.total_epochs
+        return iter(self.keys(self.epoch, self.total_epochs))
 
     def __len__(self) -> int:
         return len(self.order)
@@ -383,10 +388,8 @@ class EpochBatchSampler(Sampler):
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int | None]]]:
         start, total = self.sampler.epoch, self.sampler.total_epochs
-        order = copy.copy(self.sampler.order)  # the selected epoch's sampler stays as it is
         for epoch in itertools.count(start):
-            order.set_epoch(epoch)
-            keys = [(int(i), epoch, total) for i in order]
+            keys = self.sampler.keys(epoch, total)
             for k in range(0, len(keys), self.batch_size):
                 batch = keys[k : k + self.batch_size]
                 if len(batch) == self.batch_size or not self.drop_last:
