@@ -1,4 +1,4 @@
-"""``OnnxDetector``: the ``Detector`` API over an exported ONNX file, on onnxruntime.
+"""``OnnxDetector``: the ``Detector`` API over an exported ONNX file, on onnxruntime or OpenVINO.
 
 Same sources, same preprocessing (letterbox to a stride multiple, BGR→RGB, /255), same
 un-letterboxing and the same :class:`~ovdet.structures.Detections` as
@@ -115,6 +115,12 @@ class OnnxDetector:
         providers: onnxruntime execution providers (default: the fastest present of TensorRT,
             CUDA and CPU).
         threads: intra-op threads (None: the runtime's default).
+        backend: ``"onnxruntime"`` (default) or ``"openvino"`` (CPU; ``pip install "ovdet[openvino]"``).
+            The exported text encoder runs on onnxruntime either way.
+        precision: ``"fp32"``, or ``"bf16"`` with OpenVINO on a CPU with bfloat16 instructions
+            (AMX: ~3x faster than fp32; ovdet-demo keeps ~95% of its fp32 boxes at IoU 0.9).
+        static_shapes: OpenVINO: input shapes that get their own static-shape compiled copy
+            (see :func:`~ovdet.deploy.session.open_session`).
 
     Raises:
         FileNotFoundError: no such file.
@@ -132,9 +138,12 @@ class OnnxDetector:
         path: str | Path,
         providers: Sequence[str] | str | None = None,
         threads: int | None = None,
+        backend: str = "onnxruntime",
+        precision: str = "fp32",
+        static_shapes: int = 4,
     ) -> None:
         self.path = Path(path)
-        self.session = open_session(self.path, providers, threads)
+        self.session = open_session(self.path, providers, threads, backend, precision, static_shapes)
         self.metadata = parse_metadata(self.session.metadata, METADATA_KEY, self.path)
         self._providers, self._threads = providers, threads
         self.dynamic = self.metadata["vocab"] == "dynamic"
@@ -151,7 +160,7 @@ class OnnxDetector:
     def __repr__(self) -> str:
         return (
             f"OnnxDetector({str(self.path)!r}, vocab={self.metadata['vocab']}, classes={len(self._names)}, "
-            f"providers={self.session.providers})"
+            f"backend={self.session.backend}, providers={self.session.providers}, precision={self.session.precision})"
         )
 
     # ------------------------------------------------------------------ vocabulary
@@ -179,7 +188,8 @@ class OnnxDetector:
                     f"{self.path} was exported without a text encoder: use set_class_embeddings(...) or "
                     f"load_embeddings(file from `ovdet embed`), or re-export with the text encoder"
                 )
-            self._encoder = OnnxTextEncoder(self.path.parent / text, self._providers, self._threads)
+            providers = self._providers if self.session.backend == "onnxruntime" else None
+            self._encoder = OnnxTextEncoder(self.path.parent / text, providers, self._threads)
         return self._encoder
 
     def _require_dynamic(self, what: str) -> None:

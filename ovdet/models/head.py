@@ -69,6 +69,23 @@ def _branch(c_in: int, hidden: int, c_out: int, bn: dict) -> nn.Sequential:
     )
 
 
+def _box_logits(branch: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """A box branch's (B, 4·reg_max, H, W) logits; under autocast its last 1×1 convolution runs
+    in float32.
+
+    bf16 keeps 8 significant bits: box distributions rounded to it move the DFL expectations by
+    up to a pixel. ovdet-demo's bf16 predictions on CPU kept 83.5% of its fp32 boxes at IoU 0.9
+    with this convolution in bf16, 94.8% with it in float32 (coco128, 64 images).
+    """
+    *body, last = branch
+    for layer in body:
+        x = layer(x)
+    if not torch.is_autocast_enabled(x.device.type):
+        return last(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return last(x.float())
+
+
 class WorldHead(nn.Module):
     """Per-level box distributions and region-text logits.
 
@@ -93,7 +110,7 @@ class WorldHead(nn.Module):
         b = feats[0].shape[0]
         box, cls = [], []
         for x, box_branch, embed_branch, contrast in zip(feats, self.box_branches, self.embed_branches, self.contrast):
-            box.append(box_branch(x).view(b, 4 * self.reg_max, -1))  # (B, 4R, H·W)
+            box.append(_box_logits(box_branch, x).view(b, 4 * self.reg_max, -1))  # (B, 4R, H·W)
             cls.append(contrast(embed_branch(x), text).flatten(2))  # (B, K, H·W)
         return torch.cat(box, 2), torch.cat(cls, 2)
 
