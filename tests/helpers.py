@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import NoReturn
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from torchvision.ops import box_iou
 
 from ovdet import Detections, Detector
+from ovdet.config import NMSConfig
 from ovdet.data.letterbox import letterbox, to_tensor
+from ovdet.export.check import match_detections
 from ovdet.models.detector import OVDetector
 from ovdet.text import EmbeddingCache
 
@@ -328,3 +331,43 @@ def assert_same_detections(a: Detections, b: Detections, box_tol: float = 1e-3, 
     """The same detections up to float noise: equal counts and a one-to-one twin for each."""
     ref = torch.cat([b.boxes, b.scores[:, None], b.labels[:, None].float()], 1)  # (N, 6)
     assert_same_set(a.boxes, a.scores, a.labels, ref, box_tol=box_tol, score_tol=score_tol)
+
+
+# ---------------------------------------------------------------------------------------- exports
+def v2s_detector() -> Detector:
+    """A random v2-s detector (BatchNorm calibrated on real images) with 20 random classes."""
+    det = Detector.from_config(CONFIGS / "yolo-world-v2-s.yaml", device="cpu")
+    calibrate(det.model)
+    emb = torch.randn(20, det.cfg.embed_dim, generator=torch.Generator().manual_seed(5))
+    return det.set_class_embeddings([f"class {i}" for i in range(20)], emb)
+
+
+def decoded_outputs(model: torch.nn.Module, ims: list[np.ndarray], text: torch.Tensor | None, size: int = 320):
+    """Per image: the (1, 3, H, W) input, letterboxed as the runtime does, and PyTorch's decoded
+    boxes (A, 4) and scores (A, K)."""
+    out = []
+    for im in ims:
+        x = to_tensor([letterbox(im, size)[0]])
+        with torch.no_grad():
+            raw = model(x) if text is None else model(x, text)
+        b, s = model.decode(raw)
+        out.append((x, b[0], s[0]))
+    return out
+
+
+def clear_nms(det: Detector, ims: list[np.ndarray], size: int = 320) -> list[NMSConfig]:
+    """Per image, a (conf, iou) at which no NMS decision is a near-tie (PyTorch's view)."""
+    confs = (0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9)
+    return [
+        NMSConfig(*clear_thresholds(b, s, confs=confs))
+        for _, b, s in decoded_outputs(det.model, ims, det.class_embeddings, size)
+    ]
+
+
+def assert_same_predictions(ref: list[Detections], got: list[Detections], score_tol: float = 1e-4) -> None:
+    """Same number of boxes per image, each with a same-label twin at IoU > 0.99, scores within tol."""
+    assert [len(r) for r in ref] == [len(g) for g in got]
+    report = match_detections(ref, got, iou=0.99, min_score=0.0)
+    assert report.reference > 0, "the comparison needs detections"
+    assert report.fraction == 1.0, str(report)
+    assert report.max_score_diff <= score_tol, str(report)

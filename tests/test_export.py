@@ -27,7 +27,16 @@ from ovdet.engine.predict import Predictor
 from ovdet.export.check import match_detections
 from ovdet.export.onnx import SlicedAdaptiveMaxPool2d
 from ovdet.models.folded import fold_vocabulary
-from tests.helpers import NAMES, assert_close_scaled, calibrate, clear_thresholds, make_detector
+from tests.helpers import (
+    NAMES,
+    assert_close_scaled,
+    assert_same_predictions,
+    clear_nms,
+    clear_thresholds,
+    decoded_outputs,
+    make_detector,
+    v2s_detector,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 LVIS = (ROOT / "ovdet" / "text" / "vocab" / "lvis.txt").read_text(encoding="utf-8").splitlines()
@@ -39,30 +48,10 @@ def images(coco128_images: list[Path]) -> list[np.ndarray]:
     return [cv2.imread(str(p)) for p in coco128_images[:6]]
 
 
-def _raw(model: torch.nn.Module, ims: list[np.ndarray], text: torch.Tensor | None, size: int = 320):
-    """PyTorch decoded (boxes (A, 4), scores (A, K)) per image, letterboxed as the runtime does."""
-    out = []
-    for im in ims:
-        x = to_tensor([letterbox(im, size)[0]])
-        with torch.no_grad():
-            raw = model(x) if text is None else model(x, text)
-        b, s = model.decode(raw)
-        out.append((x, b[0], s[0]))
-    return out
-
-
-def _clear(det: Detector, ims: list[np.ndarray], size: int = 320) -> list[NMSConfig]:
-    """Per image, a (conf, iou) at which no NMS decision is a near-tie (PyTorch's view)."""
-    confs = (0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9)
-    return [
-        NMSConfig(*clear_thresholds(b, s, confs=confs)) for _, b, s in _raw(det.model, ims, det.class_embeddings, size)
-    ]
-
-
 def _predict_both(det: Detector, onnx: OnnxDetector, ims: list[np.ndarray], size: int = 320, **kw):
     """PyTorch's and the export's predictions of each image at its clear thresholds."""
     ref, got = [], []
-    for im, nms in zip(ims, _clear(det, ims, size)):
+    for im, nms in zip(ims, clear_nms(det, ims, size)):
         args = dict(conf=nms.conf, iou=nms.iou, imgsz=size, keep_images=False, **kw)
         ref += det.predict(im, **args)
         got += onnx.predict(im, **args)
@@ -73,15 +62,6 @@ def _near(boxes: torch.Tensor, scores: torch.Tensor, conf: float, iou: float) ->
     from tests.helpers import nms_ambiguities
 
     return bool(nms_ambiguities(boxes, scores, conf, iou))
-
-
-def _assert_same_predictions(ref, got, score_tol: float = 1e-4) -> None:
-    """Same number of boxes per image, each with a same-label twin at IoU > 0.99, scores within tol."""
-    assert [len(r) for r in ref] == [len(g) for g in got]
-    report = match_detections(ref, got, iou=0.99, min_score=0.0)
-    assert report.reference > 0, "the comparison needs detections"
-    assert report.fraction == 1.0, str(report)
-    assert report.max_score_diff <= score_tol, str(report)
 
 
 # ----------------------------------------------------------------------------------- folding
@@ -134,20 +114,13 @@ def test_numpy_nms_equals_torchvision() -> None:
 
 
 # ----------------------------------------------------------------------------------- baked / dynamic ONNX
-def _v2s_detector() -> Detector:
-    det = Detector.from_config(ROOT / "configs" / "models" / "yolo-world-v2-s.yaml", device="cpu")
-    calibrate(det.model)
-    emb = torch.randn(20, det.cfg.embed_dim, generator=torch.Generator().manual_seed(5))
-    return det.set_class_embeddings([f"class {i}" for i in range(20)], emb)
-
-
 @pytest.mark.parametrize("which", ["tiny", "v2-s"])
 def test_baked_onnx_equals_pytorch(which: str, images: list[np.ndarray], tmp_path: Path) -> None:
     if which == "tiny":
         det = make_detector(2)
         det.set_classes(NAMES)
     else:
-        det = _v2s_detector()
+        det = v2s_detector()
     result = det.export(tmp_path / "m.onnx", imgsz=320)
     assert [n for n, _, _ in result.inputs] == ["images"]
     assert [(n, d) for n, d, _ in result.outputs] == [
@@ -157,11 +130,11 @@ def test_baked_onnx_equals_pytorch(which: str, images: list[np.ndarray], tmp_pat
     onnx = OnnxDetector(result.path)
     assert onnx.names == det.names and not onnx.dynamic
     # raw decoded outputs on real images, several shapes (height and width are dynamic)
-    for x, boxes, scores in _raw(det.model, images[:3], det.class_embeddings):
+    for x, boxes, scores in decoded_outputs(det.model, images[:3], det.class_embeddings):
         b, s = onnx.session.run({"images": x.numpy()})
         np.testing.assert_allclose(s[0], scores.numpy(), rtol=0, atol=1e-4)
         assert np.abs(b[0] - boxes.numpy()).max() < 0.05  # px
-    _assert_same_predictions(*_predict_both(det, onnx, images[:4]))
+    assert_same_predictions(*_predict_both(det, onnx, images[:4]))
 
 
 @pytest.mark.parametrize("dynamic", [False, True])
@@ -169,10 +142,12 @@ def test_in_graph_nms_equals_pytorch(dynamic: bool, images: list[np.ndarray], tm
     det = make_detector(2)
     det.set_classes(NAMES)
     ims = images[:4]
-    per = _clear(det, ims)
+    per = clear_nms(det, ims)
     nms = NMSConfig(conf=max(n.conf for n in per), iou=per[0].iou)
     ims = [
-        im for im, n in zip(ims, _raw(det.model, ims, det.class_embeddings)) if not _near(n[1], n[2], nms.conf, nms.iou)
+        im
+        for im, n in zip(ims, decoded_outputs(det.model, ims, det.class_embeddings))
+        if not _near(n[1], n[2], nms.conf, nms.iou)
     ]
     assert len(ims) >= 2
     result = det.export(tmp_path / "m.onnx", dynamic_vocab=dynamic, nms=True, conf=nms.conf, iou=nms.iou, imgsz=320)
@@ -180,9 +155,9 @@ def test_in_graph_nms_equals_pytorch(dynamic: bool, images: list[np.ndarray], tm
     onnx = OnnxDetector(result.path)
     kw = dict(conf=nms.conf, iou=nms.iou, imgsz=320, keep_images=False)
     ref = det.predict(ims, **kw)
-    _assert_same_predictions(ref, onnx.predict(ims, **kw))
+    assert_same_predictions(ref, onnx.predict(ims, **kw))
     same = [letterbox(im, 320, auto=False)[0] for im in ims]  # one shape: one batch through the graph's NMS
-    _assert_same_predictions(det.predict(same, **kw), onnx.predict(same, batch=len(same), **kw))
+    assert_same_predictions(det.predict(same, **kw), onnx.predict(same, batch=len(same), **kw))
     with pytest.raises(ValueError, match="conf may only be raised"):
         onnx.predict(images[0], conf=nms.conf / 2, iou=nms.iou)
     with pytest.raises(ValueError, match="cannot be honoured"):
@@ -228,7 +203,7 @@ def test_dynamic_vocab_takes_unseen_vocabularies(
     det.set_classes(vocab)
     np.testing.assert_allclose(onnx.class_embeddings, det.class_embeddings.numpy(), rtol=0, atol=1e-5)
     ref, got = _predict_both(det, onnx, people)
-    _assert_same_predictions(ref, got)
+    assert_same_predictions(ref, got)
 
 
 def test_v1_exports_at_a_fixed_size(images: list[np.ndarray], tmp_path: Path) -> None:
@@ -251,7 +226,7 @@ def test_v1_exports_at_a_fixed_size(images: list[np.ndarray], tmp_path: Path) ->
         )
         ref += predictor([im], [None])
         got += onnx.predict(im, conf=conf, iou=iou, imgsz=None)
-    _assert_same_predictions(ref, got)
+    assert_same_predictions(ref, got)
     with pytest.raises(ValueError, match="256x256 inputs only"):
         onnx.predict(images[0], imgsz=320)
 

@@ -17,14 +17,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from ovdet import Detections, Detector
 from ovdet.deploy import OnnxDetector
 from ovdet.deploy.session import open_session
 from ovdet.export.check import match_detections
-from tests.helpers import calibrate, clear_thresholds
-from tests.test_export import _raw
+from tests.helpers import assert_same_predictions, clear_nms, decoded_outputs, v2s_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,22 +56,10 @@ def _detections(arrays: dict[str, np.ndarray], n: int, names: list[str]) -> list
     ]
 
 
-def _assert_same(ref: list[Detections], got: list[Detections]) -> None:
-    assert [len(r) for r in ref] == [len(g) for g in got]
-    report = match_detections(ref, got, iou=0.99, min_score=0.0)
-    assert report.reference > 0 and report.fraction == 1.0, str(report)
-    assert report.max_score_diff <= 1e-4, str(report)
-
-
 def _clear_jobs(det: Detector, paths: list[Path], size: int = 320) -> list[dict]:
     """One predict entry per image, at thresholds where no NMS decision is a near-tie."""
-    confs = (0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9)
-    ims = [cv2.imread(str(p)) for p in paths]
-    jobs = []
-    for p, (_, b, s) in zip(paths, _raw(det.model, ims, det.class_embeddings, size)):
-        conf, iou = clear_thresholds(b, s, confs=confs)
-        jobs.append({"source": str(p), "conf": conf, "iou": iou, "imgsz": size})
-    return jobs
+    nms = clear_nms(det, [cv2.imread(str(p)) for p in paths], size)
+    return [{"source": str(p), "conf": n.conf, "iou": n.iou, "imgsz": size} for p, n in zip(paths, nms)]
 
 
 def _reference(det: Detector, jobs: list[dict]) -> list[Detections]:
@@ -85,13 +71,10 @@ def _reference(det: Detector, jobs: list[dict]) -> list[Detections]:
 def test_fp32_equals_pytorch_through_static_and_dynamic_shapes(coco128_images: list[Path], tmp_path: Path) -> None:
     """v2-s, baked vocabulary: raw outputs and predictions on five coco128 photos of three
     letterboxed shapes, with two static copies, so the third shape runs on the dynamic graph."""
-    det = Detector.from_config(ROOT / "configs" / "models" / "yolo-world-v2-s.yaml", device="cpu")
-    calibrate(det.model)
-    emb = torch.randn(20, det.cfg.embed_dim, generator=torch.Generator().manual_seed(5))
-    det.set_class_embeddings([f"class {i}" for i in range(20)], emb)
+    det = v2s_detector()
     path = det.export(tmp_path / "m.onnx", imgsz=320).path
     paths = coco128_images[:5]
-    raws = _raw(det.model, [cv2.imread(str(p)) for p in paths], det.class_embeddings)
+    raws = decoded_outputs(det.model, [cv2.imread(str(p)) for p in paths], det.class_embeddings)
     np.savez(tmp_path / "inputs.npz", **{f"x{i}": x.numpy() for i, (x, _, _) in enumerate(raws)})
     jobs = _clear_jobs(det, paths)
     arrays, info = run_openvino(
@@ -110,7 +93,7 @@ def test_fp32_equals_pytorch_through_static_and_dynamic_shapes(coco128_images: l
     for i, (_, boxes, scores) in enumerate(raws):
         np.testing.assert_allclose(arrays[f"raw_x{i}_1"][0], scores.numpy(), rtol=0, atol=1e-4)
         assert np.abs(arrays[f"raw_x{i}_0"][0] - boxes.numpy()).max() < 0.05  # px
-    _assert_same(_reference(det, jobs), _detections(arrays, len(jobs), det.names))
+    assert_same_predictions(_reference(det, jobs), _detections(arrays, len(jobs), det.names))
 
 
 def test_dynamic_vocabulary_on_openvino(coco128_images: list[Path], tmp_path: Path) -> None:
@@ -136,7 +119,7 @@ def test_dynamic_vocabulary_on_openvino(coco128_images: list[Path], tmp_path: Pa
     assert "error" not in info, info["error"]
     ref = _reference(det, jobs)
     assert sum(len(r) for r in ref) >= 4
-    _assert_same(ref, _detections(arrays, len(jobs), vocab))
+    assert_same_predictions(ref, _detections(arrays, len(jobs), vocab))
     arrays, info = run_openvino({"model": str(path), "options": {"threads": 2}, "set_classes": vocab}, tmp_path)
     assert "error" not in info, info["error"]
     np.testing.assert_allclose(arrays["class_embeddings"], det.class_embeddings.numpy(), rtol=0, atol=1e-5)
