@@ -125,7 +125,7 @@ def main() -> None:
 
 def _tracked_truth(scene) -> list:
     from ovdet.config import TrackConfig
-    from ovdet.engine.track import ObjectTracker
+    from ovdet.inference.track import ObjectTracker
 
     tracker = ObjectTracker(TrackConfig(), fps=25.0)
     return [tracker.update(d) for d in scene.detections]

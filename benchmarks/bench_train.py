@@ -64,7 +64,7 @@ def main() -> int:
     from ovdet import Detector
     from ovdet.config import EvalConfig, TrainConfig
     from ovdet.engine.train import train
-    from ovdet.engine.validate import validate
+    from ovdet.inference.validate import validate
 
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     shutil.copytree(Path(args.data) / "coco128", work / "coco128")  # ultralytics writes label caches beside labels

@@ -1,8 +1,8 @@
 """``Detector``: the user's facade — constructors, vocabulary, predict, val, save/load.
 
 Thin by design: the checkpoint format lives in :mod:`ovdet.checkpoint`, conversion and downloads
-in :mod:`ovdet.weights`, inference in :mod:`ovdet.engine.predict`, validation in
-:mod:`ovdet.engine.validate`, text in :mod:`ovdet.text`.
+in :mod:`ovdet.weights`, inference in :mod:`ovdet.inference.predict`, validation in
+:mod:`ovdet.inference.validate`, text in :mod:`ovdet.text`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch
 from ovdet.checkpoint import load_checkpoint, save_checkpoint
 from ovdet.config import EvalConfig, ModelConfig, NMSConfig, TextConfig, TrackConfig, load_model_config
 from ovdet.device import resolve_device, resolve_precision
-from ovdet.engine.predict import FoldedCache, PredictionStream, Predictor, collect
-from ovdet.engine.track import ObjectTracker, TrackingStream, collect_tracks
+from ovdet.inference.predict import FoldedCache, PredictionStream, Predictor, collect
+from ovdet.inference.track import ObjectTracker, TrackingStream, collect_tracks
 from ovdet.io import ovdet_home
 from ovdet.models.detector import OVDetector
 from ovdet.models.folded import FoldedDetector
@@ -444,7 +444,7 @@ class Detector:
 
         Returns:
             One :class:`Detections` per frame, with ``track_ids`` (N,) set and only the boxes of
-            confirmed tracks; with ``stream=True`` a lazy :class:`~ovdet.engine.track.TrackingStream`
+            confirmed tracks; with ``stream=True`` a lazy :class:`~ovdet.inference.track.TrackingStream`
             (bounded memory; ``skipped`` lists unreadable frames).
 
         Raises:
@@ -546,7 +546,7 @@ class Detector:
         Raises:
             TypeError: an unknown keyword (the valid ones are named).
         """
-        from ovdet.engine.validate import validate
+        from ovdet.inference.validate import validate
 
         kwargs = _config_kwargs(EvalConfig, kwargs, "val")
         return validate(self.model, data, self._vocabulary_or_encode, EvalConfig(**kwargs), self.device)

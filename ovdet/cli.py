@@ -213,7 +213,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ovdet.data.images import count_sources
-    from ovdet.engine.outputs import PredictionWriter
+    from ovdet.inference.outputs import PredictionWriter
 
     if args.engine == "ray":
         return _predict_ray(args)
@@ -646,7 +646,7 @@ def cmd_track(args: argparse.Namespace) -> int:
 
     from ovdet.config import NMSConfig, TrackConfig
     from ovdet.data.images import count_sources, is_capture_source
-    from ovdet.engine.track import TrackWriter
+    from ovdet.inference.track import TrackWriter
 
     # Everything the command line says is checked before the model is loaded.
     _check_device(args.device)

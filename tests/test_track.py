@@ -17,7 +17,7 @@ from torchvision.ops import box_iou
 from ovdet.cli import main
 from ovdet.config import ConfigError, TrackConfig
 from ovdet.data.images import ImageReadError
-from ovdet.engine.track import ObjectTracker, TrackWriter
+from ovdet.inference.track import ObjectTracker, TrackWriter
 from ovdet.structures import Detections
 from tests.helpers import make_detector
 from tests.synthetic_video import DOG_OUT, H, Synthetic, T, W, build_synthetic, identity_scores

@@ -11,7 +11,7 @@ import torch
 
 from ovdet.cli import main
 from ovdet.data.readers import read_coco
-from ovdet.engine.validate import dataset_to_coco
+from ovdet.inference.validate import dataset_to_coco
 from tests.helpers import make_detector
 
 
@@ -134,7 +134,7 @@ def test_perfect_detections_score_ap_one_through_val(
     """Ground-truth boxes fed through Detector.val's whole path (dataset reading, vocabulary,
     image ids, label → category mapping, xyxy → xywh, crowd handling, scorer) score AP 1.0;
     dropping a fifth of them lowers recall, so the number can fail."""
-    import ovdet.engine.validate as validate_mod
+    import ovdet.inference.validate as validate_mod
     from ovdet.data.readers import read_dataset
 
     data = (

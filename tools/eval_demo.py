@@ -30,7 +30,7 @@ from train_demo import RECIPE, write_split  # noqa: E402
 from ovdet.api import Detector  # noqa: E402
 from ovdet.config import EvalConfig, read_yaml  # noqa: E402
 from ovdet.data.readers import read_dataset  # noqa: E402
-from ovdet.engine.validate import validate  # noqa: E402
+from ovdet.inference.validate import validate  # noqa: E402
 
 #: trained name → a phrasing the demo never trained on.
 PARAPHRASES = {

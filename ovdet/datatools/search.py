@@ -43,7 +43,7 @@ from ovdet.data.images import iter_sources
 from ovdet.data.letterbox import to_tensor, unletterbox_boxes
 from ovdet.data.readers.common import load_json
 from ovdet.datatools.label import list_images
-from ovdet.engine.predict import FoldedCache, Predictor, letterbox_groups
+from ovdet.inference.predict import FoldedCache, Predictor, letterbox_groups
 from ovdet.io import atomic_write, atomic_write_text
 from ovdet.models.detector import OVDetector
 from ovdet.models.regions import region_outputs

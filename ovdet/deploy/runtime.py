@@ -23,7 +23,7 @@ from ovdet.deploy.metadata import METADATA_KEY, parse_metadata
 from ovdet.deploy.postprocess import select
 from ovdet.deploy.session import Session, open_session
 from ovdet.deploy.text import OnnxTextEncoder
-from ovdet.engine.predict import PredictionStream, collect, letterbox_groups
+from ovdet.inference.predict import PredictionStream, collect, letterbox_groups
 from ovdet.structures import Detections
 from ovdet.text.base import validate_class_names
 

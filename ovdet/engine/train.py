@@ -35,7 +35,7 @@ from ovdet.engine.hooks import CheckpointHook, EMAHook, LoggerHook, ScheduleHook
 from ovdet.engine.optim import ModelEMA, Schedule, build_optimizer
 from ovdet.engine.state import find_state_dir, read_train_state
 from ovdet.engine.trainer import Hook, Trainer, TrainState
-from ovdet.engine.validate import validate
+from ovdet.inference.validate import validate
 from ovdet.engine.vocab import TrainingVocabulary
 from ovdet.io import atomic_write_text
 from ovdet.models.detector import OVDetector
@@ -458,7 +458,7 @@ def _vocab_scores(
     if not extra or val_source is None:
         return None
     from ovdet.config import NMSConfig
-    from ovdet.engine.predict import PredictionStream, Predictor
+    from ovdet.inference.predict import PredictionStream, Predictor
 
     outside = [n for n in extra if n not in set(names)][:200]
     data = read_dataset(val_source[0], split=val_source[1])

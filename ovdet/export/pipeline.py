@@ -16,7 +16,7 @@ import torch
 
 from ovdet.config import ExportConfig, NMSConfig
 from ovdet.deploy.runtime import OnnxDetector
-from ovdet.engine.predict import Predictor
+from ovdet.inference.predict import Predictor
 from ovdet.export.check import MatchReport, match_detections
 from ovdet.export.onnx import ExportResult, export_detector, export_files, set_metadata
 from ovdet.export.quantize import calibration_images, quantize_int8

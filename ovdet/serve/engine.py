@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ovdet.config import NMSConfig, ServeConfig
-from ovdet.engine.predict import FoldedCache, Predictor
+from ovdet.inference.predict import FoldedCache, Predictor
 from ovdet.models.detector import OVDetector
 from ovdet.structures import Detections
 from ovdet.text import TextEncoderUnavailable
@@ -164,7 +164,7 @@ class VocabularyStore:
         return emb
 
     def folded(self, names: tuple[str, ...], embeddings: torch.Tensor):
-        """The network with ``embeddings`` folded in (:class:`~ovdet.engine.predict.FoldedCache`:
+        """The network with ``embeddings`` folded in (:class:`~ovdet.inference.predict.FoldedCache`:
         rebuilt if the model's weights changed since)."""
         cache = self._folded.get(names)
         if cache is None:

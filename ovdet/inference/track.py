@@ -29,8 +29,8 @@ import torch
 
 from ovdet.config import TrackConfig
 from ovdet.data.images import ImageReadError, is_capture_source, iter_capture, iter_sources
-from ovdet.engine.outputs import split_frame_name
-from ovdet.engine.predict import BatchPredictor
+from ovdet.inference.outputs import split_frame_name
+from ovdet.inference.predict import BatchPredictor
 from ovdet.structures import Detections, label_color
 
 __all__ = ["ObjectTracker", "TrackWriter", "TrackingStream", "collect_tracks", "sequence_name"]

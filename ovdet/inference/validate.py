@@ -18,7 +18,7 @@ from ovdet.config import EvalConfig, NMSConfig
 from ovdet.data.images import decode_image
 from ovdet.data.readers import read_dataset
 from ovdet.data.records import Dataset
-from ovdet.engine.predict import PredictionStream, Predictor
+from ovdet.inference.predict import PredictionStream, Predictor
 from ovdet.evaluation import build_evaluator, save_results, write_report
 from ovdet.models.detector import OVDetector
 from ovdet.structures import xyxy_to_xywh
