@@ -18,7 +18,16 @@ from typing import Any
 import torch
 
 from ovdet.checkpoint import load_checkpoint, save_checkpoint
-from ovdet.config import EvalConfig, ModelConfig, NMSConfig, TextConfig, TrackConfig, load_model_config
+from ovdet.config import (
+    EvalConfig,
+    ExportConfig,
+    ModelConfig,
+    PredictConfig,
+    TextConfig,
+    TrackConfig,
+    check_imgsz,
+    load_model_config,
+)
 from ovdet.device import resolve_device, resolve_precision
 from ovdet.inference.predict import FoldedCache, PredictionStream, Predictor, collect
 from ovdet.inference.track import ObjectTracker, TrackingStream, collect_tracks
@@ -27,7 +36,7 @@ from ovdet.models.detector import OVDetector
 from ovdet.models.folded import FoldedDetector
 from ovdet.structures import Detections
 from ovdet.text import EmbeddingCache, TextEncoder, build_text_encoder, text_encoder_id, validate_class_names
-from ovdet.text.vocabulary import builtin_vocabulary, is_builtin_vocabulary
+from ovdet.text.vocabulary import builtin_vocabulary, is_builtin_vocabulary, select_embeddings
 
 __all__ = ["Detector", "load_detector", "portable_model_spec"]
 
@@ -224,7 +233,10 @@ class Detector:
             TextEncoderUnavailable: the encoder's weights cannot be fetched (offline); the
                 message says how to supply local files or precomputed embeddings.
         """
-        names = validate_class_names(names)
+        return self._encode(validate_class_names(names))
+
+    def _encode(self, names: list[str]) -> torch.Tensor:
+        """:meth:`encode` of names already validated."""
         templates = self.cfg.text.templates
         if self._encoder is None:
             emb = self.cache.lookup(text_encoder_id(self.cfg.text), names, templates)
@@ -255,7 +267,7 @@ class Detector:
         if is_builtin_vocabulary(names):
             names = builtin_vocabulary(names)  # type: ignore[arg-type]
         names = validate_class_names(names)
-        emb = self.encode(names)
+        emb = self._encode(names)
         if emb.shape[1] != self.cfg.embed_dim:
             raise ValueError(
                 f"the text encoder {text_encoder_id(self.cfg.text)!r} gives {emb.shape[1]}-d embeddings but the "
@@ -306,8 +318,7 @@ class Detector:
         Raises:
             RuntimeError: no vocabulary set.
         """
-        if self._embeddings is None:
-            raise RuntimeError("no vocabulary: call set_classes([...]) or set_class_embeddings(...) first")
+        self._require_vocabulary()
         return self._folded.get(self.model, self._embeddings)
 
     def compile(self, **kwargs: Any) -> Detector:
@@ -331,29 +342,35 @@ class Detector:
     def predict(
         self,
         source: Any,
-        conf: float = 0.25,
-        iou: float = 0.7,
-        imgsz: int | tuple[int, int] = 640,
-        max_det: int = 300,
-        agnostic_nms: bool = False,
-        batch: int = 1,
-        precision: str = "fp32",
+        conf: float | None = None,
+        iou: float | None = None,
+        imgsz: int | tuple[int, int] | None = None,
+        max_det: int | None = None,
+        agnostic_nms: bool | None = None,
+        batch: int | None = None,
+        precision: str | None = None,
         stream: bool = False,
         keep_images: bool = True,
         video_stride: int = 1,
         max_pixels: int | None = None,
         optimize: bool = True,
+        config: PredictConfig | None = None,
     ) -> list[Detections] | PredictionStream:
         """Detect the current vocabulary in images.
+
+        The options (``conf`` … ``max_pixels``) are those of :class:`~ovdet.config.PredictConfig`;
+        pass one built beforehand as ``config`` (keywords given as well override its fields).
+        None leaves an option at the config's value, or its default.
 
         Args:
             source: image path, directory, glob, video file, numpy BGR array, PIL image,
                 (3, H, W) RGB tensor, or a list of these.
-            conf: minimum score. iou: NMS IoU threshold. max_det: boxes per image.
-            imgsz: letterbox target (int or (h, w)); images are padded only to a multiple of 32.
-            agnostic_nms: suppress overlapping boxes across classes.
-            batch: images per forward pass.
-            precision: ``"fp32"``, ``"fp16"`` (CUDA only) or ``"bf16"``.
+            conf: minimum score (0.25). iou: NMS IoU threshold (0.7). max_det: boxes per image (300).
+            imgsz: letterbox target (640; int or (h, w)), a multiple of the network's largest
+                stride; images are padded only to a multiple of it.
+            agnostic_nms: suppress overlapping boxes across classes (False).
+            batch: images per forward pass (1).
+            precision: ``"fp32"`` (default), ``"fp16"`` (CUDA only) or ``"bf16"``.
             stream: return a lazy :class:`PredictionStream` (bounded memory for videos and
                 large folders; its ``skipped`` lists unreadable items) instead of a list.
             keep_images: keep each original image on its Detections (for ``plot``/``save``).
@@ -364,6 +381,7 @@ class Detector:
                 channels-last layout (built at the first call, kept until the weights or the
                 vocabulary change; outputs equal up to float rounding, ~15–20% faster on CPU).
                 False runs ``self.model`` as it is. :meth:`compile` applies to either.
+            config: the options as one :class:`~ovdet.config.PredictConfig`.
 
         Returns:
             One :class:`Detections` per readable image, in source order. Unreadable items of a
@@ -371,26 +389,43 @@ class Detector:
 
         Raises:
             RuntimeError: no vocabulary set.
+            ConfigError: an invalid option (named), e.g. an ``imgsz`` that is no multiple of the
+                network's largest stride.
             ImageReadError: the source is a single unreadable image, or nothing could be read.
         """
-        dtype = resolve_precision(precision, self.device)
-        nms = NMSConfig(conf=conf, iou=iou, max_det=max_det, agnostic=agnostic_nms)
-        predictor = self._predictor(nms, imgsz, dtype, optimize)
+        cfg = (config or PredictConfig()).replace(
+            conf=conf,
+            iou=iou,
+            imgsz=imgsz,
+            max_det=max_det,
+            agnostic_nms=agnostic_nms,
+            batch=batch,
+            precision=precision,
+            max_pixels=max_pixels,
+        )
+        predictor = self._predictor(cfg, optimize)
         run = PredictionStream(
-            predictor, source, batch=batch, keep_images=keep_images, video_stride=video_stride, max_pixels=max_pixels
+            predictor,
+            source,
+            batch=cfg.batch,
+            keep_images=keep_images,
+            video_stride=video_stride,
+            max_pixels=cfg.max_pixels,
         )
         if stream:
             return run
         return collect(run)
 
-    def _predictor(self, nms: NMSConfig, imgsz: int | tuple[int, int], dtype: Any, optimize: bool) -> Predictor:
+    def _predictor(self, cfg: PredictConfig, optimize: bool) -> Predictor:
         """The predictor for the current vocabulary and weights (the folded copy with ``optimize``).
 
         Raises:
             RuntimeError: no vocabulary set.
+            ConfigError: ``cfg.imgsz`` is no multiple of the network's largest stride.
+            ValueError: ``cfg.precision`` does not run on this device (fp16 off CUDA).
         """
-        if self._embeddings is None:
-            raise RuntimeError("no vocabulary: call set_classes([...]) or set_class_embeddings(...) first")
+        self._require_vocabulary()
+        dtype = resolve_precision(cfg.precision, self.device)
         folded: Any = None
         if optimize:
             folded = self.folded_network()
@@ -399,25 +434,31 @@ class Detector:
                     self._compiled = (folded, torch.compile(folded, **self._compile))
                 folded = self._compiled[1]
         return Predictor(
-            self.model, self._names, self._embeddings, nms, imgsz, dtype, forward=self._forward, folded=folded
+            self.model, self._names, self._embeddings, cfg.nms, cfg.imgsz, dtype, forward=self._forward, folded=folded
         )
+
+    def _require_vocabulary(self) -> None:
+        """Raises RuntimeError when no vocabulary is set."""
+        if self._embeddings is None:
+            raise RuntimeError("no vocabulary: call set_classes([...]) or set_class_embeddings(...) first")
 
     def track(
         self,
         source: Any,
         classes: Sequence[str] | str | None = None,
-        tracker: str = "bytetrack",
+        tracker: str | TrackConfig = "bytetrack",
         conf: float = 0.1,
-        iou: float = 0.7,
-        imgsz: int | tuple[int, int] = 640,
-        max_det: int = 300,
-        precision: str = "fp32",
+        iou: float | None = None,
+        imgsz: int | tuple[int, int] | None = None,
+        max_det: int | None = None,
+        precision: str | None = None,
         stream: bool = False,
         keep_images: bool = True,
         video_stride: int = 1,
         max_pixels: int | None = None,
         optimize: bool = True,
         persist: bool = False,
+        config: PredictConfig | None = None,
         **kwargs: Any,
     ) -> list[Detections] | TrackingStream:
         """Detect and track objects through a video: each box gets an identity kept across frames.
@@ -431,11 +472,13 @@ class Detector:
             source: a video file, a folder or glob of frames (sorted: one sequence), a camera
                 index (``0``) or a stream URL (``rtsp://…``, ``http://…``).
             classes: set this vocabulary first (as :meth:`set_classes`; it stays set).
-            tracker: ``"bytetrack"`` (default), ``"sort"`` or ``"ocsort"``.
+            tracker: ``"bytetrack"`` (default), ``"sort"`` or ``"ocsort"``; or a whole
+                :class:`~ovdet.config.TrackConfig` (then ``conf`` and ``**kwargs`` are its own).
             conf: detection threshold (low on purpose: ByteTrack uses low-score boxes to keep
                 tracks through occlusion; only boxes at ``new_track`` or above start tracks).
-            iou: NMS IoU threshold. max_det: boxes per frame.
-            imgsz, precision, keep_images, video_stride, max_pixels, optimize: as in :meth:`predict`.
+            iou: NMS IoU threshold (0.7). max_det: boxes per frame (300).
+            imgsz, precision, keep_images, video_stride, max_pixels, optimize, config: as in
+                :meth:`predict` (the detection threshold is always ``conf``, the tracker's).
             persist: continue the tracks of the previous ``track(..., persist=True)`` call, for
                 frames fed one call at a time (``det.track(frame, persist=True)`` in your own
                 capture loop); False starts new tracks (and forgets the kept ones).
@@ -453,22 +496,30 @@ class Detector:
             ImportError: the ``trackers`` package is missing (``pip install 'ovdet[track]'``).
             ImageReadError: nothing could be read (``stream=False``).
         """
-        values = _config_kwargs(TrackConfig, kwargs, "track")
-        cfg = TrackConfig(tracker=tracker, conf=conf, **values)
+        if isinstance(tracker, TrackConfig):
+            if kwargs:
+                raise TypeError(f"Detector.track() got {sorted(kwargs)} besides a TrackConfig: set them in it")
+            cfg = tracker
+        else:
+            cfg = TrackConfig(tracker=tracker, conf=conf, **_config_kwargs(TrackConfig, kwargs, "track"))
+        options = (config or PredictConfig()).replace(
+            conf=cfg.conf, iou=iou, imgsz=imgsz, max_det=max_det, precision=precision, max_pixels=max_pixels
+        )
         if classes is not None:
             self.set_classes(classes)
-        dtype = resolve_precision(precision, self.device)
-        nms = NMSConfig(conf=cfg.conf, iou=iou, max_det=max_det)
-        self._predictor(nms, imgsz, dtype, optimize)  # no vocabulary: fail now, not at the first frame
+        self._require_vocabulary()  # fail now, not at the first frame
+        resolve_precision(options.precision, self.device)
+        check_imgsz(options.imgsz, max(self.cfg.strides))
         if not persist or self._tracker is None or self._tracker.cfg != cfg:
             self._tracker = ObjectTracker(cfg) if persist else None
+        # The predictor is made per frame: the vocabulary set at that frame is the one detected.
         run = TrackingStream(
-            lambda: self._predictor(nms, imgsz, dtype, optimize),
+            lambda: self._predictor(options, optimize),
             source,
             cfg,
             keep_images=keep_images,
             video_stride=video_stride,
-            max_pixels=max_pixels,
+            max_pixels=options.max_pixels,
             tracker=self._tracker,
         )
         return run if stream else collect_tracks(run)
@@ -528,7 +579,7 @@ class Detector:
             "vocab_report": result.vocab_report,
         }
 
-    def val(self, data: str | Path, **kwargs: Any) -> dict[str, Any]:
+    def val(self, data: str | Path, config: EvalConfig | None = None, **kwargs: Any) -> dict[str, Any]:
         """Zero-shot COCO/LVIS evaluation with the dataset's class names as the vocabulary.
 
         The detector is left as it was: its vocabulary and its train/eval mode are unchanged.
@@ -537,6 +588,8 @@ class Detector:
 
         Args:
             data: COCO/LVIS instances json, an ultralytics data yaml or an ODVG jsonl.
+            config: the settings as one :class:`~ovdet.config.EvalConfig` (keywords given as
+                well override its fields).
             **kwargs: :class:`~ovdet.config.EvalConfig` fields (split, imgsz, conf, iou, max_det,
                 batch, lvis, fixed_ap, backend, image_dir, save_dir, samples, progress).
 
@@ -548,10 +601,18 @@ class Detector:
         """
         from ovdet.inference.validate import validate
 
-        kwargs = _config_kwargs(EvalConfig, kwargs, "val")
-        return validate(self.model, data, self._vocabulary_or_encode, EvalConfig(**kwargs), self.device)
+        values = _config_kwargs(EvalConfig, kwargs, "val")
+        cfg = dataclasses.replace(config, **values) if config is not None else EvalConfig(**values)
+        return validate(self.model, data, self._vocabulary_or_encode, cfg, self.device)
 
-    def export(self, path: str | Path, dynamic_vocab: bool = False, nms: bool = False, **kwargs: Any) -> Any:
+    def export(
+        self,
+        path: str | Path,
+        dynamic_vocab: bool = False,
+        nms: bool = False,
+        config: ExportConfig | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Export for deployment: ONNX, with the vocabulary baked in or as an input.
 
         Args:
@@ -561,6 +622,8 @@ class Detector:
                 :class:`ovdet.deploy.OnnxDetector` changes classes without PyTorch; False folds
                 the current vocabulary into the weights.
             nms: run NMS inside the graph (thresholds fixed at export).
+            config: all the settings as one :class:`~ovdet.config.ExportConfig` (built once, e.g.
+                by ``ovdet export``); then ``dynamic_vocab``, ``nms`` and ``kwargs`` are its own.
             **kwargs: more :class:`~ovdet.config.ExportConfig` fields (conf, iou, max_det,
                 agnostic, imgsz, opset, half, int8, calib, calib_images, text_encoder).
 
@@ -573,12 +636,15 @@ class Detector:
             TypeError: an unknown keyword (the valid ones are named).
             ImportError: the ``onnx``/``onnxruntime`` packages are missing (the extra is named).
         """
-        from ovdet.config import ExportConfig
         from ovdet.export.pipeline import export_model
         from ovdet.text import TextEncoderUnavailable
 
-        values = _config_kwargs(ExportConfig, kwargs, "export")
-        cfg = ExportConfig(dynamic_vocab=dynamic_vocab, nms=nms, **values)
+        if config is not None:
+            if kwargs or dynamic_vocab or nms:
+                raise TypeError("Detector.export() takes either an ExportConfig or its fields as keywords, not both")
+            cfg = config
+        else:
+            cfg = ExportConfig(dynamic_vocab=dynamic_vocab, nms=nms, **_config_kwargs(ExportConfig, kwargs, "export"))
         encoder = None
         if cfg.dynamic_vocab and cfg.text_encoder:
             try:
@@ -596,12 +662,10 @@ class Detector:
             self.model.train(was_training)
 
     def _vocabulary_or_encode(self, names: Sequence[str]) -> torch.Tensor:
-        """Embeddings for validation: the current vocabulary's own rows when it holds every name
-        (so prompt-tuned or precomputed embeddings are what is scored), else the text encoder's."""
-        if self._embeddings is not None and all(n in self._names for n in names):
-            rows = [self._names.index(n) for n in names]
-            return self._embeddings[rows].cpu()
-        return self.encode(names)
+        """(K, D) embeddings for validation and training, on CPU: the current vocabulary's own rows
+        when it holds every name (so prompt-tuned or precomputed embeddings are what is scored),
+        else :meth:`encode`'s (:func:`~ovdet.text.vocabulary.select_embeddings`)."""
+        return select_embeddings(names, self.encode, self._names, self._embeddings).cpu()
 
 
 def load_detector(model: str | os.PathLike, device: str | torch.device = "auto") -> Detector:

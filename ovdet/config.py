@@ -33,6 +33,50 @@ class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the field."""
 
 
+#: Strides of the three detection levels of every YOLO-World / YOLOv8 detector (P3, P4, P5).
+STRIDES: tuple[int, int, int] = (8, 16, 32)
+#: What an image size is checked against before a model is known: the largest stride of
+#: :data:`STRIDES`. Where the model is known (:class:`~ovdet.inference.predict.Predictor`, the ONNX
+#: runtime, training) the same rule runs again against that model's own largest stride.
+MAX_STRIDE: int = max(STRIDES)
+
+#: Numeric precisions of inference (``fp16`` needs CUDA; see :func:`ovdet.device.resolve_precision`).
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+
+
+def check_imgsz(
+    imgsz: int | tuple[int, int] | list[int], stride: int = MAX_STRIDE, name: str = "imgsz", square: bool = False
+) -> int | tuple[int, int]:
+    """The one stride rule: an image size is a positive multiple of the network's largest stride.
+
+    Args:
+        imgsz: one side, or ``(height, width)`` (not with ``square``).
+        stride: the largest stride of the network the size is for.
+        name: what the message calls the value (``"--imgsz"``, ``"train.imgsz"``).
+        square: only one int is accepted (training and evaluation sizes).
+
+    Returns:
+        ``imgsz`` as an int or an ``(h, w)`` tuple.
+
+    Raises:
+        ConfigError: anything else, naming ``name``, the stride and the value.
+    """
+    sizes = [imgsz] if isinstance(imgsz, int) or square else imgsz
+    try:
+        sizes = list(sizes)
+    except TypeError:
+        sizes = [imgsz]
+    ok = len(sizes) in (1, 2) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= stride and v % stride == 0 for v in sizes
+    )
+    if not ok:
+        pair = "" if square else " (one, or two for height and width)"
+        raise ConfigError(
+            f"{name} must be a positive multiple of {stride}{pair}, the network's largest stride; got {imgsz!r}"
+        )
+    return sizes[0] if len(sizes) == 1 and isinstance(imgsz, int) else (sizes[0], sizes[-1])
+
+
 #: Text-encoder families :class:`TextConfig` can describe.
 TEXT_FAMILIES: tuple[str, ...] = ("open_clip", "sentence_transformers")
 
@@ -114,7 +158,7 @@ class ModelConfig:
     box_channels: int = 64
     embed_channels: int = 128
     reg_max: int = 16
-    strides: tuple[int, int, int] = (8, 16, 32)
+    strides: tuple[int, int, int] = STRIDES
     bn_eps: float = 1e-3
     bn_momentum: float = 0.03
     text: TextConfig = field(default_factory=TextConfig)
@@ -209,6 +253,63 @@ class NMSConfig:
 
 
 @dataclass(frozen=True)
+class PredictConfig:
+    """How images become detections: built once at the edge (the command line, an HTTP request, a
+    Ray job, a search index) and passed down to ``Detector.predict`` / ``track``,
+    :class:`~ovdet.deploy.OnnxDetector`, the serve engine, evaluation and the Ray actors.
+
+    Attributes:
+        conf: minimum class score kept, in [0, 1].
+        iou: NMS IoU threshold, in [0, 1].
+        imgsz: letterbox target, one side or ``(height, width)``; images are padded only to a
+            multiple of the network's largest stride (checked here against :data:`MAX_STRIDE`,
+            and again against the model's own stride where it runs).
+        max_det: boxes kept per image.
+        agnostic_nms: suppress overlapping boxes across classes too.
+        batch: images per forward pass.
+        precision: ``"fp32"``, ``"fp16"`` (CUDA only) or ``"bf16"``.
+        max_pixels: largest image (width × height) decoded; larger ones are skipped as possible
+            decompression bombs (None: ``$OVDET_MAX_PIXELS`` or 89,478,485; 0: no limit).
+        nms: the :class:`NMSConfig` of ``conf``/``iou``/``max_det``/``agnostic_nms`` (derived).
+    """
+
+    conf: float = 0.25
+    iou: float = 0.7
+    imgsz: int | tuple[int, int] = 640
+    max_det: int = 300
+    agnostic_nms: bool = False
+    batch: int = 1
+    precision: str = "fp32"
+    max_pixels: int | None = None
+    nms: NMSConfig = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "imgsz", check_imgsz(self.imgsz))
+        nms = NMSConfig(conf=self.conf, iou=self.iou, max_det=self.max_det, agnostic=bool(self.agnostic_nms))
+        object.__setattr__(self, "nms", nms)
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise ConfigError(f"batch must be an integer >= 1, got {self.batch!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or self.max_pixels < 0):
+            raise ConfigError(f"max_pixels must be >= 0 (0 = no limit), got {self.max_pixels}")
+
+    def replace(self, **changes: Any) -> PredictConfig:
+        """A copy with ``changes`` (PredictConfig fields; None values leave a field as it is).
+
+        Raises:
+            TypeError: an unknown field (the valid ones are named).
+            ConfigError: an invalid value.
+        """
+        valid = {f.name for f in dataclasses.fields(self) if f.init}
+        unknown = sorted(set(changes) - valid)
+        if unknown:
+            raise TypeError(f"unknown prediction option(s) {unknown}; valid: {sorted(valid)}")
+        given = {k: v for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, **given) if given else self
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     """How :func:`ovdet.export.export_onnx` writes a deployable model.
 
@@ -252,10 +353,8 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         NMSConfig(conf=self.conf, iou=self.iou, max_det=self.max_det)  # same ranges, same messages
-        imgsz = (self.imgsz, self.imgsz) if isinstance(self.imgsz, int) else tuple(self.imgsz)
-        if len(imgsz) != 2 or any(not isinstance(v, int) or v < 32 or v % 32 for v in imgsz):
-            raise ConfigError(f"export.imgsz must be one or two positive multiples of 32, got {self.imgsz!r}")
-        object.__setattr__(self, "imgsz", imgsz)
+        imgsz = check_imgsz(self.imgsz, name="export.imgsz")
+        object.__setattr__(self, "imgsz", (imgsz, imgsz) if isinstance(imgsz, int) else imgsz)
         if not 11 <= self.opset <= 21:
             raise ConfigError(f"export.opset must be in [11, 21], got {self.opset}")
         if self.int8 and not self.calib:
@@ -377,8 +476,7 @@ class ServeConfig:
             raise ConfigError(f"serve.batch_window_ms must be >= 0, got {self.batch_window_ms}")
         if self.timeout_s <= 0:
             raise ConfigError(f"serve.timeout_s must be > 0, got {self.timeout_s}")
-        if self.max_imgsz < 32 or self.max_imgsz % 32:
-            raise ConfigError(f"serve.max_imgsz must be a positive multiple of 32, got {self.max_imgsz}")
+        check_imgsz(self.max_imgsz, name="serve.max_imgsz", square=True)
         for name in (
             "max_batch",
             "queue_size",
@@ -521,16 +619,17 @@ class EvalConfig:
     save_dir: str | None = None
     samples: int = 4
     progress: bool = True
+    predict: PredictConfig = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.imgsz < 32 or self.imgsz % 32:
-            raise ConfigError(f"eval.imgsz must be a positive multiple of 32, got {self.imgsz}")
-        if not 0.0 <= self.conf <= 1.0 or not 0.0 <= self.iou <= 1.0:
-            raise ConfigError(f"eval.conf and eval.iou must be in [0, 1], got {self.conf}, {self.iou}")
-        if self.max_det is not None and self.max_det < 1:
-            raise ConfigError(f"eval.max_det must be >= 1, got {self.max_det}")
-        if self.batch < 1:
-            raise ConfigError(f"eval.batch must be >= 1, got {self.batch}")
+        check_imgsz(self.imgsz, name="eval.imgsz", square=True)
+        try:
+            predict = PredictConfig(
+                conf=self.conf, iou=self.iou, imgsz=self.imgsz, max_det=self.max_detections, batch=self.batch
+            )
+        except ConfigError as e:
+            raise ConfigError(f"eval.{e}") from None
+        object.__setattr__(self, "predict", predict)
         if self.backend not in ("pycocotools", "faster_coco_eval"):
             raise ConfigError(f"eval.backend must be 'pycocotools' or 'faster_coco_eval', got {self.backend!r}")
         if self.fixed_ap and self.lvis is False:
@@ -644,8 +743,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be a {kind.__name__} or a mapping, got {type(value).__name__}")
         if self.epochs < 1:
             raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
-        if self.imgsz < 32 or self.imgsz % 32:
-            raise ConfigError(f"train.imgsz must be a positive multiple of 32, got {self.imgsz}")
+        check_imgsz(self.imgsz, name="train.imgsz", square=True)
         for name in ("batch", "nbs", "max_texts", "val_interval"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
@@ -695,11 +793,12 @@ class TrainConfig:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A dataclass config as plain YAML/JSON-ready data (tuples become lists)."""
+    """A dataclass config as plain YAML/JSON-ready data (tuples become lists; derived fields,
+    ``init=False``, are left out)."""
 
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v) if f.init}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
@@ -722,7 +821,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"unknown config key(s) {[where + k for k in unknown]}; valid keys: {sorted(fields)}")
@@ -735,6 +834,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
         elif isinstance(default, tuple):
             if not isinstance(value, (list, tuple)):
                 raise ConfigError(f"{where}{name} must be a list, got {value!r}")
+            kwargs[name] = tuple(value)
+        elif isinstance(value, (list, tuple)) and "tuple" in str(hints[name]):  # e.g. imgsz: int | tuple
             kwargs[name] = tuple(value)
         elif isinstance(default, bool) and not isinstance(value, bool):
             raise ConfigError(f"{where}{name} must be true/false, got {value!r}")
@@ -754,6 +855,7 @@ def _has_defaults(cls: type) -> bool:
     return all(
         f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         for f in dataclasses.fields(cls)
+        if f.init
     )
 
 

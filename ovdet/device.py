@@ -6,10 +6,12 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
+from ovdet.config import PRECISIONS as PRECISION_NAMES
+
 __all__ = ["PRECISIONS", "autocast", "resolve_device", "resolve_precision"]
 
-#: precision name → autocast dtype (None: plain float32).
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: precision name (:data:`ovdet.config.PRECISIONS`) → autocast dtype (None: plain float32).
+PRECISIONS: dict[str, torch.dtype | None] = dict(zip(PRECISION_NAMES, (None, torch.float16, torch.bfloat16)))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -15,30 +15,31 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ovdet"
 #: layers above the model: ``inference`` (predict, outputs, track, validate) is below everything
 #: that runs a network; ``engine`` (training), ``deploy``, ``serve`` and ``datatools`` are siblings
 #: over it; ``export`` builds on ``deploy`` (it checks what it wrote with the runtime); ``api`` is
-#: the facade over all of them; ``distributed`` drives ``api``; the command line is on top.
+#: the facade over all of them; ``distributed`` drives ``api``; the command line is on top. Below,
+#: ``device`` reads the precision names of ``config``.
 LAYERS: dict[str, int] = {
     "ovdet._version": 0,
     "ovdet.config": 0,
     "ovdet.io": 0,
-    "ovdet.device": 0,
     "ovdet.structures": 0,
-    "ovdet.text": 1,
-    "ovdet.data": 1,
-    "ovdet.models": 2,
-    "ovdet.evaluation": 2,
-    "ovdet.checkpoint": 3,
-    "ovdet.weights": 4,
-    "ovdet.inference": 5,
-    "ovdet.engine": 6,
-    "ovdet.deploy": 6,
-    "ovdet.serve": 6,
-    "ovdet.datatools": 6,
-    "ovdet.export": 7,
-    "ovdet.api": 8,
-    "ovdet.distributed": 9,
-    "ovdet.cli": 10,
-    "ovdet.__main__": 11,
-    "ovdet": 11,
+    "ovdet.device": 1,
+    "ovdet.text": 2,
+    "ovdet.data": 2,
+    "ovdet.models": 3,
+    "ovdet.evaluation": 3,
+    "ovdet.checkpoint": 4,
+    "ovdet.weights": 5,
+    "ovdet.inference": 6,
+    "ovdet.engine": 7,
+    "ovdet.deploy": 7,
+    "ovdet.serve": 7,
+    "ovdet.datatools": 7,
+    "ovdet.export": 8,
+    "ovdet.api": 9,
+    "ovdet.distributed": 10,
+    "ovdet.cli": 11,
+    "ovdet.__main__": 12,
+    "ovdet": 12,
 }
 
 
@@ -157,7 +158,7 @@ def test_checker_finds_upward_function_level_imports_and_cycles(tmp_path: Path) 
     (pkg / "api.py").write_text("import ovdet.config\n")
     (pkg / "engine").mkdir()
     (pkg / "engine" / "__init__.py").write_text("")
-    (pkg / "engine" / "train.py").write_text("from ovdet.serve import app\n")  # a sibling on layer 6
+    (pkg / "engine" / "train.py").write_text("from ovdet.serve import app\n")  # a sibling on layer 7
     (pkg / "serve").mkdir()
     (pkg / "serve" / "__init__.py").write_text("")
     (pkg / "serve" / "app.py").write_text("import ovdet.config\n")
@@ -166,8 +167,8 @@ def test_checker_finds_upward_function_level_imports_and_cycles(tmp_path: Path) 
     (pkg / "models" / "b.py").write_text("from ovdet.models.a import thing\nfrom ..config import x\n")
     upward, loops = violations(pkg)
     assert upward == [
-        "ovdet.config (layer 0) imports ovdet.api (layer 8)",
-        "ovdet.engine.train (layer 6) imports ovdet.serve.app (layer 6)",
+        "ovdet.config (layer 0) imports ovdet.api (layer 9)",
+        "ovdet.engine.train (layer 7) imports ovdet.serve.app (layer 7)",
     ]
     assert sorted(loops) == [["ovdet.api", "ovdet.config"], ["ovdet.models.a", "ovdet.models.b"]]
 

@@ -337,12 +337,13 @@ def test_cli_failures_are_one_error_line_with_consistent_codes(
 def test_validation_happens_before_the_model_loads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, coco128_images: list[Path]
 ) -> None:
+    import ovdet.api
     import ovdet.cli as cli
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model must not be loaded for a command line that cannot work")
 
-    monkeypatch.setattr(cli, "load_detector", no_load)
+    monkeypatch.setattr(ovdet.api, "load_detector", no_load)
     save = tmp_path / "out"
     for bad in (
         ["--source", str(tmp_path / "missing.jpg")],

@@ -20,7 +20,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from ovdet import Detections, Detector  # noqa: E402
-from ovdet.config import ConfigError, NMSConfig, ServeConfig  # noqa: E402
+from ovdet.config import ConfigError, PredictConfig, ServeConfig  # noqa: E402
 from ovdet.data.images import ImageReadError, decode_image, decode_image_bytes  # noqa: E402
 from ovdet.data.letterbox import letterbox, to_tensor  # noqa: E402
 from ovdet.serve import create_app  # noqa: E402
@@ -345,7 +345,7 @@ def test_full_queue_gives_503_with_retry_after(det: Detector, coco128_images: li
 
 
 def _job(image: np.ndarray, names: list[str], i: int) -> Job:
-    return Job([image], [f"im{i}"], tuple(names), NMSConfig(conf=0.3, iou=0.6), 640)
+    return Job([image], [f"im{i}"], tuple(names), PredictConfig(conf=0.3, iou=0.6))
 
 
 def test_engine_micro_batches_same_key_only(det: Detector, coco128_images: list[Path]) -> None:

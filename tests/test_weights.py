@@ -33,7 +33,7 @@ from ultralytics.utils import downloads as ul_downloads  # noqa: E402
 
 from ovdet import Detector  # noqa: E402
 from ovdet import weights as ow  # noqa: E402
-from ovdet.cli import UsageError, load_detector, main  # noqa: E402
+from ovdet.cli import UsageError, check_model_spec, main  # noqa: E402
 from ovdet.weights import (  # noqa: E402
     DEFAULT_WEIGHTS_URL,
     PRETRAINED,
@@ -360,7 +360,7 @@ def test_cli_predict_accepts_pretrained_name(
     assert json.loads((tmp_path / "run" / "predictions.json").read_text())["names"] == ["cat", "dog"]
     assert (isolated_home / "models" / WORLD_NAME / "model.safetensors").is_file()
     with pytest.raises(UsageError, match="did you mean the pretrained model 'yolo-world-v2-s'"):
-        load_detector("yolo-world-v2s")
+        check_model_spec("yolo-world-v2s")
 
 
 # ---------------------------------------------------------------------------------------------- untrusted pickles

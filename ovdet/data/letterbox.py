@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 import torch
 
+from ovdet.config import check_imgsz
+
 __all__ = ["LetterboxInfo", "letterbox", "letterbox_boxes", "to_tensor", "unletterbox_boxes"]
 
 PAD_VALUE = 114
@@ -87,9 +89,8 @@ def letterbox(
         raise ValueError(f"letterbox expects a non-empty (H, W, C) numpy image, got {shape}")
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride must be a positive int, got {stride!r}")
-    target_h, target_w = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
-    if target_h < 1 or target_w < 1 or target_h % stride or target_w % stride:
-        raise ValueError(f"imgsz {imgsz!r} must be positive multiples of stride {stride}")
+    size = check_imgsz(imgsz, stride)
+    target_h, target_w = (size, size) if isinstance(size, int) else size
 
     h, w = image.shape[:2]
     r = min(target_h / h, target_w / w)

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, get_worker_info
 
-from ovdet.config import AugmentConfig
+from ovdet.config import AugmentConfig, check_imgsz
 from ovdet.data.batch import Batch, PooledCollate, collate
 from ovdet.data.images import ImageReadError, decode_image
 from ovdet.data.letterbox import LetterboxInfo
@@ -86,8 +86,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         extra_negatives: Sequence[str] = (),
         buffer_mb: float = 256.0,
     ) -> None:
-        if imgsz % 32:
-            raise ValueError(f"imgsz must be a multiple of 32, got {imgsz}")
+        check_imgsz(imgsz, square=True)
         if cache not in (None, "ram"):
             raise ValueError(f"cache must be None or 'ram', got {cache!r}")
         if not buffer_mb >= 0:

@@ -38,7 +38,7 @@ import torch
 import torchvision
 
 from ovdet._version import __version__
-from ovdet.config import ModelConfig, NMSConfig
+from ovdet.config import ModelConfig, NMSConfig, check_imgsz
 from ovdet.data.images import iter_sources
 from ovdet.data.letterbox import to_tensor, unletterbox_boxes
 from ovdet.data.readers.common import load_json
@@ -362,8 +362,7 @@ class Index:
         faiss_index: str = "Flat",
         batch: int = 8,
     ) -> None:
-        if imgsz < 32 or imgsz % 32:
-            raise ValueError(f"imgsz must be a positive multiple of 32, got {imgsz}")
+        check_imgsz(imgsz, max(detector.model.cfg.strides), square=True)
         if regions < 1:
             raise ValueError(f"regions must be >= 1, got {regions}")
         if not 0.0 < region_iou <= 1.0:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ovdet.config import PredictConfig, check_imgsz
 from ovdet.data.letterbox import unletterbox_boxes
 from ovdet.deploy.metadata import METADATA_KEY, parse_metadata
 from ovdet.deploy.postprocess import select
@@ -34,6 +35,10 @@ def images_to_array(images: Sequence[np.ndarray]) -> np.ndarray:
     """B same-shape (H, W, 3) uint8 BGR images → (B, 3, H, W) float32 RGB in [0, 1]."""
     batch = np.stack(images)[..., ::-1].transpose(0, 3, 1, 2)  # (B, 3, H, W) RGB uint8
     return np.ascontiguousarray(batch, dtype=np.float32) / np.float32(255.0)
+
+
+#: ``OnnxDetector.predict``'s ``imgsz`` when not given: the config's size (``None`` is the export's).
+CONFIG_SIZE = object()
 
 
 class OnnxPredictor:
@@ -255,15 +260,18 @@ class OnnxDetector:
         return self.set_class_embeddings(names, emb.numpy())
 
     # ------------------------------------------------------------------ inference
-    def _predictor(
-        self, conf: float, iou: float, imgsz: int | tuple[int, int] | None, max_det: int, agnostic: bool
-    ) -> OnnxPredictor:
+    def _predictor(self, cfg: PredictConfig, imgsz: int | tuple[int, int] | None) -> OnnxPredictor:
+        """The predictor of ``cfg`` at ``imgsz`` (None: the export's size).
+
+        Raises:
+            RuntimeError: no vocabulary.
+            ValueError: thresholds the graph cannot honour, or a size it refuses.
+        """
         if not self._names:
             raise RuntimeError(
                 "no vocabulary: call set_classes([...]), set_class_embeddings(...) or load_embeddings(...)"
             )
-        if not 0.0 <= conf <= 1.0 or not 0.0 <= iou <= 1.0 or max_det < 1:
-            raise ValueError(f"conf and iou must be in [0, 1] and max_det >= 1, got {conf}, {iou}, {max_det}")
+        conf, iou, max_det, agnostic = cfg.conf, cfg.iou, cfg.max_det, cfg.agnostic_nms
         graph_nms = self.metadata["nms"]
         if graph_nms is not None:
             fixed = f"{self.path} runs NMS inside the graph with conf={graph_nms['conf']}, iou={graph_nms['iou']}, max_det={graph_nms['max_det']}, agnostic={graph_nms['agnostic']}"
@@ -277,7 +285,7 @@ class OnnxDetector:
                     f"{fixed}: conf={conf}, iou={iou}, max_det={max_det}, agnostic={agnostic} cannot be honoured "
                     f"(conf may only be raised, max_det only lowered); export without --nms for free thresholds"
                 )
-        size = tuple(self.metadata["imgsz"]) if imgsz is None else imgsz
+        size = tuple(self.metadata["imgsz"]) if imgsz is None else check_imgsz(imgsz, int(self.metadata["stride"]))
         if self.metadata.get("fixed_size"):
             want = tuple(self.metadata["imgsz"])
             got = (size, size) if isinstance(size, int) else tuple(size)
@@ -292,22 +300,25 @@ class OnnxDetector:
     def predict(
         self,
         source: Any,
-        conf: float = 0.25,
-        iou: float = 0.7,
-        imgsz: int | tuple[int, int] | None = 640,
-        max_det: int = 300,
-        agnostic_nms: bool = False,
-        batch: int = 1,
+        conf: float | None = None,
+        iou: float | None = None,
+        imgsz: int | tuple[int, int] | None | object = CONFIG_SIZE,
+        max_det: int | None = None,
+        agnostic_nms: bool | None = None,
+        batch: int | None = None,
         stream: bool = False,
         keep_images: bool = True,
         video_stride: int = 1,
         max_pixels: int | None = None,
+        config: PredictConfig | None = None,
     ) -> list[Detections] | PredictionStream:
-        """Detect the current vocabulary in images (same arguments and sources as ``Detector.predict``).
+        """Detect the current vocabulary in images (same arguments and sources as ``Detector.predict``,
+        :class:`~ovdet.config.PredictConfig` options as keywords or as ``config``; its
+        ``precision`` is the runtime's, chosen when the file is opened).
 
-        ``imgsz=None`` uses the export's size. With in-graph NMS, ``conf`` may only be raised
-        and ``max_det`` only lowered from the exported values, and ``iou``/``agnostic_nms`` must
-        equal them.
+        ``imgsz=None`` uses the export's size; left out, the config's (640 by default). With
+        in-graph NMS, ``conf`` may only be raised and ``max_det`` only lowered from the exported
+        values, and ``iou``/``agnostic_nms`` must equal them.
 
         Returns:
             One :class:`Detections` per readable image (or a lazy :class:`PredictionStream`).
@@ -317,9 +328,24 @@ class OnnxDetector:
             ValueError: thresholds the graph cannot honour, or a size a fixed-size graph refuses.
             ImageReadError: the source is a single unreadable image, or nothing could be read.
         """
-        predictor = self._predictor(conf, iou, imgsz, max_det, agnostic_nms)
+        cfg = (config or PredictConfig()).replace(
+            conf=conf,
+            iou=iou,
+            imgsz=None if imgsz is CONFIG_SIZE else imgsz,
+            max_det=max_det,
+            agnostic_nms=agnostic_nms,
+            batch=batch,
+            max_pixels=max_pixels,
+        )
+        size = cfg.imgsz if imgsz is CONFIG_SIZE else imgsz
+        predictor = self._predictor(cfg, size)  # type: ignore[arg-type]
         run = PredictionStream(
-            predictor, source, batch=batch, keep_images=keep_images, video_stride=video_stride, max_pixels=max_pixels
+            predictor,
+            source,
+            batch=cfg.batch,
+            keep_images=keep_images,
+            video_stride=video_stride,
+            max_pixels=cfg.max_pixels,
         )
         if stream:
             return run

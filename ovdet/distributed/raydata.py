@@ -35,10 +35,9 @@ import torch
 
 from ovdet.api import load_detector as load_model
 from ovdet.api import portable_model_spec
-from ovdet.config import NMSConfig
+from ovdet.config import PredictConfig
 from ovdet.data.images import VIDEO_EXTENSIONS, decode_image, resolve_max_pixels
 from ovdet.datatools.label import list_images
-from ovdet.device import PRECISIONS
 from ovdet.io import atomic_write_text
 from ovdet.structures import Detections
 from ovdet.text import validate_class_names
@@ -72,6 +71,8 @@ RAY_MISSING = "ovdet predict --engine ray needs Ray: pip install 'ovdet[ray]'"
 SUMMARY_FILE = "_summary.json"
 #: CPU actors a cluster without GPUs gets when ``actors`` is not given (at most one per CPU).
 DEFAULT_CPU_ACTORS = 2
+#: Images per actor call and forward pass unless told otherwise.
+DEFAULT_BATCH = 8
 
 
 def import_ray() -> Any:
@@ -92,17 +93,20 @@ def import_ray() -> Any:
 # ------------------------------------------------------------------------------------------ settings
 @dataclass(frozen=True)
 class RayPredictConfig:
-    """What every actor runs (the arguments of :meth:`Detector.predict`) and how many actors.
+    """What every actor runs (a :class:`~ovdet.config.PredictConfig`) and how many actors.
+
+    Give the prediction options as ``predict`` (built once at the edge, e.g. by the command line)
+    or as keywords (``conf``, ``iou``, ``imgsz``, ``max_det``, ``agnostic_nms``, ``batch``,
+    ``precision``, ``max_pixels``; they override ``predict``'s fields). Afterwards ``predict``
+    holds the options every actor passes to :meth:`Detector.predict` and the keyword fields read
+    its values.
 
     Attributes:
-        conf: minimum score. iou: NMS IoU threshold. max_det: boxes per image.
-        agnostic_nms: suppress overlapping boxes across classes.
-        imgsz: letterbox target, a multiple of 32 (int or (h, w)).
-        batch: images per actor call and per forward pass (split by letterbox shape, so a batch
-            predicts what one-by-one does).
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (fp16 needs GPU actors).
-        max_pixels: largest image decoded (None: the driver's ``$OVDET_MAX_PIXELS`` or the
-            default; 0: no limit); resolved on the driver, so every node applies the same limit.
+        predict: the prediction options; None: PredictConfig's defaults with ``batch=8``. Its
+            ``batch`` is also the images per actor call (split by letterbox shape, so a batch
+            predicts what one-by-one does); ``precision="fp16"`` needs GPU actors;
+            ``max_pixels`` applies where images are decoded, resolved on the driver, so every
+            node applies the same limit (the actors' own arrays are never limited).
         actors: actor-pool size (None: one per GPU when actors use GPUs, else
             ``min(2, CPUs)`` — see :func:`plan_actors`).
         gpus_per_actor: GPUs each actor holds (None: 1 when the cluster has a GPU, else 0;
@@ -111,42 +115,26 @@ class RayPredictConfig:
             the cluster's CPUs divided among the actors).
     """
 
-    conf: float = 0.25
-    iou: float = 0.7
-    imgsz: int | tuple[int, int] = 640
-    max_det: int = 300
-    agnostic_nms: bool = False
-    batch: int = 8
-    precision: str = "fp32"
+    conf: float | None = None
+    iou: float | None = None
+    imgsz: int | tuple[int, int] | None = None
+    max_det: int | None = None
+    agnostic_nms: bool | None = None
+    batch: int | None = None
+    precision: str | None = None
     max_pixels: int | None = None
     actors: int | None = None
     gpus_per_actor: float | None = None
     cpus_per_actor: float | None = None
-
-    def predict_kwargs(self) -> dict[str, Any]:
-        """The :meth:`Detector.predict` arguments each actor passes (``max_pixels`` applies where
-        images are decoded, before the actors; the actors' own arrays are never limited)."""
-        return {
-            "conf": self.conf,
-            "iou": self.iou,
-            "imgsz": self.imgsz,
-            "max_det": self.max_det,
-            "agnostic_nms": self.agnostic_nms,
-            "batch": self.batch,
-            "precision": self.precision,
-        }
+    predict: PredictConfig | None = None
 
     def __post_init__(self) -> None:
-        NMSConfig(conf=self.conf, iou=self.iou, max_det=self.max_det)  # raises ConfigError naming the field
-        sizes = (self.imgsz,) if isinstance(self.imgsz, int) else tuple(self.imgsz)
-        if len(sizes) not in (1, 2) or any(not isinstance(s, int) or s < 32 or s % 32 for s in sizes):
-            raise ValueError(f"imgsz must be a positive multiple of 32 (or two of them), got {self.imgsz!r}")
-        if self.batch < 1:
-            raise ValueError(f"batch must be >= 1, got {self.batch}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
-        if self.max_pixels is not None and self.max_pixels < 0:
-            raise ValueError(f"max_pixels must be >= 0 (0 = no limit), got {self.max_pixels}")
+        names = ("conf", "iou", "imgsz", "max_det", "agnostic_nms", "batch", "precision", "max_pixels")
+        base = self.predict if self.predict is not None else PredictConfig(batch=DEFAULT_BATCH)
+        options = base.replace(**{n: getattr(self, n) for n in names})  # raises ConfigError naming the field
+        object.__setattr__(self, "predict", options)
+        for n in names:
+            object.__setattr__(self, n, getattr(options, n))
         if self.actors is not None and self.actors < 1:
             raise ValueError(f"actors must be >= 1, got {self.actors}")
         if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
@@ -352,7 +340,7 @@ class BatchDetector:
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detections of B ``(H, W, 3)`` uint8 BGR images, in order (as :meth:`Detector.predict`)."""
-        out = self.detector.predict(list(images), **self.config.predict_kwargs(), keep_images=False)
+        out = self.detector.predict(list(images), config=self.config.predict, keep_images=False)
         if not isinstance(out, list) or len(out) != len(images):  # arrays are never skipped
             raise RuntimeError(f"predict returned {len(out)} results for {len(images)} images")
         return out

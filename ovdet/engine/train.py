@@ -35,11 +35,11 @@ from ovdet.engine.hooks import CheckpointHook, EMAHook, LoggerHook, ScheduleHook
 from ovdet.engine.optim import ModelEMA, Schedule, build_optimizer
 from ovdet.engine.state import find_state_dir, read_train_state
 from ovdet.engine.trainer import Hook, Trainer, TrainState
-from ovdet.inference.validate import validate
 from ovdet.engine.vocab import TrainingVocabulary
+from ovdet.inference.validate import validate
 from ovdet.io import atomic_write_text
 from ovdet.models.detector import OVDetector
-from ovdet.text.vocabulary import resolve_vocabulary
+from ovdet.text.vocabulary import parse_class_spec, select_embeddings
 
 __all__ = ["TrainResult", "train"]
 
@@ -149,7 +149,7 @@ def _run(
     _seed(cfg.seed + dist.rank)
     train_data, val_source = read_training_data(cfg)
     names = list(train_data.names)
-    extra = resolve_vocabulary(cfg.keep_vocab) if cfg.keep_vocab else []
+    extra = list(dict.fromkeys(parse_class_spec(cfg.keep_vocab, inline=False))) if cfg.keep_vocab else []
     if cfg.mode == "prompt_tuning" and extra:
         raise ValueError(
             "keep_vocab mixes extra negatives into text sampling; prompt tuning trains only the "
@@ -434,9 +434,10 @@ def _embed_for(
     """Validation's text function: the run's own (possibly learned) embeddings where it has them."""
 
     def run(names: Sequence[str]) -> torch.Tensor:
-        if all(n in vocab.index for n in names) and vocab.encoder is None:
-            return vocab.embeddings_of(names)
-        return embed(list(names))
+        if vocab.encoder is not None:  # the text encoder trains: no row of the table is a constant
+            return embed(list(names))
+        with torch.no_grad():
+            return select_embeddings(names, embed, vocab.texts, vocab.table().detach().cpu())
 
     return run
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ovdet.config import NMSConfig
+from ovdet.config import NMSConfig, check_imgsz
 from ovdet.data.images import ImageReadError, SourceItem, iter_sources
 from ovdet.data.letterbox import LetterboxInfo, letterbox, to_tensor, unletterbox_boxes
 from ovdet.device import autocast
@@ -117,7 +117,8 @@ class Predictor:
         names: K class names.
         embeddings: (K, D) class embeddings on the model's device.
         nms: post-processing thresholds.
-        imgsz: letterbox target (int or (h, w)); images are padded only to a multiple of 32.
+        imgsz: letterbox target (int or (h, w)), a multiple of the model's largest stride; images
+            are padded only to a multiple of it.
         dtype: autocast dtype (None: float32).
         auto: letterbox to the smallest stride multiple (True, ultralytics' predictor) or to
             exactly ``imgsz`` (False; what fixed-size exports see).
@@ -144,7 +145,8 @@ class Predictor:
                 f"embeddings must be ({len(names)}, D) for {len(names)} names, got {tuple(embeddings.shape)}"
             )
         self.model, self.names, self.embeddings = model, list(names), embeddings
-        self.nms, self.imgsz, self.dtype, self.auto = nms, imgsz, dtype, auto
+        self.stride = max(model.cfg.strides)
+        self.nms, self.imgsz, self.dtype, self.auto = nms, check_imgsz(imgsz, self.stride), dtype, auto
         self.forward = model if forward is None else forward
         if folded is not None and folded.num_classes != len(self.names):
             raise ValueError(f"the folded network has {folded.num_classes} classes, not {len(self.names)}")
@@ -165,8 +167,7 @@ class Predictor:
             keep_images: keep each image on its Detections (for ``plot``/``save``).
         """
         device = self.embeddings.device
-        stride = max(self.model.cfg.strides)
-        boxed, groups = letterbox_groups(images, self.imgsz, stride, self.auto)
+        boxed, groups = letterbox_groups(images, self.imgsz, self.stride, self.auto)
         out: list[Detections | None] = [None] * len(images)
         # Only when a module is in training mode (``eval()``/``train()`` walk every submodule through
         # __setattr__, ~7 ms for v2-s); never for the folded copy (always in eval mode). Each

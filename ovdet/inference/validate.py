@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from ovdet.config import EvalConfig, NMSConfig
+from ovdet.config import EvalConfig
 from ovdet.data.images import decode_image
 from ovdet.data.readers import read_dataset
 from ovdet.data.records import Dataset
-from ovdet.inference.predict import PredictionStream, Predictor
 from ovdet.evaluation import build_evaluator, save_results, write_report
+from ovdet.inference.predict import PredictionStream, Predictor
 from ovdet.models.detector import OVDetector
 from ovdet.structures import xyxy_to_xywh
 
@@ -102,11 +102,11 @@ def validate(
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     emb = embed(dataset.names).to(device, torch.float32)  # (K, D)
-    nms = NMSConfig(conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_detections)
+    options = cfg.predict
     run = PredictionStream(
-        Predictor(model, dataset.names, emb, nms, cfg.imgsz),
+        Predictor(model, dataset.names, emb, options.nms, options.imgsz),
         [str(r.path) for r in dataset.records],
-        batch=cfg.batch,
+        batch=options.batch,
         keep_images=False,
     )
     id_of = {str(r.path): i for r, i in zip(dataset.records, ids)}

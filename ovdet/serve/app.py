@@ -41,11 +41,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ovdet._version import __version__
-from ovdet.config import ConfigError, NMSConfig, ServeConfig
+from ovdet.config import ConfigError, PredictConfig, ServeConfig
 from ovdet.data.images import ImageReadError, declared_size, decode_image_bytes
 from ovdet.serve.engine import BatchEngine, Job, JobResult, QueueFull, ServableDetector, VocabularyError
 from ovdet.text import TextEncoderUnavailable, text_encoder_id, validate_class_names
-from ovdet.text.vocabulary import BUILTIN_VOCABULARIES, is_builtin_vocabulary, parse_classes
+from ovdet.text.vocabulary import BUILTIN_VOCABULARIES, is_builtin_vocabulary, parse_class_spec
 
 __all__ = ["ApiError", "create_app", "public_bind_warning"]
 
@@ -155,11 +155,11 @@ def _classes(value: Any, default: list[str], cfg: ServeConfig) -> tuple[str, ...
                     422, "invalid_classes", "classes starts with '[' but is not a JSON list of strings"
                 ) from None
         else:
-            value = parse_classes(text)
+            value = parse_class_spec(text, files=False)  # a client never names the server's files
     if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
         raise ApiError(422, "invalid_classes", "classes must be a list of strings or a comma-separated string")
     if len(value) == 1 and is_builtin_vocabulary(value[0]):
-        value = parse_classes(value[0])
+        value = parse_class_spec(value[0], files=False)
     names = [n.strip() for n in value]
     if len(names) > cfg.max_classes:
         raise ApiError(
@@ -178,23 +178,30 @@ def _classes(value: Any, default: list[str], cfg: ServeConfig) -> tuple[str, ...
         raise ApiError(422, "invalid_classes", str(e)) from None
 
 
-def _options(fields: dict[str, Any], cfg: ServeConfig) -> tuple[NMSConfig, int]:
-    conf = _number(fields.get("conf"), "conf", float, 0.25)
-    iou = _number(fields.get("iou"), "iou", float, 0.7)
-    max_det = _number(fields.get("max_det"), "max_det", int, 300)
-    agnostic = _number(fields.get("agnostic_nms"), "agnostic_nms", bool, False)
-    imgsz = _number(fields.get("imgsz"), "imgsz", int, 640)
-    if imgsz < 32 or imgsz % 32 or imgsz > cfg.max_imgsz:
-        raise ApiError(
-            422, "invalid_field", f"imgsz must be a multiple of 32 in [32, {cfg.max_imgsz}] (max_imgsz), got {imgsz}"
-        )
+def _options(fields: dict[str, Any], cfg: ServeConfig) -> PredictConfig:
+    """The request's :class:`PredictConfig`, built once here and passed to the engine.
+
+    Raises:
+        ApiError: 422 naming the field (a value of the wrong kind, out of range, an ``imgsz``
+            above ``max_imgsz`` or no multiple of the stride, ``max_det`` above 1000).
+    """
+    defaults = PredictConfig()
+    imgsz = _number(fields.get("imgsz"), "imgsz", int, defaults.imgsz)
+    max_det = _number(fields.get("max_det"), "max_det", int, defaults.max_det)
+    if imgsz > cfg.max_imgsz:
+        raise ApiError(422, "invalid_field", f"imgsz must be at most {cfg.max_imgsz} (max_imgsz), got {imgsz}")
     if max_det > 1000:
         raise ApiError(422, "invalid_field", f"max_det must be in [1, 1000], got {max_det}")
     try:
-        nms = NMSConfig(conf=conf, iou=iou, max_det=max_det, agnostic=agnostic)
-    except (ConfigError, ValueError) as e:
+        return PredictConfig(
+            conf=_number(fields.get("conf"), "conf", float, defaults.conf),
+            iou=_number(fields.get("iou"), "iou", float, defaults.iou),
+            imgsz=imgsz,
+            max_det=max_det,
+            agnostic_nms=_number(fields.get("agnostic_nms"), "agnostic_nms", bool, defaults.agnostic_nms),
+        )
+    except ConfigError as e:
         raise ApiError(422, "invalid_field", str(e)) from None
-    return nms, imgsz
 
 
 def _safe_name(name: str | None, index: int) -> str:
@@ -523,10 +530,10 @@ def create_app(
                 422, "too_many_images", f"{len(images)} images; at most {cfg.max_images} per request (max_images)"
             )
         names = _classes(fields.get("classes"), default, cfg)
-        nms, imgsz = _options(fields, cfg)
+        options = _options(fields, cfg)
         arrays = await run_in_threadpool(_decode, images, cfg.max_pixels)
         t1 = time.perf_counter()
-        job = Job(arrays, [n for n, _ in images], names, nms, imgsz)
+        job = Job(arrays, [n for n, _ in images], names, options)
         try:
             future = engine.submit(job)
         except QueueFull as e:

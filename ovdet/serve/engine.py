@@ -24,11 +24,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ovdet.config import NMSConfig, ServeConfig
+from ovdet.config import NMSConfig, PredictConfig, ServeConfig
 from ovdet.inference.predict import FoldedCache, Predictor
 from ovdet.models.detector import OVDetector
 from ovdet.structures import Detections
-from ovdet.text import TextEncoderUnavailable
+from ovdet.text.vocabulary import select_embeddings
 
 log = logging.getLogger("ovdet.serve")
 
@@ -89,32 +89,31 @@ class Job:
         images: B (H, W, 3) uint8 BGR arrays.
         sources: B names, kept as ``Detections.path``.
         names: the vocabulary (validated).
-        nms: thresholds.
-        imgsz: letterbox target.
+        options: thresholds and letterbox size, built once from the request (its ``batch`` and
+            ``precision`` are the server's: requests share micro-batches and one precision).
     """
 
     images: list[np.ndarray]
     sources: list[str]
     names: tuple[str, ...]
-    nms: NMSConfig
-    imgsz: int
+    options: PredictConfig
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     submitted: float = field(default_factory=time.perf_counter)
 
     @property
     def key(self) -> tuple:
         """Jobs with equal keys can share a forward pass."""
-        return (self.names, self.imgsz, self.nms)
+        return (self.names, self.options)
 
 
 class VocabularyStore:
     """Embeddings and folded networks of recently used vocabularies (LRU), for one detector.
 
     The detector's vocabulary when the store is made (``--classes`` at start, or the
-    checkpoint's) is the default and uses its embeddings as they are (precomputed or prompt-tuned ones included); any other is encoded
-    through ``detector.encode`` (the on-disk embedding cache, then the text encoder). When the
-    text encoder is unavailable, a vocabulary made only of the detector's own names takes their
-    rows.
+    checkpoint's) is the default: a vocabulary made only of its names takes their rows as they
+    are (precomputed or prompt-tuned ones included, no encoder needed); any other is encoded
+    through ``detector.encode`` (the on-disk embedding cache, then the text encoder), as
+    :func:`~ovdet.text.vocabulary.select_embeddings` says.
 
     Only the worker thread calls it.
     """
@@ -142,16 +141,7 @@ class VocabularyStore:
             return emb
         self.misses += 1
         start = time.perf_counter()
-        own, own_emb = self.default_names, self.default_embeddings
-        if own_emb is not None and list(names) == own:
-            emb = own_emb
-        else:
-            try:
-                emb = self.detector.encode(list(names))
-            except TextEncoderUnavailable:
-                if own_emb is None or not set(names) <= set(own):
-                    raise
-                emb = own_emb[[own.index(n) for n in names]]
+        emb = select_embeddings(names, self.detector.encode, self.default_names, self.default_embeddings)
         dim = self.detector.model.cfg.embed_dim
         if emb.ndim != 2 or emb.shape[1] != dim:
             raise VocabularyError(f"the text encoder gives {tuple(emb.shape)} embeddings; the model reads {dim}-d ones")
@@ -358,7 +348,10 @@ class BatchEngine:
             head = jobs[0]
             emb = self.vocab.embeddings(head.names)
             folded = self.vocab.folded(head.names, emb)
-            predictor = Predictor(self.detector.model, head.names, emb, head.nms, head.imgsz, self.dtype, folded=folded)
+            options = head.options
+            predictor = Predictor(
+                self.detector.model, head.names, emb, options.nms, options.imgsz, self.dtype, folded=folded
+            )
             images = [im for j in jobs for im in j.images]
             sources = [s for j in jobs for s in j.sources]
             detections = predictor(images, sources, keep_images=False)

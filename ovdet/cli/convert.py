@@ -1,0 +1,60 @@
+"""``ovdet convert``: an ultralytics YOLO-World / YOLOv8 ``.pt`` to ovdet's safe format."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ovdet.cli import options as opt
+from ovdet.cli.options import UsageError
+
+HELP = "convert an ultralytics YOLO-World/YOLOv8 .pt to ovdet's safe format"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = opt.command(sub, "convert", HELP)
+    p.add_argument("checkpoint", help="ultralytics .pt file (a pickle: read only with --trust)")
+    p.add_argument("out_dir", help="output folder (model.safetensors + config.json)")
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help="allow unpickling the checkpoint, which can run code inside it; only for trusted files",
+    )
+    opt.add_device(p, default="cpu", help="cpu, cuda or cuda:N")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ovdet.api import Detector
+    from ovdet.config import ModelConfig
+    from ovdet.weights import UntrustedCheckpointError
+
+    opt.check_device(args.device)
+    if not Path(args.checkpoint).is_file():
+        raise UsageError(f"checkpoint not found: {args.checkpoint}")
+    try:
+        det = Detector.from_ultralytics(args.checkpoint, trust=args.trust, device=args.device)
+    except UntrustedCheckpointError as e:
+        raise UsageError(str(e)) from e
+    out = det.save(args.out_dir)
+    report, cfg = det.conversion_report, det.cfg
+    total = len(report.loaded) + len(report.missing)
+    scale = next((s for s in "nsmlx" if ModelConfig.scaled(cfg.version, s, cfg.text) == cfg), "custom")
+    print(
+        f"{args.checkpoint}: YOLO-World v{cfg.version} scale {scale}, "
+        f"loaded {len(report.loaded)}/{total} tensors -> {out}"
+    )
+    if report.missing:
+        print(f"left at random initialisation ({len(report.missing)} tensors; train before use):")
+        everything = report.loaded + report.missing
+        for mod in report.missing_modules():
+            n_missing = sum(k.startswith(mod + ".") for k in report.missing)
+            n_all = sum(k.startswith(mod + ".") for k in everything)
+            print(f"  {mod:<24} {n_missing}/{n_all} tensors" + ("" if n_missing < n_all else " (all)"))
+    if report.unused:
+        print(f"checkpoint tensors with no counterpart (dropped): {len(report.unused)}")
+    if det.names:
+        shown = ", ".join(det.names[:8]) + (" ..." if len(det.names) > 8 else "")
+        print(f"vocabulary kept from the checkpoint: {len(det.names)} classes ({shown})")
+    print(f"load it with Detector.load({str(out)!r}) or `ovdet predict --model {out} ...`")
+    return 0

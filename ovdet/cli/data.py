@@ -1,0 +1,50 @@
+"""``ovdet check-data``: read a dataset and report counts, per-class boxes and problems."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ovdet.cli import options as opt
+from ovdet.cli.options import UsageError
+
+HELP = "read a dataset and report counts, per-class boxes and problems"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = opt.command(sub, "check-data", HELP)
+    p.add_argument("data", help="YOLO data .yaml, COCO/LVIS instances .json, or ODVG .jsonl")
+    p.add_argument("--split", default="train", help="split of a YOLO data yaml")
+    p.add_argument("--image-dir", help="image folder of a .json/.jsonl (default: found next to the file)")
+    p.add_argument(
+        "--verify-images",
+        action="store_true",
+        help="open and verify every image file (slower); unreadable ones are problems",
+    )
+    p.add_argument(
+        "--annotations-only",
+        action="store_true",
+        help=".json/.jsonl: check annotations without looking for images (e.g. image-less LVIS ground truth)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ovdet.data.readers import read_dataset
+
+    if not Path(args.data).is_file():
+        raise UsageError(f"dataset file not found: {args.data}")
+    ds = read_dataset(
+        args.data,
+        args.split,
+        image_dir=args.image_dir,
+        verify_images=args.verify_images,
+        require_images=not args.annotations_only,
+    )
+    report = ds.report
+    split = f" [{args.split}]" if Path(args.data).suffix.lower() in {".yaml", ".yml"} else ""
+    print(f"{args.data}{split}: {len(ds.names)} classes, {len(ds.records)} usable images")
+    print(report.summary())
+    if not ds.records:
+        raise RuntimeError(f"{args.data}: the dataset has no usable image (see the problems above)")
+    return 0

@@ -1,0 +1,195 @@
+"""``ovdet train``: fine-tune or train a detector on box data (resumable; torchrun for several GPUs/machines)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from ovdet.cli import options as opt
+from ovdet.cli.options import UsageError
+from ovdet.config import ConfigError
+
+HELP = "fine-tune or train a detector on box data (resumable; torchrun for several GPUs/machines)"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = opt.command(sub, "train", HELP)
+    opt.add_model(
+        p,
+        required=False,
+        help="what to start from: model YAML (random init), ovdet checkpoint folder, pretrained name, or an "
+        "ultralytics YOLO-World / YOLOv8 .pt (with --trust)",
+    )
+    p.add_argument("--data", help="training data: ultralytics data yaml, COCO/LVIS instances json, or ODVG jsonl")
+    p.add_argument("--val-data", help="validation data (default: the data yaml's val split, none for json)")
+    p.add_argument("--config", help="a training recipe YAML (TrainConfig fields, optional model:); flags win over it")
+    p.add_argument("--epochs", type=int, default=None, help="passes over the data (default 100)")
+    opt.add_imgsz(p, default=None, help="training image size, a multiple of 32 (default 640)")
+    opt.add_batch(p, default=None, help="images per step per process (default 16)")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes per training process (default 2)")
+    opt.add_device(p, default=None, help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument(
+        "--mode",
+        default=None,
+        choices=["full", "freeze_backbone", "prompt_tuning", "linear_probe"],
+        help="what trains (default full)",
+    )
+    p.add_argument("--optimizer", default=None, choices=["AdamW", "SGD"], help="optimizer (default AdamW)")
+    p.add_argument("--lr0", type=float, default=None, help="initial learning rate (default 2e-3 AdamW, 1e-2 SGD)")
+    p.add_argument(
+        "--amp", default=None, choices=["auto", "off", "bf16", "fp16"], help="mixed precision (default auto)"
+    )
+    p.add_argument(
+        "--keep-vocab",
+        default=None,
+        help="mix a general vocabulary (lvis, coco, objects365 or a .txt) into "
+        "negative sampling, to keep the open vocabulary",
+    )
+    opt.add_vocabulary(
+        p,
+        classes_help=None,
+        embeddings_help="text embeddings from `ovdet embed` covering the dataset's names (train offline without a "
+        "text encoder)",
+    )
+    p.add_argument("--text-lr-mult", type=float, default=None, help="> 0 fine-tunes the text encoder at lr0 × this")
+    p.add_argument("--cache", default=None, choices=["ram"], help="keep decoded images in memory")
+    p.add_argument(
+        "--buffer-mb",
+        type=float,
+        default=None,
+        help="without --cache: MiB of recently decoded images each loader worker keeps (default 256; 0: none)",
+    )
+    p.add_argument("--project", default=None, help="runs folder (default runs/train)")
+    p.add_argument("--name", default=None, help="run name (default exp; exp2, exp3… when taken)")
+    p.add_argument("--seed", type=int, default=None, help="seed of initialisation order, sampling and augmentation")
+    p.add_argument(
+        "--deterministic", action="store_true", help="deterministic kernels: a resumed run equals an uninterrupted one"
+    )
+    p.add_argument("--resume", help="a run folder or its weights/last: continue it exactly (its saved settings apply)")
+    p.add_argument("--trust", action="store_true", help="allow unpickling an ultralytics .pt given as --model")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any TrainConfig field, e.g. --set loss.cls=1.0 --set augment.mosaic=0 (repeatable)",
+    )
+    opt.add_quiet(p, help="no progress bars")
+    opt.add_text_options(p)
+    p.set_defaults(func=run)
+
+
+def init_detector(model: str, device: str, trust: bool):
+    """The detector a training run starts from: an ovdet checkpoint, a model YAML (random init),
+    a pretrained name, or an ultralytics YOLO-World / YOLOv8 ``.pt`` (converted; needs ``trust``)."""
+    from ovdet.api import Detector
+
+    if Path(model).suffix == ".pt":
+        if not Path(model).is_file():
+            raise UsageError(f"--model {model}: checkpoint not found")
+        from ovdet.weights import UntrustedCheckpointError
+
+        try:
+            det = Detector.from_ultralytics(model, trust=trust, device=device)
+        except UntrustedCheckpointError as e:
+            raise UsageError(f"{e} (ovdet train --trust)") from e
+        report = det.conversion_report
+        if report is not None and report.missing:
+            print(
+                f"initialised from {model}: {len(report.loaded)} tensors loaded, {len(report.missing)} left random "
+                f"({', '.join(report.missing_modules()[:6])}{' ...' if len(report.missing_modules()) > 6 else ''})"
+            )
+        return det
+    from ovdet.api import load_detector
+
+    return load_detector(model, device)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ovdet.config import read_yaml, train_config
+
+    recipe: dict[str, Any] = read_yaml(args.config) if args.config else {}
+    model_spec = args.model or recipe.pop("model", None)
+    recipe.pop("model", None)
+    flags = {
+        k: getattr(args, k)
+        for k in (
+            "data",
+            "val_data",
+            "epochs",
+            "imgsz",
+            "batch",
+            "workers",
+            "device",
+            "mode",
+            "optimizer",
+            "lr0",
+            "amp",
+            "project",
+            "name",
+            "seed",
+            "cache",
+            "buffer_mb",
+            "keep_vocab",
+            "text_lr_mult",
+        )
+        if getattr(args, k) is not None
+    }
+    if args.deterministic:
+        flags["deterministic"] = True
+    if args.resume:
+        if not Path(args.resume).exists():
+            raise UsageError(f"--resume {args.resume}: not found (give a run folder or its weights/last)")
+    else:
+        if not model_spec:
+            raise UsageError("ovdet train needs --model (a model YAML, checkpoint, pretrained name or .pt) or --resume")
+        try:
+            cfg = train_config({**recipe, **flags}, args.set, where=args.config or "")
+        except ConfigError as e:
+            raise UsageError(str(e)) from e
+        if not cfg.data:
+            raise UsageError("ovdet train needs --data (a data yaml, instances json or ODVG jsonl)")
+        if not Path(cfg.data).is_file():
+            raise UsageError(f"--data {cfg.data}: file not found")
+        if cfg.val_data and not Path(cfg.val_data).is_file():
+            raise UsageError(f"--val-data {cfg.val_data}: file not found")
+        opt.check_device(cfg.device)
+        if Path(model_spec).suffix != ".pt":
+            opt.check_model_spec(model_spec)
+
+    if args.resume:
+        from ovdet.checkpoint import load_checkpoint
+        from ovdet.engine.state import find_state_dir, read_train_state
+
+        folder = find_state_dir(args.resume)
+        _, meta = read_train_state(folder)
+        from ovdet.api import Detector
+
+        det = Detector(load_checkpoint(folder).model, device=meta["config"].get("device", "auto"))
+        result = det.train(resume=folder, progress=not args.quiet)
+    else:
+        if args.embeddings and not Path(args.embeddings).is_file():
+            raise UsageError(f"--embeddings {args.embeddings}: file not found")
+        det = init_detector(model_spec, cfg.device, args.trust)
+        opt.apply_text_options(det, args)
+        if args.embeddings:  # offline: the run's texts come from this file (names it lacks need the encoder)
+            opt.set_vocabulary(det, None, args.embeddings)
+        values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+        values["loss"] = dataclasses.asdict(cfg.loss)
+        values["augment"] = dataclasses.asdict(cfg.augment)
+        data = values.pop("data")
+        result = det.train(data=data, progress=not args.quiet, **values)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return 0
+    metrics = result["metrics"]
+    summary = f"{result['epochs']} epochs done -> {result['run_dir']}"
+    if metrics:
+        summary += (
+            f"; validation AP50 {metrics.get('AP50', float('nan')):.4f}, AP {metrics.get('AP', float('nan')):.4f}"
+        )
+    print(summary)
+    print(f"weights: {result['last']}" + (f" (best: {result['best']})" if result["best"] else ""))
+    return 0
