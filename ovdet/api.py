@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,6 +25,7 @@ from ovdet.config import (
     PredictConfig,
     TextConfig,
     TrackConfig,
+    TrainConfig,
     check_imgsz,
     load_model_config,
 )
@@ -37,6 +38,9 @@ from ovdet.models.folded import FoldedDetector
 from ovdet.structures import Detections
 from ovdet.text import EmbeddingCache, TextEncoder, build_text_encoder, text_encoder_id, validate_class_names
 from ovdet.text.vocabulary import builtin_vocabulary, is_builtin_vocabulary, select_embeddings
+
+if TYPE_CHECKING:
+    from ovdet.engine.state import RunState
 
 __all__ = ["Detector", "load_detector", "portable_model_spec"]
 
@@ -525,17 +529,33 @@ class Detector:
         return run if stream else collect_tracks(run)
 
     def train(
-        self, data: str | Path | None = None, resume: str | Path | None = None, progress: bool = True, **kwargs: Any
+        self,
+        data: str | Path | TrainConfig | None = None,
+        resume: str | Path | RunState | None = None,
+        progress: bool = True,
+        *,
+        config: TrainConfig | None = None,
+        **kwargs: Any,
     ) -> dict[str, Any]:
         """Fine-tune on box data (or continue a run), then hold the trained weights and vocabulary.
 
+        Three forms: keywords (``det.train(data="my.yaml", epochs=50)``), a config
+        (``det.train(cfg)`` or ``det.train(config=cfg)``, keywords then override its fields), or
+        a resume (``det.train(resume="runs/train/exp")``).
+
         Args:
-            data: an ultralytics data yaml, a COCO/LVIS instances json or an ODVG jsonl.
-            resume: a run folder or its ``weights/last``: continue that run exactly (its saved
-                settings apply; ``data`` and ``kwargs`` are then ignored).
+            data: an ultralytics data yaml, a COCO/LVIS instances json or an ODVG jsonl; or a
+                :class:`~ovdet.config.TrainConfig` (the same as ``config=``).
+            resume: a run folder or its ``weights/last``, or that run already read
+                (:func:`~ovdet.engine.state.load_run`, nothing is read again): continue that run
+                exactly (its saved settings apply; ``data``, ``config`` and ``kwargs`` are then ignored).
             progress: show progress bars.
+            config: the run's settings, used as they are: its ``device`` too (``"auto"`` resolves
+                as ``ovdet train`` resolves it); with ``data`` or keywords, those fields are replaced
+                (``dataclasses.replace``, checked and validated once).
             **kwargs: :class:`~ovdet.config.TrainConfig` fields (epochs, imgsz, batch, device,
-                mode, lr0, optimizer, …); ``loss``/``augment`` take dicts of their fields.
+                mode, lr0, optimizer, …); ``loss``/``augment`` take dicts of their fields. Without
+                a config, ``device`` defaults to this detector's device.
 
         Returns:
             ``{"run_dir", "last", "best", "metrics", "epochs", "vocab_report"}``. Afterwards the
@@ -546,18 +566,31 @@ class Detector:
         training offline) its embeddings are used, else the text encoder's (through the cache).
 
         Raises:
-            TypeError: an unknown keyword (the valid ones are named).
+            TypeError: an unknown keyword (the valid ones are named), two configs, or neither data
+                nor a resume.
         """
-        from ovdet.config import TrainConfig, from_dict
+        from ovdet.config import from_dict, replace_train_config
+        from ovdet.engine.state import RunState, load_run
         from ovdet.engine.train import train
 
+        if isinstance(data, TrainConfig):
+            if config is not None:
+                raise TypeError("Detector.train() got two configs (positional and config=): pass one")
+            data, config = None, data
         values = _config_kwargs(TrainConfig, kwargs, "train")
-        if data is None and resume is None:
+        if data is None and resume is None and (config is None or not config.data):
             raise TypeError("Detector.train() needs data=... (or resume=... to continue a run)")
         if data is not None:
             values["data"] = str(data)
-        values.setdefault("device", str(self.device))
-        cfg = from_dict(TrainConfig, values)
+        if resume is not None and not isinstance(resume, RunState):
+            resume = load_run(resume)  # read once, here: its config says whether the text encoder trains
+        if resume is not None:
+            cfg = resume.config
+        elif config is not None:
+            cfg = replace_train_config(config, values, "Detector.train()")
+        else:
+            values.setdefault("device", str(self.device))
+            cfg = from_dict(TrainConfig, values)
         encoder = self.text_encoder if cfg.text_lr_mult > 0 else None
         result = train(
             self.model,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -819,6 +819,18 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     Raises:
         ConfigError: an unknown key or a value of the wrong kind, naming the field.
     """
+    try:
+        return cls(**_field_values(cls, data, where))
+    except TypeError as e:  # pragma: no cover - dataclass signature errors
+        raise ConfigError(f"{where or 'config'}: {e}") from e
+
+
+def _field_values(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``data`` checked against dataclass ``cls``'s fields and converted as :func:`from_dict` does.
+
+    Raises:
+        ConfigError: an unknown key or a value of the wrong kind, naming the field.
+    """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
@@ -845,10 +857,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
             kwargs[name] = type(default)(value) if isinstance(default, float) else value
         else:
             kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # pragma: no cover - dataclass signature errors
-        raise ConfigError(f"{where or 'config'}: {e}") from e
+    return kwargs
 
 
 def _has_defaults(cls: type) -> bool:
@@ -937,3 +946,91 @@ def train_config(data: Mapping[str, Any], overrides: list[str] | None = None, wh
         return from_dict(TrainConfig, values)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}" if where else str(e)) from e
+
+
+def replace_train_config(cfg: TrainConfig, changes: Mapping[str, Any], where: str = "") -> TrainConfig:
+    """``cfg`` with some fields changed, checked as :func:`from_dict` checks them and validated once.
+
+    Unchanged fields are kept as they are (``cfg`` is not rebuilt); a mapping for ``loss`` or
+    ``augment`` replaces that whole section (its fields not given take their defaults).
+
+    Args:
+        cfg: the config to start from (returned itself when ``changes`` is empty).
+        changes: field → new value.
+        where: prefix for error messages (e.g. the caller's name).
+
+    Raises:
+        ConfigError: an unknown field, a value of the wrong kind or out of range (named).
+    """
+    if not changes:
+        return cfg
+    try:
+        return dataclasses.replace(cfg, **_field_values(TrainConfig, changes, ""))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from e
+
+
+#: The recipe key naming the model to train (``ovdet train --config``; ``--model`` wins over it).
+RECIPE_MODEL_KEY = "model"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A training recipe read by :func:`load_recipe`.
+
+    Attributes:
+        train: the run's settings (the file's :class:`TrainConfig` fields, then ``values``, then overrides).
+        model: the file's ``model:`` (what to train: a model YAML, checkpoint, pretrained name or
+            ``.pt``), or None.
+        extras: the file's values of the extra keys its reader accepts (``extras=``), as written.
+        path: the file read, or None (settings only).
+    """
+
+    train: TrainConfig
+    model: str | None = None
+    extras: Mapping[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def load_recipe(
+    path: str | Path | None,
+    values: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] | None = None,
+    *,
+    extras: Collection[str] = (),
+) -> Recipe:
+    """Read a training recipe: one YAML mapping of :class:`TrainConfig` fields (``loss:`` and
+    ``augment:`` nested), an optional ``model:`` and the extra keys a tool declares.
+
+    ``ovdet train --config`` and ``tools/train_demo.py`` both read recipes through this function.
+
+    Args:
+        path: the recipe YAML, or None for ``values`` alone.
+        values: TrainConfig fields that win over the file (e.g. command-line flags).
+        overrides: ``"a.b=c"`` overrides of TrainConfig fields, applied last (``--set``).
+        extras: top-level keys besides TrainConfig fields and ``model`` that the caller reads
+            itself (returned in :attr:`Recipe.extras`); any other key is an error.
+
+    Returns:
+        The recipe: its validated TrainConfig, model and extras.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (named).
+        ConfigError: not valid YAML, an unknown key (named, with the file), or an invalid value.
+    """
+    data = read_yaml(path) if path is not None else {}
+    where = str(path) if path is not None else ""
+    known = {f.name for f in dataclasses.fields(TrainConfig)} | {RECIPE_MODEL_KEY, *extras}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown}; a recipe holds TrainConfig fields "
+            f"{sorted(f.name for f in dataclasses.fields(TrainConfig))}, {RECIPE_MODEL_KEY!r}"
+            + (f" and {sorted(extras)}" if extras else "")
+        )
+    model = data.pop(RECIPE_MODEL_KEY, None)
+    if model is not None and not isinstance(model, str):
+        raise ConfigError(f"{where}: {RECIPE_MODEL_KEY} must be a string (a model spec), got {model!r}")
+    found = {k: data.pop(k) for k in list(data) if k in extras}
+    train = train_config({**data, **(values or {})}, list(overrides or []), where=where)
+    return Recipe(train=train, model=model, extras=found, path=Path(path) if path is not None else None)

