@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ovdet.config import ConfigError, ExportConfig
+    from ovdet.config import ExportConfig
     from ovdet.data.images import iter_sources
 
     opt.check_device(args.device)
@@ -67,23 +67,21 @@ def run(args: argparse.Namespace) -> int:
     opt.check_file("--embeddings", args.embeddings)
     if args.source and not Path(args.source).exists():
         raise UsageError(f"--source {args.source}: not found")
-    try:
-        cfg = ExportConfig(
-            dynamic_vocab=args.dynamic_vocab,
-            text_encoder=not args.no_text_encoder,
-            nms=args.nms,
-            conf=args.conf,
-            iou=args.iou,
-            max_det=args.max_det,
-            imgsz=args.imgsz,
-            opset=args.opset,
-            half=args.half,
-            int8=args.int8,
-            calib=args.calib,
-            calib_images=args.calib_images,
-        )
-    except ConfigError as e:
-        raise UsageError(str(e)) from e
+    cfg = opt.build(
+        ExportConfig,
+        dynamic_vocab=args.dynamic_vocab,
+        text_encoder=not args.no_text_encoder,
+        nms=args.nms,
+        conf=args.conf,
+        iou=args.iou,
+        max_det=args.max_det,
+        imgsz=args.imgsz,
+        opset=args.opset,
+        half=args.half,
+        int8=args.int8,
+        calib=args.calib,
+        calib_images=args.calib_images,
+    )
     classes = opt.read_classes(args.classes) if args.classes else None
     output = Path(args.output)
     if output.suffix != ".onnx":

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ovdet.config import ConfigError, PredictConfig
 
@@ -38,6 +39,7 @@ __all__ = [
     "add_text_options",
     "add_vocabulary",
     "apply_text_options",
+    "build",
     "command",
     "check_device",
     "check_file",
@@ -198,6 +200,21 @@ def add_quiet(parser: argparse.ArgumentParser, help: str = "no progress bar") ->
 
 
 # ------------------------------------------------------------------------------------------ checks
+T = TypeVar("T")
+
+
+def build(make: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``make(*args, **kwargs)`` (a typed config, a check), an invalid value a :class:`UsageError`.
+
+    Raises:
+        UsageError: ``make`` raised ValueError (ConfigError included), with its message.
+    """
+    try:
+        return make(*args, **kwargs)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+
+
 def positive(name: str, value: int, minimum: int = 1) -> None:
     """Raises UsageError when ``value`` (of flag ``name``) is below ``minimum``."""
     if value < minimum:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ovdet.cli import options as opt
 from ovdet.cli.options import UsageError
-from ovdet.config import ConfigError, check_imgsz
+from ovdet.config import check_imgsz
 
 INDEX_HELP = "index a folder of images for text search (region embeddings in a faiss index)"
 SEARCH_HELP = "find the images (and boxes) of an index that match a text query"
@@ -78,10 +78,7 @@ def run_index(args: argparse.Namespace) -> int:
             )
     else:
         if args.imgsz is not None:
-            try:
-                check_imgsz(args.imgsz, name="--imgsz", square=True)
-            except ConfigError as e:
-                raise UsageError(str(e)) from e
+            opt.build(check_imgsz, args.imgsz, name="--imgsz", square=True)
         for name, value in (("--regions", args.regions), ("--batch", args.batch)):
             if value is not None:
                 opt.positive(name, value)

@@ -9,7 +9,6 @@ import time
 
 from ovdet.cli import options as opt
 from ovdet.cli.options import UsageError
-from ovdet.config import ConfigError
 
 HELP = "HTTP API with micro-batching and a web page (needs the [serve] extra)"
 
@@ -60,25 +59,23 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise UsageError(f"`ovdet serve` needs {', '.join(missing)} (not installed): pip install 'ovdet[serve]'")
     opt.check_device(args.device)
-    try:
-        resolve_precision(args.precision, resolve_device(args.device))
-        cfg = ServeConfig(
-            host=args.host,
-            port=args.port,
-            api_key=args.api_key or os.environ.get("OVDET_API_KEY") or None,
-            batch_window_ms=args.batch_window_ms,
-            max_batch=args.max_batch,
-            queue_size=args.queue_size,
-            timeout_s=args.timeout,
-            max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-            max_pixels=args.max_pixels,
-            max_images=args.max_images,
-            max_classes=args.max_classes,
-            cors_origins=tuple(args.cors),
-            max_connections=args.max_connections,
-        )
-    except (ValueError, ConfigError) as e:
-        raise UsageError(str(e)) from e
+    opt.build(resolve_precision, args.precision, resolve_device(args.device))
+    cfg = opt.build(
+        ServeConfig,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key or os.environ.get("OVDET_API_KEY") or None,
+        batch_window_ms=args.batch_window_ms,
+        max_batch=args.max_batch,
+        queue_size=args.queue_size,
+        timeout_s=args.timeout,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_pixels=args.max_pixels,
+        max_images=args.max_images,
+        max_classes=args.max_classes,
+        cors_origins=tuple(args.cors),
+        max_connections=args.max_connections,
+    )
     classes = opt.read_classes(args.classes) if args.classes else None
     opt.check_file("--embeddings", args.embeddings)
     opt.check_model_spec(args.model)

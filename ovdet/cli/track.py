@@ -53,25 +53,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ovdet.config import ConfigError, TrackConfig
+    from ovdet.config import TrackConfig
     from ovdet.data.images import count_sources, is_capture_source
     from ovdet.inference.track import TrackWriter
 
     # Everything the command line says is checked before the model is loaded.
-    try:
-        track = TrackConfig(
-            tracker=args.tracker,
-            conf=args.conf,
-            high=args.high,
-            new_track=args.new_track,
-            match_iou=args.match_iou,
-            buffer=args.buffer,
-            min_hits=args.min_hits,
-            class_aware=not args.class_agnostic,
-            trail=args.trail,
-        )
-    except (ValueError, ConfigError) as e:
-        raise UsageError(str(e)) from e
+    track = opt.build(
+        TrackConfig,
+        tracker=args.tracker,
+        conf=args.conf,
+        high=args.high,
+        new_track=args.new_track,
+        match_iou=args.match_iou,
+        buffer=args.buffer,
+        min_hits=args.min_hits,
+        class_aware=not args.class_agnostic,
+        trail=args.trail,
+    )
     options = opt.predict_config(args)
     opt.positive("--video-stride", args.video_stride)
     classes = opt.read_classes(args.classes) if args.classes else None

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from ovdet.cli import options as opt
 from ovdet.cli.options import UsageError
-from ovdet.config import ConfigError
 
 HELP = "fine-tune or train a detector on box data (resumable; torchrun for several GPUs/machines)"
 
@@ -145,10 +144,7 @@ def run(args: argparse.Namespace) -> int:
         flags = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
         if args.deterministic:
             flags["deterministic"] = True
-        try:
-            recipe = load_recipe(args.config, flags, args.set)
-        except ConfigError as e:
-            raise UsageError(str(e)) from e
+        recipe = opt.build(load_recipe, args.config, flags, args.set)
         cfg, model_spec = recipe.train, args.model or recipe.model
         if not model_spec:
             raise UsageError("ovdet train needs --model (a model YAML, checkpoint, pretrained name or .pt) or --resume")

@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ovdet.config import ConfigError, EvalConfig
+    from ovdet.config import EvalConfig
     from ovdet.evaluation import build_evaluator, write_report
 
     opt.check_file("--data", args.data)
@@ -86,22 +86,20 @@ def run(args: argparse.Namespace) -> int:
     if not args.model:
         raise UsageError("ovdet val needs --model (config, checkpoint or pretrained name) or --results FILE")
     opt.check_device(args.device)
-    try:
-        cfg = EvalConfig(
-            split=args.split,
-            imgsz=args.imgsz,
-            conf=args.conf,
-            iou=args.iou,
-            max_det=args.max_det,
-            batch=args.batch,
-            lvis=True if args.lvis else None,
-            fixed_ap=args.fixed_ap,
-            backend=args.backend,
-            save_dir=args.save_dir,
-            progress=not args.quiet,
-        )
-    except ConfigError as e:
-        raise UsageError(str(e)) from e
+    cfg = opt.build(
+        EvalConfig,
+        split=args.split,
+        imgsz=args.imgsz,
+        conf=args.conf,
+        iou=args.iou,
+        max_det=args.max_det,
+        batch=args.batch,
+        lvis=True if args.lvis else None,
+        fixed_ap=args.fixed_ap,
+        backend=args.backend,
+        save_dir=args.save_dir,
+        progress=not args.quiet,
+    )
     opt.check_model_spec(args.model)
     det = opt.open_detector(args)
     metrics = det.val(args.data, config=cfg)
