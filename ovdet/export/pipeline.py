@@ -16,11 +16,11 @@ import torch
 
 from ovdet.config import ExportConfig, NMSConfig
 from ovdet.deploy.runtime import OnnxDetector
-from ovdet.inference.predict import Predictor
 from ovdet.export.check import MatchReport, match_detections
 from ovdet.export.onnx import ExportResult, export_detector, export_files, set_metadata
 from ovdet.export.quantize import calibration_images, quantize_int8
 from ovdet.export.text import export_text_encoder
+from ovdet.inference.predict import Predictor
 from ovdet.models.detector import OVDetector
 from ovdet.structures import Detections
 from ovdet.text.base import TextEncoder

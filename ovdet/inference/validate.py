@@ -18,8 +18,8 @@ from ovdet.config import EvalConfig, NMSConfig
 from ovdet.data.images import decode_image
 from ovdet.data.readers import read_dataset
 from ovdet.data.records import Dataset
-from ovdet.inference.predict import PredictionStream, Predictor
 from ovdet.evaluation import build_evaluator, save_results, write_report
+from ovdet.inference.predict import PredictionStream, Predictor
 from ovdet.models.detector import OVDetector
 from ovdet.structures import xyxy_to_xywh
 
