@@ -23,9 +23,9 @@ from ovdet.config import ConfigError, ExportConfig, NMSConfig
 from ovdet.data.letterbox import letterbox, to_tensor
 from ovdet.deploy import OnnxDetector, OnnxTextEncoder
 from ovdet.deploy.postprocess import nms as nms_numpy
-from ovdet.inference.predict import Predictor
 from ovdet.export.check import match_detections
 from ovdet.export.onnx import SlicedAdaptiveMaxPool2d
+from ovdet.inference.predict import Predictor
 from ovdet.models.folded import fold_vocabulary
 from tests.helpers import (
     NAMES,
