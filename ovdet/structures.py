@@ -3,23 +3,50 @@
 Boxes are float32 xyxy in pixels of the ORIGINAL image. Format conversion happens only at the
 edges: :meth:`Detections.to_coco` writes COCO ``[x, y, w, h]``, :meth:`Detections.to_dict` the
 CLI's JSON.
+
+PyTorch is optional here: results hold torch tensors when it is installed and numpy arrays (same
+dtypes, same checks and ordering) where it is not, as in the deployment runtime
+(:mod:`ovdet.deploy`).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import cv2
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 __all__ = ["Detections", "xywh_to_xyxy", "xyxy_to_xywh"]
 
-BoxArray = TypeVar("BoxArray", np.ndarray, torch.Tensor)
+BoxArray = TypeVar("BoxArray", np.ndarray, "torch.Tensor")
+
+
+# PyTorch is optional below the models: these two are shared with ovdet.data and ovdet.text,
+# whose modules the deployment runtime imports where torch is not installed.
+@cache
+def optional_torch() -> ModuleType | None:
+    """The ``torch`` module if it can be imported, else None (looked up once per process)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def is_tensor(x: Any) -> bool:
+    """Whether ``x`` is a ``torch.Tensor``, without importing torch (a tensor means torch is loaded)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def xyxy_to_xywh(boxes: BoxArray | Sequence[Sequence[float]]) -> BoxArray:
@@ -28,7 +55,7 @@ def xyxy_to_xywh(boxes: BoxArray | Sequence[Sequence[float]]) -> BoxArray:
     Lists become float64 numpy arrays; arrays and tensors keep their type and dtype. Boxes are
     xyxy everywhere inside ovdet: this is for the edges (COCO json, results files).
     """
-    out = boxes.clone() if isinstance(boxes, torch.Tensor) else np.array(boxes, dtype=np.float64, copy=True)
+    out = boxes.clone() if is_tensor(boxes) else np.array(boxes, dtype=np.float64, copy=True)
     out = out.reshape(-1, 4)
     out[:, 2:] -= out[:, :2]
     return out
@@ -36,7 +63,7 @@ def xyxy_to_xywh(boxes: BoxArray | Sequence[Sequence[float]]) -> BoxArray:
 
 def xywh_to_xyxy(boxes: BoxArray | Sequence[Sequence[float]]) -> BoxArray:
     """COCO boxes ``(N, 4)`` x, y, w, h → corner boxes x1, y1, x2, y2 (a new array or tensor)."""
-    out = boxes.clone() if isinstance(boxes, torch.Tensor) else np.array(boxes, dtype=np.float64, copy=True)
+    out = boxes.clone() if is_tensor(boxes) else np.array(boxes, dtype=np.float64, copy=True)
     out = out.reshape(-1, 4)
     out[:, 2:] += out[:, :2]
     return out
@@ -75,6 +102,49 @@ def label_color(label: int) -> tuple[int, int, int]:
     return _PALETTE_BGR[label % len(_PALETTE_BGR)]
 
 
+def _as_numpy(x: Any, float32: bool = False) -> np.ndarray:
+    """A tensor (any device) or array-like as a CPU numpy array, sharing memory where it can.
+
+    Args:
+        x: a ``torch.Tensor``, numpy array or nested sequence, any shape.
+        float32: cast to float32 (else the dtype is kept; bfloat16, which numpy lacks, becomes
+            float32 exactly).
+
+    Returns:
+        An array of ``x``'s shape.
+    """
+    if is_tensor(x):
+        x = x.detach().cpu()
+        if float32 or str(x.dtype) == "torch.bfloat16":
+            x = x.float()
+        return x.numpy()
+    arr = np.asarray(x)
+    return arr.astype(np.float32, copy=False) if float32 else arr
+
+
+def _is_int(x: np.ndarray) -> bool:
+    """Integer dtype (bool is not)."""
+    return bool(np.issubdtype(x.dtype, np.integer))
+
+
+def _is_float(x: np.ndarray) -> bool:
+    """Floating-point dtype."""
+    return bool(np.issubdtype(x.dtype, np.floating))
+
+
+def _dtype(x: Any) -> str:
+    """The dtype of a tensor or array-like as its library prints it (``torch.bool``, ``bool``)."""
+    return str(x.dtype) if hasattr(x, "dtype") else str(np.asarray(x).dtype)
+
+
+def _as_result(x: np.ndarray) -> torch.Tensor | np.ndarray:
+    """A validated field in its stored form: a contiguous CPU tensor sharing ``x``'s memory, or
+    (where PyTorch is not installed) ``x`` itself made contiguous."""
+    x = np.ascontiguousarray(x)
+    torch = optional_torch()
+    return x if torch is None else torch.from_numpy(x)
+
+
 @dataclass(eq=False)
 class Detections:
     """Detections of one image.
@@ -91,22 +161,25 @@ class Detections:
             or None for plain detections.
 
     On construction, tensors (or array-likes) are moved to CPU and coerced to float32/int64,
-    and rows are reordered by descending score if they are not already.
+    and rows are reordered by descending score (stable) if they are not already. The fields are
+    torch tensors when PyTorch is installed; where it is not (the deployment runtime,
+    :mod:`ovdet.deploy`), numpy arrays of the same shapes and dtypes.
     """
 
-    boxes: torch.Tensor
-    scores: torch.Tensor
-    labels: torch.Tensor
+    boxes: torch.Tensor | np.ndarray
+    scores: torch.Tensor | np.ndarray
+    labels: torch.Tensor | np.ndarray
     names: list[str]
     image_size: tuple[int, int]
     path: str | None = None
     image: np.ndarray | None = field(default=None, repr=False)
-    track_ids: torch.Tensor | None = None
+    track_ids: torch.Tensor | np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        boxes = torch.as_tensor(self.boxes).detach().to("cpu", torch.float32)
-        scores = torch.as_tensor(self.scores).detach().to("cpu", torch.float32)
-        labels = torch.as_tensor(self.labels).detach().cpu()
+        # checked and sorted as numpy arrays (views of CPU tensors), stored back as tensors
+        boxes = _as_numpy(self.boxes, float32=True)  # (N, 4)
+        scores = _as_numpy(self.scores, float32=True)  # (N,)
+        labels = _as_numpy(self.labels)  # (N,)
         if boxes.ndim != 2 or boxes.shape[1] != 4:
             raise ValueError(f"Detections.boxes must have shape (N, 4), got {tuple(boxes.shape)}")
         n = boxes.shape[0]
@@ -120,11 +193,11 @@ class Detections:
                 f"Detections.labels must have shape ({n},) to match boxes {tuple(boxes.shape)}, "
                 f"got {tuple(labels.shape)}"
             )
-        if labels.is_floating_point() and not torch.equal(labels, labels.round()):
+        if _is_float(labels) and not np.array_equal(labels, np.round(labels)):
             raise ValueError("Detections.labels must be integer class indices, got non-integer values")
-        if labels.dtype == torch.bool or labels.is_complex():
-            raise TypeError(f"Detections.labels must be integer class indices, got dtype {labels.dtype}")
-        labels = labels.to(torch.int64)
+        if not (_is_int(labels) or _is_float(labels)):
+            raise TypeError(f"Detections.labels must be integer class indices, got dtype {_dtype(self.labels)}")
+        labels = labels.astype(np.int64, copy=False)
 
         if isinstance(self.names, str) or not all(isinstance(s, str) for s in self.names):
             raise TypeError(f"Detections.names must be a list of str, got {self.names!r}")
@@ -134,10 +207,10 @@ class Detections:
                 f"Detections.labels must lie in [0, {len(names)}) (len(names) = {len(names)}), "
                 f"got values in [{int(labels.min())}, {int(labels.max())}]"
             )
-        if not bool(torch.isfinite(boxes).all()) or not bool(torch.isfinite(scores).all()):
+        if not bool(np.isfinite(boxes).all()) or not bool(np.isfinite(scores).all()):
             raise ValueError("Detections.boxes and Detections.scores must be finite (found NaN or inf)")
-        bad = torch.nonzero((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).flatten()
-        if bad.numel():
+        bad = np.flatnonzero((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))
+        if bad.size:
             i = int(bad[0])
             raise ValueError(
                 f"Detections.boxes must be xyxy with x2 >= x1 and y2 >= y1; box {i} is {boxes[i].tolist()}"
@@ -158,22 +231,22 @@ class Detections:
 
         track_ids = None
         if self.track_ids is not None:
-            track_ids = torch.as_tensor(self.track_ids).detach().cpu()
-            integral = not track_ids.is_floating_point() or torch.equal(track_ids, track_ids.round())
-            if track_ids.shape != (n,) or not integral or track_ids.dtype == torch.bool:
+            track_ids = _as_numpy(self.track_ids)  # (N,)
+            integral = _is_int(track_ids) or (_is_float(track_ids) and np.array_equal(track_ids, np.round(track_ids)))
+            if track_ids.shape != (n,) or not integral:
                 raise ValueError(
                     f"Detections.track_ids must be ({n},) integers to match boxes {tuple(boxes.shape)}, "
-                    f"got {tuple(track_ids.shape)} {track_ids.dtype}"
+                    f"got {tuple(track_ids.shape)} {_dtype(self.track_ids)}"
                 )
-            track_ids = track_ids.to(torch.int64)
+            track_ids = track_ids.astype(np.int64, copy=False)
 
         if n > 1 and bool((scores[1:] > scores[:-1]).any()):
-            order = torch.sort(scores, descending=True, stable=True).indices  # (N,)
+            order = np.argsort(-scores, kind="stable")  # (N,) descending; ties keep their order
             boxes, scores, labels = boxes[order], scores[order], labels[order]
             if track_ids is not None:
                 track_ids = track_ids[order]
-        self.boxes, self.scores, self.labels = boxes.contiguous(), scores.contiguous(), labels.contiguous()
-        self.track_ids = None if track_ids is None else track_ids.contiguous()
+        self.boxes, self.scores, self.labels = _as_result(boxes), _as_result(scores), _as_result(labels)
+        self.track_ids = None if track_ids is None else _as_result(track_ids)
         self.names = names
         self.image_size = (size[0], size[1])
 
@@ -189,9 +262,9 @@ class Detections:
     ) -> Detections:
         """Detections with no boxes (an image where nothing was found)."""
         return cls(
-            boxes=torch.zeros((0, 4), dtype=torch.float32),
-            scores=torch.zeros((0,), dtype=torch.float32),
-            labels=torch.zeros((0,), dtype=torch.int64),
+            boxes=np.zeros((0, 4), dtype=np.float32),
+            scores=np.zeros((0,), dtype=np.float32),
+            labels=np.zeros((0,), dtype=np.int64),
             names=list(names),
             image_size=image_size,
             path=path,
@@ -201,7 +274,7 @@ class Detections:
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
-    def __getitem__(self, index: int | slice | torch.Tensor | Sequence[int]) -> Detections:
+    def __getitem__(self, index: int | slice | torch.Tensor | np.ndarray | Sequence[int]) -> Detections:
         """Select detections, e.g. ``dets[dets.scores > 0.5]``; returns new Detections."""
         if isinstance(index, int):
             n = len(self)
@@ -223,7 +296,7 @@ class Detections:
         return f"Detections(n={len(self)}, image_size={self.image_size}, path={self.path!r}, names={self.names!r})"
 
     def cpu(self) -> Detections:
-        """Return self: Detections always hold CPU tensors (moved there on construction)."""
+        """Return self: Detections always hold CPU tensors or arrays (moved there on construction)."""
         return self
 
     # ----------------------------------------------------------------------------------------
@@ -345,7 +418,7 @@ class Detections:
                 f"category_ids has {len(category_ids)} entries but there are {len(self.names)} names; "
                 f"give one COCO category id per class"
             )
-        xywh = xyxy_to_xywh(self.boxes.to(torch.float64))  # (N, 4)
+        xywh = xyxy_to_xywh(_as_numpy(self.boxes).astype(np.float64))  # (N, 4)
         results = []
         for box, score, label in zip(xywh.tolist(), self.scores.tolist(), self.labels.tolist()):
             results.append(

@@ -185,3 +185,22 @@ def test_low_layers_import_no_torch_model_code(module: str) -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_deploy_imports_no_torch() -> None:
+    """The deployment runtime and everything it imports load no PyTorch, even where it is installed
+    (fresh interpreter; ``tests/test_deploy_notorch.py`` runs it where torch cannot be imported)."""
+    import subprocess
+    import sys
+
+    modules = (
+        "ovdet.deploy.runtime, ovdet.deploy.text, ovdet.deploy.tokenizer, ovdet.inference.stream, ovdet.text.files"
+    )
+    code = (
+        f"import sys, {modules}; from ovdet.deploy import OnnxDetector, OnnxTextEncoder; "
+        f"bad = sorted({{m.partition('.')[0] if m.startswith('torch') else m for m in sys.modules "
+        f"if m.startswith(('torch', 'ovdet.models', 'ovdet.inference.predict', 'ovdet.device', 'ovdet.text.openclip'))}}); "
+        f"print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

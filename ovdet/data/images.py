@@ -6,6 +6,9 @@ dropped, 16-bit scaled to 8-bit. :func:`iter_sources` turns any supported ``sour
 directory, glob, video, array, PIL image, tensor, or a list of those) into a stream of
 :class:`SourceItem`; a file that cannot be read becomes an item with ``error`` set, so a batch
 job keeps going, while "nothing to do" (missing path, empty directory, empty glob) is an error.
+
+PyTorch is not imported here (the deployment runtime reads images without it): tensors are
+recognised without importing torch, which is loaded whenever one exists.
 """
 
 from __future__ import annotations
@@ -20,12 +23,16 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
+
+from ovdet.structures import is_tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -82,7 +89,7 @@ MAX_PIXELS_ENV = "OVDET_MAX_PIXELS"
 # Start-of-frame markers of a JPEG (baseline, progressive, lossless, arithmetic), which hold its size.
 _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 
-ImageLike = np.ndarray | Image.Image | torch.Tensor
+ImageLike: TypeAlias = "np.ndarray | Image.Image | torch.Tensor"
 PathLike = str | os.PathLike
 
 
@@ -514,7 +521,7 @@ def to_bgr_array(image: ImageLike) -> np.ndarray:
             raise ValueError(f"numpy image: {e}; expected (H, W), (H, W, 3) BGR or (H, W, 4) BGRA") from e
     if isinstance(image, Image.Image):
         return _pil_to_bgr(image)
-    if isinstance(image, torch.Tensor):
+    if is_tensor(image):
         return _tensor_to_bgr(image)
     raise TypeError(
         f"unsupported image type {type(image).__name__}; expected numpy.ndarray, PIL.Image.Image or torch.Tensor"
@@ -562,6 +569,8 @@ def _tensor_to_bgr(image: torch.Tensor) -> np.ndarray:
         )
     if image.shape[1] == 0 or image.shape[2] == 0:
         raise ValueError(f"tensor image has no pixels, shape {shape}")
+    import torch  # loaded already: ``image`` is a tensor
+
     image = image.detach().cpu()
     if image.dtype == torch.uint8:
         array = image.numpy()
@@ -692,7 +701,7 @@ def _resolve_one(source: Any, *, index: int, in_list: bool) -> list[_Entry]:
         return [_Entry("memory", f"array{index}", source)]
     if isinstance(source, Image.Image):
         return [_Entry("memory", f"pil{index}", source)]
-    if isinstance(source, torch.Tensor):
+    if is_tensor(source):
         if source.ndim == 4 and source.shape[0] != 1:
             if in_list:
                 raise ValueError(

@@ -4,25 +4,31 @@ Pixel-identical to ultralytics' predictor preprocessing (``LetterBox`` with cent
 value 114) so that converted official weights see exactly the inputs they were validated on.
 :func:`unletterbox_boxes` inverts the transform with the per-axis scales the resize really
 applied (the rounded size over the original size), as ultralytics' ``scale_boxes`` does.
+
+Importing this module does not import PyTorch (the deployment runtime letterboxes without it);
+the tensor functions import it when called.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import cv2
 import numpy as np
-import torch
 
 from ovdet.config import check_imgsz
+from ovdet.structures import is_tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 __all__ = ["LetterboxInfo", "letterbox", "letterbox_boxes", "to_tensor", "unletterbox_boxes"]
 
 PAD_VALUE = 114
 
-BoxArray = TypeVar("BoxArray", np.ndarray, torch.Tensor)
+BoxArray = TypeVar("BoxArray", np.ndarray, "torch.Tensor")
 
 
 @dataclass(frozen=True)
@@ -175,20 +181,20 @@ def unletterbox_boxes(boxes: BoxArray, info: LetterboxInfo) -> BoxArray:
 
 
 def _check_boxes(boxes: torch.Tensor) -> None:
-    if not isinstance(boxes, torch.Tensor) or boxes.ndim != 2 or boxes.shape[1] != 4:
-        shape = tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes).__name__
+    if not is_tensor(boxes) or boxes.ndim != 2 or boxes.shape[1] != 4:
+        shape = tuple(boxes.shape) if is_tensor(boxes) else type(boxes).__name__
         raise ValueError(f"boxes must be an (N, 4) xyxy tensor, got {shape}")
     if not boxes.is_floating_point():
         raise TypeError(f"boxes must be a floating-point tensor, got {boxes.dtype}")
 
 
-def to_tensor(images: Sequence[np.ndarray], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def to_tensor(images: Sequence[np.ndarray], dtype: torch.dtype | None = None) -> torch.Tensor:
     """Stack same-shape BGR uint8 images into a model-ready RGB batch.
 
     Args:
         images: B arrays of shape ``(H, W, 3)``, uint8 BGR, all the same shape (letterbox
             them first).
-        dtype: Floating dtype of the result.
+        dtype: Floating dtype of the result (None: ``torch.float32``).
 
     Returns:
         ``(B, 3, H, W)`` tensor, RGB, values in [0, 1], on CPU.
@@ -208,6 +214,8 @@ def to_tensor(images: Sequence[np.ndarray], dtype: torch.dtype = torch.float32) 
             raise TypeError(f"image {i} must be uint8, got {im.dtype}")
         if im.shape != first:
             raise ValueError(f"all images must share one shape to batch: image 0 is {first}, image {i} is {im.shape}")
+    import torch
+
     batch = torch.from_numpy(np.stack(images))  # (B, H, W, 3) uint8 BGR
     batch = batch.permute(0, 3, 1, 2).flip(1)  # (B, 3, H, W) RGB
-    return batch.to(dtype).div_(255.0).contiguous()
+    return batch.to(torch.float32 if dtype is None else dtype).div_(255.0).contiguous()

@@ -24,7 +24,7 @@ from ovdet.deploy.metadata import METADATA_KEY, parse_metadata
 from ovdet.deploy.postprocess import select
 from ovdet.deploy.session import Session, open_session
 from ovdet.deploy.text import OnnxTextEncoder
-from ovdet.inference.predict import PredictionStream, collect, letterbox_groups
+from ovdet.inference.stream import PredictionStream, collect, letterbox_groups
 from ovdet.structures import Detections
 from ovdet.text.base import validate_class_names
 
@@ -257,7 +257,7 @@ class OnnxDetector:
                 f"{path} was written by text encoder {meta['encoder_id']!r}; {self.path} expects {model_id!r}",
                 stacklevel=2,
             )
-        return self.set_class_embeddings(names, emb.numpy())
+        return self.set_class_embeddings(names, emb)  # a tensor, or numpy without PyTorch
 
     # ------------------------------------------------------------------ inference
     def _predictor(self, cfg: PredictConfig, imgsz: int | tuple[int, int] | None) -> OnnxPredictor:

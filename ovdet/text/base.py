@@ -1,15 +1,18 @@
 """The text-encoder contract: the :class:`TextEncoder` protocol, vocabulary checks, prompt templates.
 
 Every encoder family (open_clip, sentence-transformers) implements :class:`TextEncoder`; the
-detector, the embedding cache and the files depend only on this module.
+detector, the embedding cache and the files depend only on this module. It does not import
+PyTorch (the deployment runtime validates vocabularies and templates with it);
+:func:`pool_templates` does when called.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import torch
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 __all__ = [
     "TextEncoder",
@@ -166,6 +169,8 @@ def pool_templates(feats: torch.Tensor, n_templates: int) -> torch.Tensor:
         (K, D) float32 rows of unit L2 norm: each prompt normalised, then (for T > 1) the mean
         over templates re-normalised. Differentiable.
     """
+    import torch
+
     feats = torch.nn.functional.normalize(feats.float(), dim=-1)
     feats = feats.view(n_templates, -1, feats.shape[-1])  # (T, K, D)
     return feats[0] if n_templates == 1 else torch.nn.functional.normalize(feats.mean(0), dim=-1)

@@ -2,6 +2,8 @@
 
 One safetensors file: a tensor ``"embeddings"`` (K, D) float32 and metadata holding the names
 (JSON list), the encoder id and the templates (JSON list), readable with any safetensors tool.
+
+Reading needs no PyTorch (the deployment runtime loads these files with numpy); writing does.
 """
 
 from __future__ import annotations
@@ -9,12 +11,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from ovdet.io import atomic_write
+from ovdet.structures import is_tensor, optional_torch
 from ovdet.text.base import validate_class_names, validate_templates
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 __all__ = ["load_embeddings", "read_safetensors", "save_embeddings", "write_safetensors"]
 
@@ -29,11 +35,15 @@ def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metada
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors on CPU, metadata) of a safetensors file; the reader's own errors propagate."""
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor | np.ndarray], dict[str, str]]:
+    """(tensors on CPU, metadata) of a safetensors file; the reader's own errors propagate.
+
+    The tensors are ``torch.Tensor`` when PyTorch is installed, numpy arrays where it is not.
+    """
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt", device="cpu") as f:
+    framework = "np" if optional_torch() is None else "pt"
+    with safe_open(str(path), framework=framework, device="cpu") as f:
         metadata = dict(f.metadata() or {})
         keys = list(f.keys())  # a safetensors handle, not a dict
         tensors = {k: f.get_tensor(k) for k in keys}
@@ -61,6 +71,8 @@ def save_embeddings(
     Raises:
         ValueError: row count or shape does not match the names, or values are not finite.
     """
+    import torch
+
     path = Path(path)
     names = validate_class_names(names)
     templates = validate_templates(templates)
@@ -81,12 +93,13 @@ def save_embeddings(
     return path
 
 
-def load_embeddings(path: str | Path) -> tuple[list[str], torch.Tensor, dict[str, Any]]:
+def load_embeddings(path: str | Path) -> tuple[list[str], torch.Tensor | np.ndarray, dict[str, Any]]:
     """Read a file written by :func:`save_embeddings` / ``ovdet embed``.
 
     Returns:
-        (names: K strings, embeddings: (K, D) float32, meta: ``{"encoder_id": str,
-        "templates": tuple[str, ...], "format": str, "version": str}``).
+        (names: K strings, embeddings: (K, D) float32 (a tensor; a numpy array where PyTorch
+        is not installed), meta: ``{"encoder_id": str, "templates": tuple[str, ...],
+        "format": str, "version": str}``).
 
     Raises:
         FileNotFoundError: the file does not exist (named).
@@ -121,8 +134,8 @@ def load_embeddings(path: str | Path) -> tuple[list[str], torch.Tensor, dict[str
         raise ValueError(f"{path}: embeddings must be 2-D (K, D), got shape {tuple(emb.shape)}")
     if emb.shape[0] != len(names):
         raise ValueError(f"{path}: {len(names)} names but {emb.shape[0]} embedding rows")
-    emb = emb.to(torch.float32)
-    if not torch.isfinite(emb).all():
+    emb = emb.float() if is_tensor(emb) else emb.astype(np.float32, copy=False)  # (K, D)
+    if not np.isfinite(np.asarray(emb)).all():
         raise ValueError(f"{path}: embeddings contain NaN or infinite values")
     meta = {
         "encoder_id": metadata.get("encoder_id", ""),
