@@ -30,7 +30,8 @@ from ovdet.config import (
     load_model_config,
 )
 from ovdet.device import resolve_device, resolve_precision
-from ovdet.inference.predict import FoldedCache, PredictionStream, Predictor, collect
+from ovdet.inference.predict import FoldedCache, Predictor
+from ovdet.inference.stream import PredictionStream, predict_source
 from ovdet.inference.track import ObjectTracker, TrackingStream, collect_tracks
 from ovdet.io import ovdet_home
 from ovdet.models.detector import OVDetector
@@ -408,17 +409,7 @@ class Detector:
             max_pixels=max_pixels,
         )
         predictor = self._predictor(cfg, optimize)
-        run = PredictionStream(
-            predictor,
-            source,
-            batch=cfg.batch,
-            keep_images=keep_images,
-            video_stride=video_stride,
-            max_pixels=cfg.max_pixels,
-        )
-        if stream:
-            return run
-        return collect(run)
+        return predict_source(predictor, source, cfg, stream, keep_images, video_stride)
 
     def _predictor(self, cfg: PredictConfig, optimize: bool) -> Predictor:
         """The predictor for the current vocabulary and weights (the folded copy with ``optimize``).

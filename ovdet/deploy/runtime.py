@@ -24,7 +24,7 @@ from ovdet.deploy.metadata import METADATA_KEY, parse_metadata
 from ovdet.deploy.postprocess import select
 from ovdet.deploy.session import Session, open_session
 from ovdet.deploy.text import OnnxTextEncoder
-from ovdet.inference.stream import PredictionStream, collect, letterbox_groups
+from ovdet.inference.stream import PredictionStream, letterbox_groups, predict_source
 from ovdet.structures import Detections
 from ovdet.text.base import validate_class_names
 
@@ -339,14 +339,4 @@ class OnnxDetector:
         )
         size = cfg.imgsz if imgsz is CONFIG_SIZE else imgsz
         predictor = self._predictor(cfg, size)  # type: ignore[arg-type]
-        run = PredictionStream(
-            predictor,
-            source,
-            batch=cfg.batch,
-            keep_images=keep_images,
-            video_stride=video_stride,
-            max_pixels=cfg.max_pixels,
-        )
-        if stream:
-            return run
-        return collect(run)
+        return predict_source(predictor, source, cfg, stream, keep_images, video_stride)

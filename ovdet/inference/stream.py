@@ -16,11 +16,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ovdet.config import PredictConfig
 from ovdet.data.images import ImageReadError, SourceItem, iter_sources
 from ovdet.data.letterbox import LetterboxInfo, letterbox
 from ovdet.structures import Detections
 
-__all__ = ["BatchPredictor", "PredictionStream", "collect", "letterbox_groups"]
+__all__ = ["BatchPredictor", "PredictionStream", "collect", "letterbox_groups", "predict_source"]
 
 
 class BatchPredictor(Protocol):
@@ -106,6 +107,28 @@ class PredictionStream(Iterable[Detections]):
     def _run(self, items: list[SourceItem]) -> list[Detections]:
         self.seen += len(items)
         return self.predictor([it.image for it in items], [it.name for it in items], self.keep_images)
+
+
+def predict_source(
+    predictor: BatchPredictor,
+    source: Any,
+    options: PredictConfig,
+    stream: bool = False,
+    keep_images: bool = True,
+    video_stride: int = 1,
+) -> list[Detections] | PredictionStream:
+    """What ``Detector.predict`` and ``OnnxDetector.predict`` return: ``source`` through ``predictor``
+    in batches of ``options.batch`` (images above ``options.max_pixels`` skipped), as a lazy
+    :class:`PredictionStream` (``stream``) or a list (see :func:`collect`)."""
+    run = PredictionStream(
+        predictor,
+        source,
+        batch=options.batch,
+        keep_images=keep_images,
+        video_stride=video_stride,
+        max_pixels=options.max_pixels,
+    )
+    return run if stream else collect(run, stacklevel=4)
 
 
 def collect(run: PredictionStream, stacklevel: int = 3) -> list[Detections]:
