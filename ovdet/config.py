@@ -61,11 +61,8 @@ def check_imgsz(
     Raises:
         ConfigError: anything else, naming ``name``, the stride and the value.
     """
-    sizes = [imgsz] if isinstance(imgsz, int) or square else imgsz
-    try:
-        sizes = list(sizes)
-    except TypeError:
-        sizes = [imgsz]
+    one = isinstance(imgsz, int)
+    sizes = [imgsz] if one else list(imgsz) if isinstance(imgsz, (tuple, list)) and not square else []
     ok = len(sizes) in (1, 2) and all(
         isinstance(v, int) and not isinstance(v, bool) and v >= stride and v % stride == 0 for v in sizes
     )
@@ -74,7 +71,7 @@ def check_imgsz(
         raise ConfigError(
             f"{name} must be a positive multiple of {stride}{pair}, the network's largest stride; got {imgsz!r}"
         )
-    return sizes[0] if len(sizes) == 1 and isinstance(imgsz, int) else (sizes[0], sizes[-1])
+    return sizes[0] if one else (sizes[0], sizes[-1])
 
 
 #: Text-encoder families :class:`TextConfig` can describe.

@@ -242,15 +242,16 @@ def check_device(device: str) -> str:
     return device
 
 
-def predict_config(args: argparse.Namespace, **fixed: Any) -> PredictConfig:
+def predict_config(args: argparse.Namespace, on_this_machine: bool = True, **fixed: Any) -> PredictConfig:
     """The :class:`~ovdet.config.PredictConfig` of a command's flags, built once and passed down.
 
     The flags a command has among ``--conf``, ``--iou``, ``--imgsz``, ``--max-det``,
     ``--agnostic-nms``, ``--batch``, ``--precision`` and ``--max-pixels`` are read; ``fixed``
     gives the others (e.g. the tracker's ``conf``). The precision is checked against
-    ``--device`` and ``$OVDET_MAX_PIXELS`` is read, so a command line that cannot work fails
-    here, before the model loads; the image size is checked against the model's own stride
-    again where the model runs.
+    ``--device`` (unless ``on_this_machine`` is False: Ray actors run elsewhere, and
+    :func:`~ovdet.distributed.plan_actors` checks theirs) and ``$OVDET_MAX_PIXELS`` is read, so a
+    command line that cannot work fails here, before the model loads; the image size is checked
+    against the model's own stride again where the model runs.
 
     Raises:
         UsageError: an invalid value, named.
@@ -263,7 +264,7 @@ def predict_config(args: argparse.Namespace, **fixed: Any) -> PredictConfig:
     values.update(fixed)
     try:
         cfg = PredictConfig(**values)
-        if getattr(args, "device", None) is not None:
+        if on_this_machine and getattr(args, "device", None) is not None:
             resolve_precision(cfg.precision, resolve_device(check_device(args.device)))
         resolve_max_pixels(cfg.max_pixels)
     except (ValueError, ConfigError) as e:

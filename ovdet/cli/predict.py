@@ -152,8 +152,7 @@ def run_ray(args: argparse.Namespace) -> int:
             f"--device {args.device}: with --engine ray use auto (a GPU per actor when the cluster has GPUs), "
             "cpu or cuda (Ray gives each actor its own GPU)"
         )
-    # The precision is the actors' (fp16 needs GPU actors: plan_actors says so), not this machine's.
-    options = opt.predict_config(argparse.Namespace(**{**vars(args), "device": None}))
+    options = opt.predict_config(args, on_this_machine=False)  # fp16 needs GPU actors: plan_actors checks it
     config = RayPredictConfig(predict=options, actors=args.actors, gpus_per_actor=gpus)
     if any(Path(args.out).glob("*.parquet")):
         raise UsageError(f"--out {args.out} holds results of an earlier run: choose another folder or remove them")
