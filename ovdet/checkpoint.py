@@ -14,6 +14,7 @@ the meta device and assigns the file's tensors, so no memory is spent on a rando
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from ovdet._version import __version__
-from ovdet.config import ModelConfig, from_dict, to_dict
+from ovdet.config import ConfigError, ModelConfig, from_dict, to_dict
 from ovdet.io import atomic_write, atomic_write_text
 from ovdet.models.detector import OVDetector
 from ovdet.text.files import load_embeddings, save_embeddings
@@ -33,11 +34,16 @@ __all__ = [
     "Checkpoint",
     "is_checkpoint_dir",
     "load_checkpoint",
+    "non_finite_tensors",
+    "read_checkpoint_meta",
     "save_checkpoint",
+    "warn_non_finite",
 ]
 
 CHECKPOINT_FORMAT = "ovdet-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
+#: ``format_version`` values :func:`load_checkpoint` reads.
+READABLE_FORMAT_VERSIONS: tuple[int, ...] = (1,)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 EMBEDDINGS_FILE = "class_embeddings.safetensors"
@@ -131,20 +137,49 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a folder written by :func:`save_checkpoint` (safetensors + JSON; nothing is unpickled).
+def non_finite_tensors(state: Mapping[str, torch.Tensor]) -> list[tuple[str, int, int]]:
+    """(name, non-finite values, all values) of each floating-point tensor of ``state`` holding a
+    NaN or an infinity, in ``state``'s order."""
+    out = []
+    for name, t in state.items():
+        if t.is_floating_point() and t.device.type != "meta":
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                out.append((name, bad, t.numel()))
+    return out
+
+
+def warn_non_finite(state: Mapping[str, torch.Tensor], source: str | Path, shown: int = 10) -> int:
+    """Warn when weights read from ``source`` hold NaN or infinite values (such a model scores NaN
+    and finds nothing); the message names the tensors (the first ``shown``) and their counts.
+
+    Returns:
+        How many tensors hold non-finite values (0: no warning).
+    """
+    bad = non_finite_tensors(state)
+    if bad:
+        listed = ", ".join(f"{name} ({n} of {total})" for name, n, total in bad[:shown])
+        more = f" and {len(bad) - shown} more" if len(bad) > shown else ""
+        warnings.warn(
+            f"{source}: {len(bad)} tensor(s) hold NaN or infinite values: {listed}{more}; the model's scores "
+            "will be NaN and it will find nothing (the weights are damaged or training diverged: use an "
+            "earlier checkpoint)",
+            stacklevel=3,
+        )
+    return len(bad)
+
+
+def read_checkpoint_meta(path: str | Path) -> tuple[dict[str, Any], ModelConfig]:
+    """The ``config.json`` of a checkpoint folder and its validated model config (no weights read).
 
     Raises:
-        FileNotFoundError: the folder or one of its files is missing (named).
-        ValueError: the files are not an ovdet checkpoint or do not match each other (named).
+        FileNotFoundError: no ``config.json`` there.
+        ValueError: not an ovdet checkpoint, a ``format_version`` this ovdet cannot read, or an
+            invalid model config (:class:`~ovdet.config.ConfigError`); the file and field are named.
     """
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    meta_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
-    for p in (meta_path, weights_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"not an ovdet checkpoint directory: {p} is missing")
+    meta_path = Path(path) / CONFIG_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"not an ovdet checkpoint directory: {meta_path} is missing")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -152,9 +187,41 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(f"{meta_path}: 'format' is {found!r}, expected {CHECKPOINT_FORMAT!r}")
+    version = meta.get("format_version")
+    if isinstance(version, bool) or version not in READABLE_FORMAT_VERSIONS:
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > CHECKPOINT_FORMAT_VERSION
+        raise ValueError(
+            f"{meta_path}: format_version {version!r} is not one this ovdet ({__version__}) reads "
+            f"({list(READABLE_FORMAT_VERSIONS)})"
+            + ("; it was written by a newer ovdet: upgrade ovdet" if newer else "; re-save the model with ovdet")
+        )
     if "model" not in meta:
         raise ValueError(f"{meta_path}: no 'model' entry (the architecture)")
-    cfg = from_dict(ModelConfig, meta["model"], "model.")
+    try:
+        cfg = from_dict(ModelConfig, meta["model"], "model.")
+    except ConfigError as e:
+        raise ConfigError(f"{meta_path}: {e}") from e
+    return meta, cfg
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a folder written by :func:`save_checkpoint` (safetensors + JSON; nothing is unpickled).
+
+    Weights holding NaN or infinite values are loaded with a warning naming them
+    (:func:`warn_non_finite`).
+
+    Raises:
+        FileNotFoundError: the folder or one of its files is missing (named).
+        ValueError: the files are not an ovdet checkpoint, of a format version this ovdet does not
+            read, or do not match each other (named).
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    weights_path = path / WEIGHTS_FILE
+    meta, cfg = read_checkpoint_meta(path)
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"not an ovdet checkpoint directory: {weights_path} is missing")
     with torch.device("meta"):  # shapes only: every tensor comes from the file
         model = OVDetector(cfg).eval()
         if meta.get("fused"):
@@ -170,6 +237,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             f"{weights_path} does not match its config: missing {result.missing_keys[:5]}, "
             f"unexpected {result.unexpected_keys[:5]}"
         )
+    warn_non_finite(state, weights_path)
     ckpt = Checkpoint(model=model, meta=meta)
     emb_path = path / EMBEDDINGS_FILE
     if emb_path.is_file():

@@ -116,6 +116,39 @@ class TextConfig:
             raise ConfigError(f"text.custom (a random open_clip tower) does not apply to text.family={self.family!r}")
 
 
+#: Bounds of ModelConfig's integer fields: (smallest, largest, what the largest leaves room for).
+#: The largest official architectures (YOLO-World v1/v2 x) use widths up to 640, 6 repeats, 10 heads,
+#: 512-d text; the bounds leave several times that, for custom and future models.
+MODEL_BOUNDS: dict[str, tuple[int, int, str]] = {
+    "channels": (2, 4096, "a C2f block splits each width in halves; the official x scale's widest is 640"),
+    "depths": (1, 32, "the official x scale repeats at most 6 blocks"),
+    "neck_channels": (2, 4096, "a C2f block splits each width in halves; the official x scale's widest is 640"),
+    "neck_depth": (1, 32, "the official x scale repeats 3 blocks"),
+    "neck_heads": (1, 512, "the official x scale uses at most 10 heads"),
+    "embed_dim": (1, 8192, "CLIP ViT-B-32 gives 512, the widest common text encoders 4096"),
+    "pool_channels": (1, 4096, "the official models use 256"),
+    "pool_heads": (1, 512, "the official models use 8"),
+    "pool_size": (1, 32, "the official models pool to 3 x 3"),
+    "box_channels": (1, 4096, "the official x scale uses 80"),
+    "embed_channels": (1, 4096, "the official x scale uses 320"),
+    "reg_max": (1, 64, "the official models use 16 bins"),
+    "strides": (1, 1024, "the official models use 8, 16, 32"),
+}
+#: ultralytics' BatchNorm settings, quoted where a config's are out of range.
+MODEL_BN: dict[str, float] = {"bn_eps": 1e-3, "bn_momentum": 0.03}
+
+
+def _check_bounded_int(name: str, value: Any, lo: int, hi: int, why: str) -> None:
+    """Raises ConfigError unless ``value`` is an int (not a bool) in ``[lo, hi]``; the message names
+    ``name``, the value and the bound (with ``why``)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if value < lo:
+        raise ConfigError(f"{name}={value} must be >= {lo}")
+    if value > hi:
+        raise ConfigError(f"{name}={value} is out of range: it must be at most {hi} ({why})")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a YOLO-World-style detector, with every channel count explicit.
@@ -161,12 +194,18 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
 
     def __post_init__(self) -> None:
-        if self.version not in (1, 2):
+        # Every field is bounded here, before anything is built: a typo such as depths: [1, 2, 2, 1000000]
+        # would otherwise allocate gigabytes for minutes, and a zero or negative width fails deep in torch.
+        if isinstance(self.version, bool) or self.version not in (1, 2):
             raise ConfigError(f"model.version must be 1 or 2, got {self.version!r}")
         for name, n in (("channels", 5), ("depths", 4), ("neck_channels", 4), ("neck_heads", 4), ("strides", 3)):
             value = getattr(self, name)
-            if len(value) != n:
-                raise ConfigError(f"model.{name} needs {n} values, got {list(value)}")
+            if not isinstance(value, (tuple, list)) or len(value) != n:
+                raise ConfigError(f"model.{name} needs a list of {n} integers, got {value!r}")
+        for name, (lo, hi, why) in MODEL_BOUNDS.items():
+            value = getattr(self, name)
+            for i, v in enumerate(value) if isinstance(value, (tuple, list)) else [(None, value)]:
+                _check_bounded_int(f"model.{name}" + ("" if i is None else f"[{i}]"), v, lo, hi, why)
         for i, (c, h) in enumerate(zip(self.neck_channels, self.neck_heads)):
             if (c // 2) % h:
                 raise ConfigError(
@@ -177,6 +216,18 @@ class ModelConfig:
             raise ConfigError(
                 f"model.pool_heads={self.pool_heads} must divide model.pool_channels={self.pool_channels}"
             )
+        if any(b <= a for a, b in zip(self.strides, self.strides[1:])):
+            raise ConfigError(
+                f"model.strides must be 3 strictly increasing integers (the detection levels' strides, "
+                f"e.g. {list(STRIDES)}), got {list(self.strides)}"
+            )
+        for name, value, closed in (("bn_eps", self.bn_eps, False), ("bn_momentum", self.bn_momentum, True)):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not (0.0 <= value <= 1.0 if closed else 0.0 < value < 1.0):
+                span = "[0, 1]" if closed else "(0, 1)"
+                raise ConfigError(f"model.{name}={value!r} must be in {span} (ultralytics uses {MODEL_BN[name]})")
+        if not isinstance(self.text, TextConfig):
+            raise ConfigError(f"model.text must be a text-encoder config, got {type(self.text).__name__}")
 
     @classmethod
     def scaled(cls, version: int, scale: str, text: TextConfig | None = None, embed_dim: int = 512) -> ModelConfig:

@@ -24,7 +24,7 @@ from urllib.request import url2pathname
 
 import torch
 
-from ovdet.checkpoint import is_checkpoint_dir, save_checkpoint
+from ovdet.checkpoint import is_checkpoint_dir, save_checkpoint, warn_non_finite
 from ovdet.config import SCALES, ModelConfig, TextConfig
 from ovdet.io import atomic_write, ovdet_home, publish_dir, unreachable_reason
 from ovdet.models.detector import OVDetector
@@ -312,6 +312,8 @@ def read_ultralytics_checkpoint(path: str | Path, trust: bool = False) -> tuple[
         FileNotFoundError: no such file.
         ImportError: ultralytics is not installed (its classes are inside the pickle).
         ConversionError: the file holds no model.
+
+    Weights holding NaN or infinite values are read with a warning naming them.
     """
     path = Path(path)
     if not trust:
@@ -343,7 +345,9 @@ def read_ultralytics_checkpoint(path: str | Path, trust: bool = False) -> tuple[
             f"{path}: no model inside (keys: {sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt)})"
         )
     extra = {k: v for k, v in ckpt.items() if k not in ("model", "ema", "optimizer")} if isinstance(ckpt, dict) else {}
-    return model.float().eval(), extra
+    model = model.float().eval()
+    warn_non_finite(model.state_dict(), path)
+    return model, extra
 
 
 def checkpoint_vocabulary(model: torch.nn.Module) -> tuple[list[str], torch.Tensor] | None:
