@@ -186,6 +186,9 @@ def test_embedding_file_of_another_text_encoder_is_refused_or_warned(tmp_path: P
     bare = _emb_file(tmp_path / "bare.safetensors", emb, ["dog", "cat"], encoder_id=None)
     with pytest.warns(UserWarning, match=r"bare\.safetensors records no text encoder"):
         load_embeddings(bare, encoder_id=QUICK_GELU)
+    mine = _emb_file(tmp_path / "mine.safetensors", emb, ["dog", "cat"], encoder_id="my-vectors")
+    with pytest.warns(UserWarning, match=r"mine\.safetensors records the text encoder 'my-vectors', not one"):
+        load_embeddings(mine, encoder_id=QUICK_GELU)  # an id ovdet cannot compare: used, with a warning
 
 
 def test_cli_refuses_embeddings_of_another_encoder_unless_allowed(

@@ -62,6 +62,7 @@ SHARED_FLAGS: dict[str, str] = {
     "--model": "add_model",
     "--classes": "add_vocabulary",
     "--embeddings": "add_vocabulary",
+    "--allow-other-encoder": "add_vocabulary",
     "--text-model": "add_text_options",
     "--text-weights": "add_text_options",
     "--conf": "add_detection",
@@ -112,12 +113,20 @@ def add_vocabulary(
     embeddings_help: str | None = EMBEDDINGS_HELP,
     required: bool = False,
 ) -> None:
-    """``--classes`` (a class spec) and ``--embeddings`` (a file of ``ovdet embed``); a help of
-    None leaves that flag out."""
+    """``--classes`` (a class spec) and ``--embeddings`` (a file of ``ovdet embed``, with
+    ``--allow-other-encoder``); a help of None leaves that flag out."""
     if classes_help is not None:
         _shared(parser, "add_vocabulary", "--classes", required=required, help=classes_help)
     if embeddings_help is not None:
         _shared(parser, "add_vocabulary", "--embeddings", help=embeddings_help)
+        _shared(
+            parser,
+            "add_vocabulary",
+            "--allow-other-encoder",
+            action="store_true",
+            help="use an --embeddings file written by another text encoder than the model's (with a warning; "
+            "refused otherwise)",
+        )
 
 
 def add_text_options(parser: argparse.ArgumentParser) -> None:
@@ -347,20 +356,28 @@ def apply_text_options(det: Any, args: argparse.Namespace) -> None:
         det.set_text_encoder(text_config(det.cfg.text, args.text_model, args.text_weights))
 
 
-def set_vocabulary(det: Any, classes: list[str] | None, embeddings: str | None) -> None:
+def set_vocabulary(
+    det: Any, classes: list[str] | None, embeddings: str | None, allow_other_encoder: bool = False
+) -> None:
     """Give ``det`` the vocabulary of ``--classes`` and/or ``--embeddings``.
 
     With both, the file's rows of the named classes (:func:`~ovdet.text.vocabulary.select_embeddings`);
-    with a file only, all of it; with classes only, the text encoder's (through the cache).
+    with a file only, all of it; with classes only, the text encoder's (through the cache). The
+    file's text encoder must be the model's (:func:`~ovdet.text.files.check_encoder`), unless
+    ``allow_other_encoder`` (``--allow-other-encoder``).
 
     Raises:
-        UsageError: classes the file lacks, or no vocabulary at all (and the model has none).
+        UsageError: classes the file lacks, a file of another text encoder, or no vocabulary at
+            all (and the model has none).
     """
     if embeddings:
-        from ovdet.text import load_embeddings
+        from ovdet.text import load_embeddings, text_encoder_id
         from ovdet.text.vocabulary import select_embeddings
 
-        names, emb, _ = load_embeddings(embeddings)
+        try:
+            names, emb, _ = load_embeddings(embeddings, text_encoder_id(det.cfg.text), allow_other_encoder)
+        except ValueError as e:
+            raise UsageError(f"--embeddings {e}") from e
         if classes:
             try:
                 emb = select_embeddings(classes, None, names, emb)
@@ -393,5 +410,5 @@ def open_detector(
     apply_text_options(det, args)
     embeddings = getattr(args, "embeddings", None)
     if classes or embeddings or require_vocabulary:
-        set_vocabulary(det, classes, embeddings)
+        set_vocabulary(det, classes, embeddings, getattr(args, "allow_other_encoder", False))
     return det
