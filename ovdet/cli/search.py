@@ -33,6 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--faiss", help="faiss index_factory string: Flat (exact, default), SQ8 (4x smaller), IVF1024,Flat (sub-linear)"
     )
     opt.add_batch(p, default=None, help="images per forward pass (default 8)")
+    p.add_argument(
+        "--save-every",
+        type=float,
+        default=120.0,
+        help="seconds between saves of the index during the run (a killed run is continued by running the same "
+        "command again); 0: after every batch",
+    )
     opt.add_device(p)
     opt.add_quiet(p)
     opt.add_text_options(p)
@@ -58,23 +65,27 @@ def run_index(args: argparse.Namespace) -> int:
     from ovdet.datatools import Index, IndexMismatchError, list_images
 
     opt.check_device(args.device)
+    if args.save_every < 0:
+        raise UsageError(f"--save-every must be >= 0 seconds, got {args.save_every}")
     try:
         files = list_images(args.source)
     except FileNotFoundError as e:
         raise UsageError(f"--source: {e}") from e
     settings = {"imgsz": args.imgsz, "regions": args.regions, "region_iou": args.region_iou, "faiss_index": args.faiss}
+    vocabulary = opt.read_classes(args.vocabulary) if args.vocabulary else None
     existing = None
     if (Path(args.out) / "index.json").is_file():
         try:
             existing = Index.read_manifest(args.out)
         except ValueError as e:
             raise UsageError(f"--out: {e}") from e
-        given = {k: v for k, v in settings.items() if v is not None and v != existing[k]}
-        if given or args.vocabulary:
-            changed = ", ".join(f"{k}={v!r} (index: {existing[k]!r})" for k, v in given.items())
+        changed = [f"{k}={v!r} (index: {existing[k]!r})" for k, v in settings.items() if v not in (None, existing[k])]
+        if vocabulary is not None and vocabulary != existing["vocabulary"]:  # names against names
+            changed.append(f"vocabulary {args.vocabulary!r} ({_names(vocabulary)}; index: {_names(existing['vocabulary'])})")
+        if changed:
             raise UsageError(
-                f"{args.out} already holds an index built with other settings ({changed or 'vocabulary'}); "
-                "drop those options to add to it, or choose a new --out"
+                f"{args.out} already holds an index built with other settings ({', '.join(changed)}); "
+                "drop those options (or give the index's) to add to it, or choose a new --out"
             )
     else:
         if args.imgsz is not None:
@@ -92,9 +103,8 @@ def run_index(args: argparse.Namespace) -> int:
             index = Index.load(args.out, det)
             print(f"{args.out}: {len(index)} images indexed; adding new or changed files")
         else:
-            vocabulary = opt.read_classes(args.vocabulary) if args.vocabulary else "lvis"
             index = Index(
-                det, vocabulary, **{k: v for k, v in settings.items() if v is not None}, batch=args.batch or 8
+                det, vocabulary or "lvis", **{k: v for k, v in settings.items() if v is not None}, batch=args.batch or 8
             )
             index.model_spec = portable_model_spec(model)
     except IndexMismatchError as e:
@@ -104,7 +114,7 @@ def run_index(args: argparse.Namespace) -> int:
     if args.batch:
         index.batch = args.batch
     with tqdm(total=len(files), unit="img", desc="index", disable=args.quiet) as bar:
-        report = index.add(files, progress=bar.update)
+        report = index.add(files, progress=bar.update, save_to=args.out, save_every=args.save_every)
     index.save(args.out)
     size = sum(f.stat().st_size for f in Path(args.out).iterdir() if f.is_file())
     print(report.text())
@@ -113,6 +123,12 @@ def run_index(args: argparse.Namespace) -> int:
         f"({size / 2**20:.1f} MiB on disk, {size / max(len(index), 1) / 1024:.1f} KiB per image)"
     )
     return 0
+
+
+def _names(names: list[str], shown: int = 3) -> str:
+    """``"80 names: 'person', 'bicycle', 'car', ..."``: a vocabulary in a message."""
+    head = ", ".join(repr(n) for n in names[:shown])
+    return f"{len(names)} name{'s' if len(names) != 1 else ''}: {head}{', ...' if len(names) > shown else ''}"
 
 
 def run_search(args: argparse.Namespace) -> int:

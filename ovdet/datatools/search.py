@@ -16,9 +16,10 @@ scores and boxes. How close the whole is to running the detector on every image 
 
 The index is incremental: :meth:`Index.add` embeds only images it has not seen (or whose file
 changed), :meth:`Index.remove` drops images, and :meth:`Index.save` / :meth:`Index.load` keep it
-in a folder (``index.json``, ``vectors.faiss``, ``regions.safetensors``,
-``vocabulary.safetensors``). An index records the model's weights fingerprint and text encoder,
-and refuses a detector that differs.
+in a folder (``index.json`` and the vectors, region tables and vocabulary files it names; see
+:data:`DATA_FILES`). ``add(..., save_to=folder)`` saves progress at intervals, so a run that is
+killed is continued by running it again. An index records the model's weights fingerprint and
+text encoder, and refuses a detector that differs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import copy
 import hashlib
 import json
 import os
+import re
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,11 +65,20 @@ __all__ = [
 ]
 
 FORMAT = "ovdet-index"
-FORMAT_VERSION = 1
+#: 2: the data files are named per save (the manifest's ``files``); 1 (still read): fixed names.
+FORMAT_VERSION = 2
 MANIFEST = "index.json"
-VECTORS = "vectors.faiss"
-REGIONS = "regions.safetensors"
-VOCABULARY = "vocabulary.safetensors"
+#: The data files, by role: format 1's fixed names; format 2 puts a per-save token before the
+#: suffix (``vectors-<token>.faiss``), so a save writes new files, then switches to them with one
+#: atomic manifest write: a save killed half-way leaves the previous index whole.
+DATA_FILES: dict[str, str] = {
+    "vectors": "vectors.faiss",
+    "regions": "regions.safetensors",
+    "vocabulary": "vocabulary.safetensors",
+}
+#: :meth:`Index.add` with ``save_to`` waits at least this many times the last save's duration
+#: between saves, so saving a large index never takes more than a small share of the run.
+SAVE_OVERHEAD = 10.0
 
 
 class SearchableDetector(Protocol):
@@ -474,6 +486,8 @@ class Index:
         sources: str | os.PathLike | Iterable[str | os.PathLike],
         progress: Callable[[int], None] | None = None,
         max_pixels: int | None = None,
+        save_to: str | os.PathLike | None = None,
+        save_every: float = 120.0,
     ) -> AddReport:
         """Index image files; those already indexed and unchanged are not redone.
 
@@ -482,13 +496,23 @@ class Index:
             progress: called with the number of files handled after each batch (e.g. a tqdm's
                 ``update``).
             max_pixels: largest image decoded (see :func:`~ovdet.data.images.resolve_max_pixels`).
+            save_to: a folder the index is saved to (:meth:`save`) during the run, so a run that is
+                killed keeps its work: loading the folder and adding the same sources again embeds
+                only the images not saved yet. None: nothing is saved (call :meth:`save` after).
+                The last batches are saved by the caller's :meth:`save` at the end.
+            save_every: seconds between two saves to ``save_to``, after a batch; at least
+                :data:`SAVE_OVERHEAD` times the last save's duration (saving rewrites the whole
+                index). 0: after every batch.
 
         Returns:
             :class:`AddReport`; unreadable files are counted there, never raised.
 
         Raises:
             FileNotFoundError: a source that does not exist or holds no image.
+            ValueError: ``save_every`` < 0.
         """
+        if save_every < 0:
+            raise ValueError(f"save_every must be >= 0 seconds, got {save_every}")
         report = AddReport()
         todo: list[tuple[Path, tuple[int, int], int | None]] = []
         seen: set[str] = set()
@@ -510,6 +534,7 @@ class Index:
         if progress is not None and (report.unchanged or report.skipped):
             progress(report.unchanged + len(report.skipped))
         start = time.perf_counter()
+        saved_at, wait = start, save_every  # the next save is due ``wait`` seconds after ``saved_at``
         pending: list[tuple[int, np.ndarray, np.ndarray]] = []  # (image id, vectors, ids) not in faiss yet
         try:
             for lo in range(0, len(todo), self.batch):
@@ -529,6 +554,11 @@ class Index:
                         pending.append((image_id, vec, ids))
                 if self._vectors.trained and pending:  # an untrained index (IVF, PQ) trains on all of them
                     self._flush(pending)
+                if save_to is not None and good and not pending and time.perf_counter() - saved_at >= wait:
+                    t0 = time.perf_counter()
+                    self.save(save_to)
+                    saved_at = time.perf_counter()
+                    wait = max(save_every, SAVE_OVERHEAD * (saved_at - t0)) if save_every > 0 else 0.0
                 if progress is not None:
                     progress(len(chunk))
             self._flush(pending)
@@ -672,20 +702,28 @@ class Index:
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the index to folder ``path`` (created; files replaced atomically, the manifest last)."""
+        """Write the index to folder ``path`` (created).
+
+        The data files are new files (named with a token of this save), each written atomically;
+        then the manifest naming them replaces the old one atomically, and only then are the
+        previous data files removed. A save killed at any point leaves the previous index whole.
+        """
         from safetensors.numpy import save_file
 
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        self._vectors.write(out / VECTORS)
+        token = uuid.uuid4().hex[:12]
+        files = {role: _save_name(name, token) for role, name in DATA_FILES.items()}
+        self._vectors.write(out / files["vectors"])
         ids, image, boxes = self._tables.arrays()
         tables = {"ids": ids, "image": image, "boxes": boxes}
-        atomic_write(out / REGIONS, lambda p: save_file(tables, str(p)))
+        atomic_write(out / files["regions"], lambda p: save_file(tables, str(p)))
         vocab = {"embeddings": self._vocab_emb.numpy()}
-        atomic_write(out / VOCABULARY, lambda p: save_file(vocab, str(p)))
+        atomic_write(out / files["vocabulary"], lambda p: save_file(vocab, str(p)))
         manifest = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
+            "files": files,
             "ovdet": __version__,
             "model": {
                 "fingerprint": self.fingerprint,
@@ -706,26 +744,31 @@ class Index:
             "images": [{"id": i, **self._images[i]} for i in sorted(self._images)],
         }
         atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
+        _remove_old_data_files(out, files)
         return out
 
     @staticmethod
     def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-        """The manifest of the index folder ``path``.
+        """The manifest of the index folder ``path``, checked field by field.
 
         Raises:
             FileNotFoundError: no index there.
-            ValueError: not an ovdet index, or a newer format.
+            ValueError: not an ovdet index, a newer format, or a field missing or ill-formed
+                (named, e.g. a duplicate image id).
         """
         file = Path(path) / MANIFEST
         if not file.is_file():
             raise FileNotFoundError(f"no index in {path} ({MANIFEST} not found); build one with `ovdet index`")
         manifest = load_json(file)
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise ValueError(f"{file}: not an ovdet index (format {manifest.get('format')!r})")
-        if manifest.get("version", 0) > FORMAT_VERSION:
-            raise ValueError(
-                f"{file}: index format {manifest['version']} is newer than this ovdet reads ({FORMAT_VERSION})"
-            )
+            found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+            raise ValueError(f"{file}: not an ovdet index (format {found!r})")
+        version = manifest.get("version", 1)
+        if not _is_int(version) or version < 1:
+            raise ValueError(f"{file}: index format version must be a positive integer, got {version!r}")
+        if version > FORMAT_VERSION:
+            raise ValueError(f"{file}: index format {version} is newer than this ovdet reads ({FORMAT_VERSION})")
+        _check_manifest(manifest, file)
         return manifest
 
     @classmethod
@@ -742,44 +785,166 @@ class Index:
 
         folder = Path(path)
         m = cls.read_manifest(folder)
+        files = {role: folder / name for role, name in m.get("files", DATA_FILES).items()}
         self = cls.__new__(cls)
         self._det = detector
         self.fingerprint, self.model_spec = m["model"]["fingerprint"], m["model"].get("spec")
         self.text_encoder, self.templates = m["text_encoder"], list(m["templates"])
         self.check_detector(detector)
         try:
-            tables = load_file(str(folder / REGIONS))
-            self._vocab_emb = torch.from_numpy(load_file(str(folder / VOCABULARY))["embeddings"])
+            tables = load_file(str(files["regions"]))
+            self._vocab_emb = torch.from_numpy(load_file(str(files["vocabulary"]))["embeddings"])
+            tables = {k: tables[k] for k in ("ids", "image", "boxes")}
         except (SafetensorError, OSError, KeyError) as e:
-            raise ValueError(f"{folder}: cannot read the region tables or vocabulary ({e})") from e
+            raise ValueError(f"{folder}: cannot read the region tables or vocabulary ({type(e).__name__}: {e})") from e
         self.vocabulary = list(m["vocabulary"])
-        self.imgsz, self.regions, self.region_iou = int(m["imgsz"]), int(m["regions"]), float(m["region_iou"])
-        self.faiss_index, self.batch, self.nprobe = m["faiss_index"], int(m.get("batch", 8)), 16
+        self.imgsz, self.regions, self.region_iou = m["imgsz"], m["regions"], float(m["region_iou"])
+        self.faiss_index, self.batch, self.nprobe = m["faiss_index"], m.get("batch", 8), 16
         try:
-            self._vectors = _Vectors.read(folder / VECTORS, self.faiss_index)
+            self._vectors = _Vectors.read(files["vectors"], self.faiss_index)
         except RuntimeError as e:
             raise ValueError(
-                f"{folder / VECTORS}: not a readable faiss index ({str(e).strip().splitlines()[-1]})"
+                f"{files['vectors']}: not a readable faiss index ({str(e).strip().splitlines()[-1]})"
             ) from e
         self._tables = _RegionTables(tables["ids"], tables["image"], tables["boxes"])
         ids, image, boxes = self._tables.arrays()
-        self._images = {int(r["id"]): {k: r[k] for k in ("path", "size", "file")} for r in m["images"]}
+        self._images = {r["id"]: {k: r[k] for k in ("path", "size", "file")} for r in m["images"]}
         self._by_path = {r["path"]: i for i, r in self._images.items()}
-        self._next_image, self._next_region = int(m["next_ids"]["image"]), int(m["next_ids"]["region"])
+        self._next_image, self._next_region = m["next_ids"]["image"], m["next_ids"]["region"]
         counts = (len(self._images), len(ids), len(self._vectors))
         if counts != (m["counts"]["images"], m["counts"]["regions"], m["counts"]["vectors"]) or not (
             len(ids) == len(image) == len(boxes) == len(self._vectors)
         ):
             raise ValueError(
                 f"{folder}: the index files disagree (images, regions, vectors = {counts}, manifest says "
-                f"{tuple(m['counts'].values())}); it was probably written by an interrupted save: rebuild it"
+                f"{(m['counts']['images'], m['counts']['regions'], m['counts']['vectors'])}): the data files are not "
+                f"the ones {MANIFEST} was written with (files copied from another index, or a format-1 index "
+                "whose save was interrupted): rebuild it"
             )
+        _check_region_tables(ids, image, boxes, self._images, self._next_region, files["regions"])
         if self._vocab_emb.shape != (len(self.vocabulary), detector.cfg.embed_dim):
             raise ValueError(
-                f"{folder / VOCABULARY}: embeddings {tuple(self._vocab_emb.shape)} do not match the vocabulary"
+                f"{files['vocabulary']}: embeddings {tuple(self._vocab_emb.shape)} do not match the vocabulary"
             )
         self._net, self._folded = None, FoldedCache()
         return self
+
+
+def _save_name(name: str, token: str) -> str:
+    """``name`` (a :data:`DATA_FILES` name) as one save writes it: ``vectors.faiss`` → ``vectors-<token>.faiss``."""
+    stem, suffix = name.split(".", 1)
+    return f"{stem}-{token}.{suffix}"
+
+
+def _remove_old_data_files(folder: Path, keep: dict[str, str]) -> None:
+    """Delete the data files of earlier saves in ``folder`` (format 1's fixed names, or another
+    save's token), keeping ``keep``'s; nothing else in the folder is touched."""
+    for name in DATA_FILES.values():
+        stem, suffix = name.split(".", 1)
+        pattern = re.compile(rf"{re.escape(stem)}(-[0-9a-f]{{12}})?\.{re.escape(suffix)}")
+        for p in folder.iterdir():
+            if pattern.fullmatch(p.name) and p.name not in keep.values():
+                p.unlink(missing_ok=True)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_strings(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+#: Top-level manifest fields: what each must be, and the check.
+_MANIFEST_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "model": ("a mapping", lambda v: isinstance(v, dict)),
+    "text_encoder": ("a string", lambda v: isinstance(v, str)),
+    "templates": ("a list of strings", _is_strings),
+    "vocabulary": ("a list of class names", lambda v: _is_strings(v) and len(v) > 0),
+    "imgsz": ("an integer", _is_int),
+    "regions": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "region_iou": ("a number in (0, 1]", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1),
+    "faiss_index": ("a string", lambda v: isinstance(v, str)),
+    "counts": ("a mapping", lambda v: isinstance(v, dict)),
+    "next_ids": ("a mapping", lambda v: isinstance(v, dict)),
+    "images": ("a list of image entries", lambda v: isinstance(v, list)),
+}
+#: Fields of each ``images`` entry: what each must be, and the check.
+_IMAGE_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "id": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "path": ("a string", lambda v: isinstance(v, str) and v != ""),
+    "size": ("[height, width]", lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x) and x > 0 for x in v)),
+    "file": ("[bytes, mtime_ns]", lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x) for x in v)),
+}
+
+
+def _check_manifest(m: dict[str, Any], file: Path) -> None:
+    """Raises ValueError naming the first field of manifest ``m`` (read from ``file``) that is
+    missing or ill-formed, a duplicate image id or path, or a next id already used."""
+
+    def fail(problem: str) -> ValueError:
+        return ValueError(f"{file}: {problem} (the manifest was edited or damaged: restore it, or rebuild the index)")
+
+    def check(where: dict[str, Any], key: str, what: str, ok: Callable[[Any], bool], name: str) -> None:
+        if key not in where:
+            raise fail(f"no {name!r} entry ({what})")
+        if not ok(where[key]):
+            value = where[key]
+            raise fail(f"{name!r} must be {what}, got {type(value).__name__} {json.dumps(value)[:60]}")
+
+    for key, (what, ok) in _MANIFEST_FIELDS.items():
+        check(m, key, what, ok, key)
+    check(m["model"], "fingerprint", "a string", lambda v: isinstance(v, str), "model.fingerprint")
+    for key in ("images", "regions", "vectors"):
+        check(m["counts"], key, "an integer >= 0", lambda v: _is_int(v) and v >= 0, f"counts.{key}")
+    for key in ("image", "region"):
+        check(m["next_ids"], key, "an integer >= 0", lambda v: _is_int(v) and v >= 0, f"next_ids.{key}")
+    if "batch" in m:
+        check(m, "batch", "an integer >= 1", lambda v: _is_int(v) and v >= 1, "batch")
+    if m.get("version", 1) >= 2:
+        check(m, "files", f"a mapping of {sorted(DATA_FILES)} to file names", lambda v: isinstance(v, dict), "files")
+        for role in DATA_FILES:
+            plain = lambda v: isinstance(v, str) and v not in ("", ".", "..") and Path(v).name == v  # noqa: E731
+            check(m["files"], role, "a file name in the index folder", plain, f"files.{role}")
+    first_id: dict[int, int] = {}
+    first_path: dict[str, int] = {}
+    for i, entry in enumerate(m["images"]):
+        if not isinstance(entry, dict):
+            raise fail(f"images[{i}] must be a mapping of {sorted(_IMAGE_FIELDS)}, got {type(entry).__name__}")
+        for key, (what, ok) in _IMAGE_FIELDS.items():
+            if key not in entry:
+                raise fail(f"images[{i}] lacks {key!r} ({what})")
+            if not ok(entry[key]):
+                raise fail(f"images[{i}].{key} must be {what}, got {json.dumps(entry[key])[:60]}")
+        if entry["id"] in first_id:
+            raise fail(f"duplicate image id {entry['id']} (entries {first_id[entry['id']]} and {i})")
+        if entry["path"] in first_path:
+            raise fail(f"images[{i}].path {entry['path']!r} is also images[{first_path[entry['path']]}]'s")
+        first_id[entry["id"]], first_path[entry["path"]] = i, i
+    if first_id and m["next_ids"]["image"] <= max(first_id):
+        raise fail(
+            f"next_ids.image={m['next_ids']['image']} must be greater than every image id (the largest is "
+            f"image id {max(first_id)}), or new images would reuse ids"
+        )
+
+
+def _check_region_tables(
+    ids: np.ndarray, image: np.ndarray, boxes: np.ndarray, images: dict[int, Any], next_region: int, file: Path
+) -> None:
+    """Raises ValueError when the region tables (N,) ids, (N,) image ids, (N, 4) boxes of ``file``
+    do not fit the manifest: ids not strictly ascending or not below ``next_region``, regions of
+    images the manifest does not list, or boxes not (N, 4)."""
+    problem = None
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        problem = f"boxes must be (N, 4), got {tuple(boxes.shape)}"
+    elif len(ids) and (np.any(np.diff(ids) <= 0) or ids[-1] >= next_region or ids[0] < 0):
+        problem = f"region ids must be strictly ascending in [0, next_ids.region={next_region})"
+    else:
+        orphans = np.setdiff1d(image, np.fromiter(images, np.int64, len(images)))
+        if len(orphans):
+            problem = f"regions of image ids {orphans[:5].tolist()} that {MANIFEST} does not list"
+    if problem:
+        raise ValueError(f"{file}: {problem}; the index files do not belong together: rebuild the index")
 
 
 def _query_predictor(model: OVDetector, text: str, emb: torch.Tensor, imgsz: int, folded: FoldedCache) -> Predictor:
