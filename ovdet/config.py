@@ -173,6 +173,10 @@ class ModelConfig:
         bn_eps: BatchNorm epsilon (ultralytics uses 1e-3).
         bn_momentum: BatchNorm momentum (ultralytics uses 0.03).
         text: the text encoder used by ``set_classes``.
+
+    Every field is checked when the config is made, before anything is built: integers within
+    :data:`MODEL_BOUNDS`, the BatchNorm settings in range (:class:`ConfigError` names the field,
+    the value and the bound).
     """
 
     version: int = 2

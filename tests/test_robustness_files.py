@@ -296,6 +296,7 @@ def _edit_manifest(folder: Path, edit) -> None:
         (lambda m: m["next_ids"].update(image=1), r"next_ids\.image=1 .*image id 2"),
         (lambda m: m.pop("vocabulary"), r"no 'vocabulary'"),
         (lambda m: m.update(imgsz="big"), r"'imgsz' must be an integer"),
+        (lambda m: m["files"].update(vectors="../v.faiss"), r"'files\.vectors' must be a file name"),
     ],
 )
 def test_a_broken_manifest_names_the_problem(det, saved_index: Path, edit, match: str) -> None:

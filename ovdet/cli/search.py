@@ -81,7 +81,9 @@ def run_index(args: argparse.Namespace) -> int:
             raise UsageError(f"--out: {e}") from e
         changed = [f"{k}={v!r} (index: {existing[k]!r})" for k, v in settings.items() if v not in (None, existing[k])]
         if vocabulary is not None and vocabulary != existing["vocabulary"]:  # names against names
-            changed.append(f"vocabulary {args.vocabulary!r} ({_names(vocabulary)}; index: {_names(existing['vocabulary'])})")
+            changed.append(
+                f"vocabulary {args.vocabulary!r} ({_names(vocabulary)}; index: {_names(existing['vocabulary'])})"
+            )
         if changed:
             raise UsageError(
                 f"{args.out} already holds an index built with other settings ({', '.join(changed)}); "

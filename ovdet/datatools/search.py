@@ -851,8 +851,17 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_count(v: Any) -> bool:
+    return _is_int(v) and v >= 0
+
+
 def _is_strings(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _is_file_name(v: Any) -> bool:
+    """A plain file name (no folder part): a manifest never points outside its own folder."""
+    return isinstance(v, str) and v not in ("", ".", "..") and Path(v).name == v
 
 
 #: Top-level manifest fields: what each must be, and the check.
@@ -863,7 +872,10 @@ _MANIFEST_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "vocabulary": ("a list of class names", lambda v: _is_strings(v) and len(v) > 0),
     "imgsz": ("an integer", _is_int),
     "regions": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
-    "region_iou": ("a number in (0, 1]", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1),
+    "region_iou": (
+        "a number in (0, 1]",
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1,
+    ),
     "faiss_index": ("a string", lambda v: isinstance(v, str)),
     "counts": ("a mapping", lambda v: isinstance(v, dict)),
     "next_ids": ("a mapping", lambda v: isinstance(v, dict)),
@@ -871,7 +883,7 @@ _MANIFEST_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
 }
 #: Fields of each ``images`` entry: what each must be, and the check.
 _IMAGE_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
-    "id": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "id": ("an integer >= 0", _is_count),
     "path": ("a string", lambda v: isinstance(v, str) and v != ""),
     "size": ("[height, width]", lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x) and x > 0 for x in v)),
     "file": ("[bytes, mtime_ns]", lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x) for x in v)),
@@ -896,16 +908,15 @@ def _check_manifest(m: dict[str, Any], file: Path) -> None:
         check(m, key, what, ok, key)
     check(m["model"], "fingerprint", "a string", lambda v: isinstance(v, str), "model.fingerprint")
     for key in ("images", "regions", "vectors"):
-        check(m["counts"], key, "an integer >= 0", lambda v: _is_int(v) and v >= 0, f"counts.{key}")
+        check(m["counts"], key, "an integer >= 0", _is_count, f"counts.{key}")
     for key in ("image", "region"):
-        check(m["next_ids"], key, "an integer >= 0", lambda v: _is_int(v) and v >= 0, f"next_ids.{key}")
+        check(m["next_ids"], key, "an integer >= 0", _is_count, f"next_ids.{key}")
     if "batch" in m:
         check(m, "batch", "an integer >= 1", lambda v: _is_int(v) and v >= 1, "batch")
     if m.get("version", 1) >= 2:
         check(m, "files", f"a mapping of {sorted(DATA_FILES)} to file names", lambda v: isinstance(v, dict), "files")
         for role in DATA_FILES:
-            plain = lambda v: isinstance(v, str) and v not in ("", ".", "..") and Path(v).name == v  # noqa: E731
-            check(m["files"], role, "a file name in the index folder", plain, f"files.{role}")
+            check(m["files"], role, "a file name in the index folder", _is_file_name, f"files.{role}")
     first_id: dict[int, int] = {}
     first_path: dict[str, int] = {}
     for i, entry in enumerate(m["images"]):
