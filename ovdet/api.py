@@ -118,6 +118,7 @@ class Detector:
         device: str | torch.device = "auto",
         text: TextConfig | None = None,
         embed_dim: int | None = None,
+        class_embeddings: tuple[Sequence[str], torch.Tensor] | None = None,
     ) -> Detector:
         """Convert an official ultralytics YOLO-World (v1/v2, any scale) or YOLOv8 checkpoint.
 
@@ -127,18 +128,75 @@ class Detector:
         YOLO-World checkpoint that carries its classes (names and text features) keeps them
         as the vocabulary, as ultralytics does. ``text``/``embed_dim`` choose the text encoder
         and its width for a YOLOv8 initialisation (see :func:`~ovdet.weights.convert_ultralytics_model`).
+        ``class_embeddings`` (names, (N, D) embeddings covering a YOLOv8's class names; rows picked
+        by name) carries its classifier over exactly, as in :meth:`from_onnx`.
 
         Raises:
             UntrustedCheckpointError: ``trust`` is not True (the file is not read).
             ConversionError: the checkpoint does not map onto the architecture (tensors named).
         """
-        from ovdet.weights import checkpoint_vocabulary, convert_ultralytics_model, read_ultralytics_checkpoint
+        from ovdet.weights import (
+            checkpoint_vocabulary,
+            class_names_of,
+            class_vocabulary,
+            convert_ultralytics_model,
+            read_ultralytics_checkpoint,
+        )
 
         model, _ = read_ultralytics_checkpoint(path, trust=trust)
-        net, report = convert_ultralytics_model(model, text, embed_dim)
+        own = None if class_embeddings is None else class_vocabulary(class_names_of(model), *class_embeddings)
+        net, report = convert_ultralytics_model(model, text, embed_dim, own)
         det = cls(net, device)
         det.conversion_report = report
-        vocabulary = checkpoint_vocabulary(model)
+        vocabulary = own or checkpoint_vocabulary(model)
+        if vocabulary is not None:
+            det.set_class_embeddings(*vocabulary)
+        return det
+
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "auto",
+        text: TextConfig | None = None,
+        embed_dim: int | None = None,
+        class_embeddings: tuple[Sequence[str], torch.Tensor] | None = None,
+    ) -> Detector:
+        """Start a YOLO-World network from an ultralytics YOLOv8 ONNX export (fp32, fp16 or int8).
+
+        The file is read as data (see :mod:`ovdet.onnx_import`), never run. Fused convolutions
+        come back as convolution + identity BatchNorm, quantized ones dequantized; then the
+        weights map as a plain YOLOv8 ``.pt`` does (:func:`~ovdet.weights.convert_yolov8_state`):
+        boxes and features equal the export's, and :attr:`conversion_report` lists what was
+        loaded, adapted and left random.
+
+        Args:
+            path: the ``.onnx`` file.
+            device: where to run.
+            text, embed_dim: text encoder and width of the result (default CLIP ViT-B/32, 512).
+            class_embeddings: (names, (N, D) embeddings) in this detector's text space covering
+                the export's class names (its metadata's ``names``; a larger table is fine, rows
+                are picked by name): the export's classifier is then carried over exactly and its
+                names become the vocabulary. None: the classifier stays random (fine-tune, or
+                set classes, before use).
+
+        Raises:
+            FileNotFoundError: no such file.
+            ConversionError: not a readable ONNX file or not a YOLOv8 detection export (the
+                message names what did not match); ``class_embeddings`` does not fit the
+                classifier or the export has no names.
+        """
+        from ovdet.onnx_import import read_onnx_export
+        from ovdet.weights import ConversionError, class_vocabulary, convert_yolov8_state
+
+        export = read_onnx_export(path)
+        try:
+            vocabulary = None if class_embeddings is None else class_vocabulary(export.names, *class_embeddings)
+            net, report = convert_yolov8_state(export.state, None, text, embed_dim, vocabulary)
+        except ConversionError as e:
+            raise ConversionError(f"{path}: {e}") from e
+        det = cls(net, device)
+        det.conversion_report = report
         if vocabulary is not None:
             det.set_class_embeddings(*vocabulary)
         return det

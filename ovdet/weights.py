@@ -15,7 +15,7 @@ import re
 import shutil
 import uuid
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -121,11 +121,14 @@ class ConversionReport:
         loaded: ovdet keys filled from the checkpoint.
         missing: ovdet keys the checkpoint had no tensor for (left as initialised).
         unused: checkpoint keys that mapped to nothing.
+        adapted: ovdet keys (among ``loaded``) derived from the checkpoint rather than copied: a
+            YOLOv8 neck projection widened with zeros, a classifier solved from class embeddings.
     """
 
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
 
     def missing_modules(self) -> list[str]:
         """Missing keys collapsed to their top module paths (e.g. ``head.embed_branches.0``)."""
@@ -241,8 +244,14 @@ def _backbone_mismatch(state: Mapping[str, torch.Tensor], version: int, scale: s
     return None
 
 
-def _scale_of(model: torch.nn.Module, state: Mapping[str, torch.Tensor], version: int) -> str:
-    """The scale letter (n/s/m/l/x) of an ultralytics YOLOv8 or YOLO-World model.
+def _stem_width(version: int, scale: str) -> int:
+    """Output channels of the first convolution at ``scale``."""
+    return ModelConfig.scaled(version, scale).channels[0]
+
+
+def _scale_of(cfg: Mapping, state: Mapping[str, torch.Tensor], version: int) -> str:
+    """The scale letter (n/s/m/l/x) of an ultralytics YOLOv8 or YOLO-World model, from its yaml
+    dict ``cfg`` (``{}`` when there is none, e.g. an ONNX export) and its state dict.
 
     From the yaml's ``scale`` key; else from its multiples (a ``scales:`` table, or
     ``depth_multiple``/``width_multiple`` and ``max_channels`` if written, as in hand-written
@@ -252,19 +261,27 @@ def _scale_of(model: torch.nn.Module, state: Mapping[str, torch.Tensor], version
     Raises:
         ConversionError: no official scale fits; the message names the yaml's values or the tensor.
     """
-    cfg = getattr(model, "yaml", None) or {}
     scale = cfg.get("scale")
     if scale in SCALES:
         return scale
     multiples = _yaml_multiples(cfg)
     if multiples is None:
-        fits = [s for s in SCALES if _backbone_mismatch(state, version, s) is None]
+        problems = {s: _backbone_mismatch(state, version, s) for s in SCALES}
+        fits = [s for s, problem in problems.items() if problem is None]
         if len(fits) == 1:
             return fits[0]
+        detail = f"fit several scales {fits}" if fits else "fit no official scale"
+        if not fits:
+            stem = state.get("model.0.conv.weight")
+            width = None if stem is None else stem.shape[0]
+            near = next((s for s in SCALES if _stem_width(version, s) == width), None)
+            if near is not None:
+                detail += f" (the stem is {near!r}'s width, but {problems[near]})"
+            if any(re.match(r"^model\.10\.m\.\d+\.attn\.", k) for k in state):
+                detail += "; layer 10 holds attention (C2PSA): this is a YOLO11 model, and ovdet's networks use the YOLOv8 backbone"
         raise ConversionError(
-            "could not infer the model scale (n/s/m/l/x): the model yaml states no scale, "
-            "depth_multiple or width_multiple, and the backbone tensor shapes "
-            f"{'fit several scales ' + str(fits) if fits else 'fit no official scale'}"
+            "could not infer the model scale (n/s/m/l/x): the model yaml (if any) states no scale, "
+            f"depth_multiple or width_multiple, and the backbone tensor shapes {detail}"
         )
     depth, width, max_ch = multiples
     stated = f"depth_multiple={depth}, width_multiple={width}, max_channels={'not set' if max_ch is None else max_ch}"
@@ -350,6 +367,45 @@ def read_ultralytics_checkpoint(path: str | Path, trust: bool = False) -> tuple[
     return model, extra
 
 
+def class_names_of(model: torch.nn.Module) -> list[str] | None:
+    """An ultralytics model's class names in index order (its ``names`` dict or list), or None."""
+    names = getattr(model, "names", None)
+    if isinstance(names, dict) and sorted(names) == list(range(len(names))):
+        names = [names[i] for i in range(len(names))]
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        return list(names)
+    return None
+
+
+def class_vocabulary(
+    names: Sequence[str] | None, table_names: Sequence[str], table: torch.Tensor
+) -> tuple[list[str], torch.Tensor]:
+    """The rows of an embedding table for a checkpoint's class ``names``, in their order.
+
+    Args:
+        names: the checkpoint's class names (index order).
+        table_names, table: names and (N, D) embeddings, e.g. an ``ovdet embed`` file or a
+            built-in vocabulary; it may hold more names than needed.
+
+    Returns:
+        (names, (K, D) float32 embeddings).
+
+    Raises:
+        ConversionError: the checkpoint has no names, or the table lacks some (named).
+    """
+    if not names:
+        raise ConversionError("the checkpoint holds no class names to take embeddings for")
+    index = {n: i for i, n in enumerate(table_names)}
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise ConversionError(
+            f"the class embeddings lack {len(missing)} of the checkpoint's {len(names)} class names "
+            f"(e.g. {missing[:5]}); embed them (ovdet embed) in the detector's text space"
+        )
+    rows = torch.as_tensor(table)[[index[n] for n in names]]
+    return list(names), rows.float()
+
+
 def checkpoint_vocabulary(model: torch.nn.Module) -> tuple[list[str], torch.Tensor] | None:
     """The classes an ultralytics YOLO-World model carries: its names and (K, D) text features.
 
@@ -363,9 +419,8 @@ def checkpoint_vocabulary(model: torch.nn.Module) -> tuple[list[str], torch.Tens
     if not isinstance(feats, torch.Tensor) or feats.ndim != 3 or feats.shape[0] != 1:
         return None
     feats = feats[0].detach().float()  # (K, D)
-    if isinstance(names, dict):
-        names = [names.get(i) for i in range(len(names))]
-    if not isinstance(names, (list, tuple)) or len(names) != len(feats) or not all(isinstance(n, str) for n in names):
+    names = class_names_of(model)
+    if names is None or len(names) != len(feats):
         return None
     norms = feats.norm(dim=-1)  # (K,)
     if not torch.isfinite(feats).all() or not bool(((norms - 1).abs() < 1e-2).all()):
@@ -376,14 +431,16 @@ def checkpoint_vocabulary(model: torch.nn.Module) -> tuple[list[str], torch.Tens
 
 
 def convert_ultralytics_model(
-    model: torch.nn.Module, text: TextConfig | None = None, embed_dim: int | None = None
+    model: torch.nn.Module,
+    text: TextConfig | None = None,
+    embed_dim: int | None = None,
+    vocabulary: tuple[list[str], torch.Tensor] | None = None,
 ) -> tuple[OVDetector, ConversionReport]:
     """An ovdet network with the weights of an ultralytics YOLO-World or YOLOv8 detection model.
 
     YOLO-World v1/v2 map one-to-one (any unmapped or mis-shaped tensor is an error). A plain
-    YOLOv8 detector initialises a v2 YOLO-World network of the same scale: every tensor whose
-    name and shape fit is loaded, and the report's ``missing`` lists what stayed random (the
-    neck's text-attention parts, the embedding branch's last layer, the contrastive heads).
+    YOLOv8 detector initialises a v2 YOLO-World network of the same scale (see
+    :func:`convert_yolov8_state`).
 
     Args:
         model: an ultralytics ``WorldModel`` or ``DetectionModel`` (float32).
@@ -392,38 +449,183 @@ def convert_ultralytics_model(
         embed_dim: text-embedding width of the result, for a plain YOLOv8 initialising a
             detector for another text encoder (e.g. 384 for MiniLM; the text parts are random
             anyway). None: 512. A YOLO-World checkpoint fixes its own width.
+        vocabulary: for a plain YOLOv8 only: (names, (K, D) embeddings) of the checkpoint's own
+            classes, in its class order; the classifier is then carried over exactly (see
+            :func:`convert_yolov8_state`).
 
     Raises:
-        ConversionError: ``embed_dim`` differs from a YOLO-World checkpoint's.
+        ConversionError: ``embed_dim`` differs from a YOLO-World checkpoint's, or ``vocabulary``
+            is given for a YOLO-World checkpoint.
     """
     state = model.state_dict()
     version = _world_version(model)
-    world = version is not None
-    version = version or 2
-    cfg = ModelConfig.scaled(version, _scale_of(model, state, version), text)
+    if version is None:
+        scale = _scale_of(getattr(model, "yaml", None) or {}, state, 2)
+        return convert_yolov8_state(state, scale, text, embed_dim, vocabulary)
+    if vocabulary is not None:
+        raise ConversionError("vocabulary= carries a plain YOLOv8's classifier over; a YOLO-World checkpoint has none")
+    cfg = ModelConfig.scaled(version, _scale_of(getattr(model, "yaml", None) or {}, state, version), text)
     if embed_dim is not None and embed_dim != cfg.embed_dim:
-        if world:
-            raise ConversionError(
-                f"embed_dim={embed_dim}: a YOLO-World checkpoint's text embeddings are {cfg.embed_dim}-d"
-            )
+        raise ConversionError(f"embed_dim={embed_dim}: a YOLO-World checkpoint's text embeddings are {cfg.embed_dim}-d")
+    net = OVDetector(cfg).eval()
+    mapped, report = convert_state_dict(state, net.state_dict(), version, strict=True)
+    missing = net.load_state_dict(mapped, strict=False).missing_keys
+    if missing:
+        raise ConversionError(f"tensors left unfilled: {missing[:10]}")
+    return net, report
+
+
+def convert_yolov8_state(
+    state: Mapping[str, torch.Tensor],
+    scale: str | None = None,
+    text: TextConfig | None = None,
+    embed_dim: int | None = None,
+    vocabulary: tuple[list[str], torch.Tensor] | None = None,
+) -> tuple[OVDetector, ConversionReport]:
+    """A v2 YOLO-World network that computes what a plain YOLOv8 detector computes.
+
+    Every tensor whose name and shape fit is loaded (backbone, neck convolutions, box branches,
+    the embedding branches' first two layers). Two parts are adapted so that the network's boxes
+    and features equal the YOLOv8's exactly rather than starting from random:
+
+    - **the neck's text attention is switched off at the start**: each text-guided C2f
+      concatenates one branch more than YOLOv8's C2f (the attention output, last); its projection
+      gets YOLOv8's weights for the shared inputs and zeros for that branch (reported in
+      ``adapted``). The attention layers themselves stay random and learn from zero influence.
+    - **the classifier**, when ``vocabulary`` gives the checkpoint's own classes with text
+      embeddings ``T`` (K, D), K ≤ D: YOLOv8 scores class k as ``w_k·h + b_k`` on the hidden
+      features h of its class branch; YOLO-World scores ``exp(s)·<W h + c, t̂_k> + β`` with
+      t̂_k = T_k/|T_k| (v2, BatchNorm set to the identity). Choosing ``W = T̂⁺ W_cls / exp(s)``,
+      ``c = T̂⁺ b_cls / exp(s)`` and β = 0 (``T̂⁺`` the pseudo-inverse, exact since the rows of
+      ``T̂`` are independent) reproduces every class logit; other texts score by where their
+      embedding falls in the span of the K class embeddings. Without ``vocabulary`` the
+      embedding branches' last layers and the contrastive heads stay random (train before use).
+
+    Args:
+        state: an ultralytics YOLOv8 ``DetectionModel`` state dict (``model.<i>.…``), e.g. from a
+            ``.pt`` or :func:`ovdet.onnx_import.read_onnx_export`.
+        scale: n/s/m/l/x; None: the one scale whose backbone shapes fit.
+        text, embed_dim: the text encoder and width of the result (see
+            :func:`convert_ultralytics_model`).
+        vocabulary: (names, embeddings (K, D)) in the checkpoint's class order.
+
+    Raises:
+        ConversionError: no scale fits; the vocabulary does not match the classifier (count,
+            width, duplicate or linearly dependent embeddings).
+    """
+    scale = scale or _scale_of({}, state, 2)
+    cfg = ModelConfig.scaled(2, scale, text)
+    if embed_dim is not None:
         cfg = dataclasses.replace(cfg, embed_dim=int(embed_dim))
     net = OVDetector(cfg).eval()
     ours = net.state_dict()
-    if world:
-        mapped, report = convert_state_dict(state, ours, version, strict=True)
-    else:
-        fitting = {
-            k: v
-            for k, v in ours.items()
-            if ultralytics_name(k, version) in state
-            and tuple(state[ultralytics_name(k, version)].shape) == tuple(v.shape)
-        }
-        mapped, report = convert_state_dict(state, fitting, version, strict=False)
-        report.missing = [k for k in ours if k not in mapped]
-    missing = net.load_state_dict(mapped, strict=False).missing_keys
-    if world and missing:
-        raise ConversionError(f"tensors left unfilled: {missing[:10]}")
+    state, adapted = _pad_attention_inputs(state, ours)
+    fitting = {
+        k: v
+        for k, v in ours.items()
+        if ultralytics_name(k, 2) in state and tuple(state[ultralytics_name(k, 2)].shape) == tuple(v.shape)
+    }
+    mapped, report = convert_state_dict(state, fitting, 2, strict=False)
+    report.adapted = adapted
+    if vocabulary is not None:
+        solved = _classifier_from_vocabulary(state, net, *vocabulary)
+        mapped.update(solved)
+        report.loaded += [k for k in solved if k not in report.loaded]
+        report.adapted += sorted(solved)
+        report.unused = [k for k in report.unused if not _CLASS_LAYER.match(k)]
+    report.missing = [k for k in ours if k not in mapped]
+    net.load_state_dict(mapped, strict=False)
     return net, report
+
+
+#: ultralytics' YOLOv8 class layers (the 1×1 convolution ending each ``cv3`` branch of the head).
+_CLASS_LAYER = re.compile(r"^model\.22\.cv3\.(\d)\.2\.(weight|bias)$")
+
+
+def _pad_attention_inputs(
+    state: Mapping[str, torch.Tensor], ours: Mapping[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """YOLOv8's C2f projections widened with zero columns for the text-attention branch.
+
+    Returns:
+        (the state with those weights replaced, the ovdet keys adapted).
+
+    Shapes:
+        theirs (C_out, (2 + n)·c, 1, 1) → ours (C_out, (3 + n)·c, 1, 1), c = C_out // 2; the
+        attention output is the last c input channels of ``C2fTextAttn.project``.
+    """
+    out, adapted = dict(state), []
+    for key, target in ours.items():
+        if not re.fullmatch(r"neck\.\w+\.project\.conv\.weight", key):
+            continue
+        name = ultralytics_name(key, 2)
+        src = state.get(name)
+        hidden = target.shape[0] // 2
+        if src is None or tuple(src.shape) == tuple(target.shape):
+            continue
+        if (
+            src.shape[0] == target.shape[0]
+            and src.shape[2:] == target.shape[2:]
+            and src.shape[1] + hidden == target.shape[1]
+        ):
+            padded = torch.zeros(target.shape, dtype=src.dtype)
+            padded[:, : src.shape[1]] = src
+            out[name] = padded
+            adapted.append(key)
+    return out, adapted
+
+
+@torch.no_grad()
+def _classifier_from_vocabulary(
+    state: Mapping[str, torch.Tensor], net: OVDetector, names: list[str], embeddings: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The embedding branches' last layers and contrastive heads that reproduce YOLOv8's class logits.
+
+    See :func:`convert_yolov8_state` for the algebra. Solved in float64.
+
+    Returns:
+        ovdet key → tensor for ``head.embed_branches.{i}.2.*`` and ``head.contrast.{i}.*``.
+    """
+    emb = torch.as_tensor(embeddings).detach().double()  # (K, D)
+    k, d = emb.shape if emb.ndim == 2 else (None, None)
+    if emb.ndim != 2 or d != net.cfg.embed_dim:
+        raise ConversionError(
+            f"vocabulary embeddings are {tuple(emb.shape)}; expected (K, {net.cfg.embed_dim}) for this network"
+        )
+    if len(names) != k or len(set(names)) != k:
+        raise ConversionError(f"vocabulary: {len(names)} names ({len(set(names))} distinct) for {k} embeddings")
+    if not torch.isfinite(emb).all() or bool((emb.norm(dim=1) == 0).any()):
+        raise ConversionError("vocabulary embeddings hold non-finite values or all-zero rows")
+    unit = torch.nn.functional.normalize(emb, dim=1)  # (K, D)
+    if k > d or torch.linalg.matrix_rank(unit).item() < k:
+        raise ConversionError(
+            f"the {k} class embeddings are linearly dependent (rank {torch.linalg.matrix_rank(unit).item()}, "
+            f"width {d}): YOLOv8's classifier cannot be carried over exactly; are two names the same text?"
+        )
+    pinv = torch.linalg.pinv(unit)  # (D, K)
+    eps = net.cfg.bn_eps
+    out: dict[str, torch.Tensor] = {}
+    for i, contrast in enumerate(net.head.contrast):
+        w_cls = state.get(f"model.22.cv3.{i}.2.weight")
+        b_cls = state.get(f"model.22.cv3.{i}.2.bias")
+        if w_cls is None or b_cls is None or w_cls.shape[0] != k:
+            raise ConversionError(
+                f"vocabulary: {k} classes, but the checkpoint's class layer model.22.cv3.{i}.2 has "
+                f"{None if w_cls is None else w_cls.shape[0]} outputs"
+            )
+        scale = contrast.logit_scale.double().exp()
+        w = (pinv @ w_cls.double().flatten(1)) / scale  # (D, c3)
+        b = (pinv @ b_cls.double()) / scale  # (D,)
+        out[f"head.embed_branches.{i}.2.weight"] = w.view(d, -1, 1, 1).float()
+        out[f"head.embed_branches.{i}.2.bias"] = b.float()
+        out[f"head.contrast.{i}.bias"] = torch.zeros(1)
+        out[f"head.contrast.{i}.logit_scale"] = contrast.logit_scale.detach().clone()
+        out[f"head.contrast.{i}.norm.weight"] = torch.full((d,), math.sqrt(1.0 + eps))
+        out[f"head.contrast.{i}.norm.bias"] = torch.zeros(d)
+        out[f"head.contrast.{i}.norm.running_mean"] = torch.zeros(d)
+        out[f"head.contrast.{i}.norm.running_var"] = torch.ones(d)
+        out[f"head.contrast.{i}.norm.num_batches_tracked"] = torch.tensor(0)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

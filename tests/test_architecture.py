@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "ovdet.checkpoint": 4,
     "ovdet.weights": 5,
     "ovdet.inference": 6,
+    "ovdet.onnx_import": 6,
     "ovdet.engine": 7,
     "ovdet.deploy": 7,
     "ovdet.serve": 7,

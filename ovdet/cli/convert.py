@@ -1,4 +1,4 @@
-"""``ovdet convert``: an ultralytics YOLO-World / YOLOv8 ``.pt`` to ovdet's safe format."""
+"""``ovdet convert``: an ultralytics YOLO-World / YOLOv8 ``.pt``, or a YOLOv8 ONNX export, to ovdet's safe format."""
 
 from __future__ import annotations
 
@@ -8,34 +8,63 @@ from pathlib import Path
 from ovdet.cli import options as opt
 from ovdet.cli.options import UsageError
 
-HELP = "convert an ultralytics YOLO-World/YOLOv8 .pt to ovdet's safe format"
+HELP = "convert an ultralytics YOLO-World/YOLOv8 .pt, or a YOLOv8 .onnx export, to ovdet's safe format"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = opt.command(sub, "convert", HELP)
-    p.add_argument("checkpoint", help="ultralytics .pt file (a pickle: read only with --trust)")
+    p.add_argument(
+        "checkpoint",
+        help="ultralytics .pt file (a pickle: read only with --trust), or a YOLOv8 .onnx export (read as data)",
+    )
     p.add_argument("out_dir", help="output folder (model.safetensors + config.json)")
     p.add_argument(
         "--trust",
         action="store_true",
-        help="allow unpickling the checkpoint, which can run code inside it; only for trusted files",
+        help="allow unpickling a .pt checkpoint, which can run code inside it; only for trusted files",
+    )
+    p.add_argument(
+        "--embeddings",
+        default=None,
+        help="for a plain YOLOv8 (.pt or .onnx): an `ovdet embed` file holding its class names; "
+        "the YOLOv8 classifier is carried over exactly and those names become the vocabulary",
     )
     opt.add_device(p, default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(func=run)
 
 
+def _table(path: str | None) -> tuple[list[str], object] | None:
+    """(names, embeddings) of an ``ovdet embed`` file, or None without one."""
+    if path is None:
+        return None
+    from ovdet.text import load_embeddings
+
+    if not Path(path).is_file():
+        raise UsageError(f"--embeddings: file not found: {path}")
+    names, emb, _ = load_embeddings(path)
+    return names, emb
+
+
 def run(args: argparse.Namespace) -> int:
     from ovdet.api import Detector
     from ovdet.config import ModelConfig
-    from ovdet.weights import UntrustedCheckpointError
+    from ovdet.weights import ConversionError, UntrustedCheckpointError
 
     opt.check_device(args.device)
     if not Path(args.checkpoint).is_file():
         raise UsageError(f"checkpoint not found: {args.checkpoint}")
     try:
-        det = Detector.from_ultralytics(args.checkpoint, trust=args.trust, device=args.device)
+        table = _table(args.embeddings)
+        if Path(args.checkpoint).suffix.lower() == ".onnx":
+            det = Detector.from_onnx(args.checkpoint, device=args.device, class_embeddings=table)
+        else:
+            det = Detector.from_ultralytics(
+                args.checkpoint, trust=args.trust, device=args.device, class_embeddings=table
+            )
     except UntrustedCheckpointError as e:
         raise UsageError(str(e)) from e
+    except ConversionError as e:
+        raise UsageError(f"cannot convert: {e}") from e
     out = det.save(args.out_dir)
     report, cfg = det.conversion_report, det.cfg
     total = len(report.loaded) + len(report.missing)
@@ -44,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
         f"{args.checkpoint}: YOLO-World v{cfg.version} scale {scale}, "
         f"loaded {len(report.loaded)}/{total} tensors -> {out}"
     )
+    if report.adapted:
+        print(
+            f"adapted from the checkpoint ({len(report.adapted)} tensors: zero-padded neck projections, solved classifier)"
+        )
     if report.missing:
         print(f"left at random initialisation ({len(report.missing)} tensors; train before use):")
         everything = report.loaded + report.missing
