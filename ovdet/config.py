@@ -471,6 +471,12 @@ class TrackConfig:
             raise ConfigError(f"track.trail must be >= 0, got {self.trail}")
 
 
+#: How many times ``ovdet serve`` counts a request body against ``memory_budget_bytes`` while it is
+#: read and parsed: the bytes received, their parsed form (multipart parts or the JSON text) and the
+#: image bytes taken out of it.
+SERVE_BODY_COPIES = 3
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """How ``ovdet serve`` (:func:`ovdet.serve.create_app`) answers HTTP requests.
@@ -497,7 +503,22 @@ class ServeConfig:
         folded_cache: vocabularies whose folded network copy is kept (each holds a copy of the
             weights; a miss costs one fold: ~0.2 s for v2-s on 2 CPU cores).
         cors_origins: origins allowed to call the API from a browser (CORS); empty: CORS off.
-        max_connections: concurrent connections uvicorn accepts (503 beyond).
+        max_connections: open connections at most. At the limit a new connection closes the one
+            that has waited longest for its next request's headers (idle keep-alive or half-sent);
+            when every connection is running a request, the new one gets 503 JSON. Must exceed
+            ``queue_size``, so that a full queue still leaves room for health checks.
+        header_timeout_s: seconds a connection has to send a request's headers, from its opening or
+            from its previous answer (a slow or half-open client is closed after, with 408 JSON
+            when it sent part of a request).
+        keep_alive_s: seconds an idle keep-alive connection stays open between requests.
+        max_request_decoded_bytes: largest memory one request's images may decode to: 3 bytes per
+            pixel of every image plus 8 per pixel of the largest (the decoder's working copy),
+            from the sizes the headers declare, before decoding (413 beyond).
+        memory_budget_bytes: request bodies (counted :data:`SERVE_BODY_COPIES` times while read
+            and parsed, then once until decoded) and decoded images in flight across the server,
+            whatever the queue holds; a request that cannot reserve its share within 2 s gets 503
+            with ``Retry-After``. At least ``max_request_decoded_bytes`` plus
+            ``SERVE_BODY_COPIES × max_upload_bytes``.
     """
 
     host: str = "127.0.0.1"
@@ -517,6 +538,10 @@ class ServeConfig:
     folded_cache: int = 4
     cors_origins: tuple[str, ...] = ()
     max_connections: int = 256
+    header_timeout_s: float = 10.0
+    keep_alive_s: float = 5.0
+    max_request_decoded_bytes: int = 1 << 30
+    memory_budget_bytes: int = 4 << 30
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
@@ -540,9 +565,25 @@ class ServeConfig:
             "vocab_cache",
             "folded_cache",
             "max_connections",
+            "max_request_decoded_bytes",
+            "memory_budget_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"serve.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("header_timeout_s", "keep_alive_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"serve.{name} must be > 0, got {getattr(self, name)}")
+        if self.max_connections <= self.queue_size:
+            raise ConfigError(
+                f"serve.max_connections ({self.max_connections}) must exceed serve.queue_size ({self.queue_size}), "
+                "so that a full queue leaves connections for health checks: raise max_connections"
+            )
+        need = self.max_request_decoded_bytes + SERVE_BODY_COPIES * self.max_upload_bytes
+        if self.memory_budget_bytes < need:
+            raise ConfigError(
+                f"serve.memory_budget_bytes ({self.memory_budget_bytes:,}) must hold one largest request: "
+                f"max_request_decoded_bytes + {SERVE_BODY_COPIES} x max_upload_bytes = {need:,}; raise it or lower those"
+            )
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     opt.add_max_pixels(p, default=40_000_000, help="largest image, width x height (413 beyond)")
     p.add_argument("--max-images", type=int, default=16, help="images per request at most")
     p.add_argument("--max-classes", type=int, default=2000, help="class names per request at most")
-    p.add_argument("--max-connections", type=int, default=256, help="concurrent connections (503 beyond)")
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="open connections at most; at the limit the longest-waiting idle or half-sent one is closed "
+        "(503 when all are busy); must exceed --queue-size",
+    )
+    p.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds a client has to send a request's headers"
+    )
+    p.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle keep-alive connection stays open")
+    p.add_argument(
+        "--max-request-decoded-mb",
+        type=float,
+        default=1024.0,
+        help="memory one request's images may decode to, MiB: 3 bytes/pixel each + 8 for the largest (413 beyond)",
+    )
+    p.add_argument(
+        "--memory-budget-mb",
+        type=float,
+        default=4096.0,
+        help="request bodies and decoded images in flight across the server, MiB (503 beyond)",
+    )
     p.add_argument(
         "--cors", action="append", default=[], metavar="ORIGIN", help="allow browser calls from ORIGIN (repeatable)"
     )
@@ -75,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
         max_classes=args.max_classes,
         cors_origins=tuple(args.cors),
         max_connections=args.max_connections,
+        header_timeout_s=args.header_timeout,
+        keep_alive_s=args.keep_alive,
+        max_request_decoded_bytes=int(args.max_request_decoded_mb * 1024 * 1024),
+        memory_budget_bytes=int(args.memory_budget_mb * 1024 * 1024),
     )
     classes = opt.read_classes(args.classes) if args.classes else None
     opt.check_file("--embeddings", args.embeddings)
@@ -83,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ovdet.serve.app import create_app, public_bind_warning
+    from ovdet.serve.connections import guarded_protocol
 
     det = opt.open_detector(args, classes)
     warning = public_bind_warning(cfg)
@@ -102,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         host=cfg.host,
         port=cfg.port,
         log_level=args.log_level,
-        limit_concurrency=cfg.max_connections,
+        http=guarded_protocol(cfg),  # header deadline, connection cap with JSON answers
+        timeout_keep_alive=cfg.keep_alive_s,  # type: ignore[arg-type]  # seconds; uvicorn takes a float
         server_header=False,
         timeout_graceful_shutdown=10,
     )

@@ -3,6 +3,8 @@
 * :mod:`ovdet.serve.engine` — the worker thread that owns the model: bounded queue, micro-batches,
   vocabulary caches. No HTTP.
 * :mod:`ovdet.serve.app` — :func:`create_app`: the FastAPI app (endpoints, limits, API key, page).
+* :mod:`ovdet.serve.budget` — the memory budget: request bodies and decoded images in flight.
+* :mod:`ovdet.serve.connections` — uvicorn's h11 protocol with a header deadline and a connection cap.
 * :mod:`ovdet.serve.load` — a load generator for a running server (tests and benchmarks).
 * ``static/`` — the page: plain HTML, JS and CSS, nothing fetched from elsewhere.
 

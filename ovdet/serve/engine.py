@@ -86,7 +86,7 @@ class Job:
     """One request's images and what to find in them.
 
     Attributes:
-        images: B (H, W, 3) uint8 BGR arrays.
+        images: B (H, W, 3) uint8 BGR arrays; emptied once the job has run or is cancelled.
         sources: B names, kept as ``Detections.path``.
         names: the vocabulary (validated).
         options: thresholds and letterbox size, built once from the request (its ``batch`` and
@@ -261,6 +261,14 @@ class BatchEngine:
         self._queue.put(job)
         return job.future
 
+    def cancel(self, job: Job) -> bool:
+        """Cancel ``job`` if it has not started, dropping its images at once (the queue keeps the
+        job itself until the worker reaches and skips it); False when it already runs."""
+        if not job.future.cancel():
+            return False
+        self._drop_images([job])
+        return True
+
     def _done(self, future: concurrent.futures.Future) -> None:
         with self._lock:
             self._inflight -= 1
@@ -352,26 +360,35 @@ class BatchEngine:
             predictor = Predictor(
                 self.detector.model, head.names, emb, options.nms, options.imgsz, self.dtype, folded=folded
             )
-            images = [im for j in jobs for im in j.images]
+            sizes = [len(j.images) for j in jobs]
             sources = [s for j in jobs for s in j.sources]
-            detections = predictor(images, sources, keep_images=False)
+            detections = predictor([im for j in jobs for im in j.images], sources, keep_images=False)
         except Exception as e:  # noqa: BLE001 - every waiting request gets the error (and logs it); the worker lives on
+            self._drop_images(jobs)
             with self._lock:
                 self.counts["errors"] += len(jobs)
             for j in jobs:
                 j.future.set_exception(e)
             return
+        self._drop_images(jobs)
         elapsed = time.perf_counter() - start
         self._batch_s.append(elapsed)
         with self._lock:
             self.counts["batches"] += 1
             self.counts["batch_requests"] += len(jobs)
-            self.counts["batch_images"] += len(images)
+            self.counts["batch_images"] += sum(sizes)
         i = 0
+        for j, n in zip(jobs, sizes):
+            own = detections[i : i + n]
+            i += n
+            j.future.set_result(JobResult(own, (start - j.submitted) * 1e3, elapsed * 1e3, len(jobs), sum(sizes)))
+
+    @staticmethod
+    def _drop_images(jobs: list[Job]) -> None:
+        """Let go of the jobs' arrays before their requests are told (the server's memory budget
+        counts them until then), rather than when the worker's locals are next rebound."""
         for j in jobs:
-            own = detections[i : i + len(j.images)]
-            i += len(j.images)
-            j.future.set_result(JobResult(own, (start - j.submitted) * 1e3, elapsed * 1e3, len(jobs), len(images)))
+            j.images = []
 
     def _fail_waiting(self, error: Exception) -> None:
         waiting = list(self._pending)
