@@ -13,8 +13,10 @@ HELP = "read a dataset and report counts, per-class boxes and problems"
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = opt.command(sub, "check-data", HELP)
-    p.add_argument("data", help="YOLO data .yaml, COCO/LVIS instances .json, or ODVG .jsonl")
-    p.add_argument("--split", default="train", help="split of a YOLO data yaml")
+    p.add_argument(
+        "data", help="data .yaml (YOLO or format: voc), COCO/LVIS instances .json, ODVG .jsonl, or a Pascal VOC folder"
+    )
+    p.add_argument("--split", default="train", help="split of a data yaml or a VOC folder")
     p.add_argument("--image-dir", help="image folder of a .json/.jsonl (default: found next to the file)")
     p.add_argument(
         "--verify-images",
@@ -32,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ovdet.data.readers import read_dataset
 
-    if not Path(args.data).is_file():
-        raise UsageError(f"dataset file not found: {args.data}")
+    if not Path(args.data).exists():
+        raise UsageError(f"dataset not found: {args.data}")
     ds = read_dataset(
         args.data,
         args.split,
@@ -42,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
         require_images=not args.annotations_only,
     )
     report = ds.report
-    split = f" [{args.split}]" if Path(args.data).suffix.lower() in {".yaml", ".yml"} else ""
+    split = (
+        f" [{args.split}]" if Path(args.data).suffix.lower() in {".yaml", ".yml"} or Path(args.data).is_dir() else ""
+    )
     print(f"{args.data}{split}: {len(ds.names)} classes, {len(ds.records)} usable images")
     print(report.summary())
     if not ds.records:

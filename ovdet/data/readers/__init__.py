@@ -1,6 +1,7 @@
-"""Dataset readers: COCO json, YOLO txt + data yaml, LVIS json and ODVG jsonl → :class:`~ovdet.data.records.Dataset`.
+"""Dataset readers: COCO json, YOLO txt + data yaml, LVIS json, ODVG jsonl and Pascal VOC xml →
+:class:`~ovdet.data.records.Dataset`.
 
-One module per format (:mod:`.coco` for COCO and LVIS, :mod:`.yolo`, :mod:`.odvg`) over a common
+One module per format (:mod:`.coco` for COCO and LVIS, :mod:`.yolo`, :mod:`.odvg`, :mod:`.voc`) over a common
 part (:mod:`.common`: prompt names, image and box checks, records). Whole-dataset errors
 (unparsable JSON/YAML, a missing split, a vocabulary that is not 0..K-1) raise ``ValueError`` or
 ``FileNotFoundError`` naming the file; bad items are skipped, counted and named in the report.
@@ -13,6 +14,7 @@ from pathlib import Path
 from ovdet.data.readers.coco import read_coco, read_instances, read_lvis
 from ovdet.data.readers.common import CLIP_TOLERANCE, PathLike, clean_name, load_json, prompt_names
 from ovdet.data.readers.odvg import read_odvg
+from ovdet.data.readers.voc import is_voc_dir, read_voc, voc_yaml_args
 from ovdet.data.readers.yolo import load_data_yaml, read_yolo
 from ovdet.data.records import DataReport, Dataset
 
@@ -26,7 +28,9 @@ __all__ = [
     "read_dataset",
     "read_lvis",
     "read_odvg",
+    "read_voc",
     "read_yolo",
+    "read_yaml_split",
 ]
 
 
@@ -40,14 +44,15 @@ def read_dataset(
 ) -> Dataset:
     """Read any supported dataset, chosen by the spec's file type.
 
-    ``.yaml``/``.yml`` → :func:`read_yolo` (``split`` picks the split); ``.json`` → :func:`read_lvis`
-    when its images carry ``neg_category_ids``, else :func:`read_coco`; ``.jsonl`` →
-    :func:`read_odvg`.
+    ``.yaml``/``.yml`` → :func:`read_yolo`, or :func:`read_voc` when it says ``format: voc``
+    (``split`` picks the split); ``.json`` → :func:`read_lvis` when its images carry
+    ``neg_category_ids``, else :func:`read_coco`; ``.jsonl`` → :func:`read_odvg`; a folder of
+    Pascal VOC xml files (or a VOCdevkit year folder) → :func:`read_voc`.
 
     Args:
         spec: The data yaml, instances json or ODVG jsonl.
         split: YOLO split to read (ignored for json/jsonl, whose file is the split).
-        image_dir: Image folder for json/jsonl (default: found next to the file); not for YOLO.
+        image_dir: Image folder for json/jsonl/VOC (default: found next to the file); not for a yaml.
         verify_images: Verify every image file (see :func:`read_coco`).
         require_images: json/jsonl only: False reads annotations without looking for images.
 
@@ -57,12 +62,19 @@ def read_dataset(
     """
     path = Path(spec)
     suffix = path.suffix.lower()
+    if path.is_dir():
+        if not is_voc_dir(path):
+            raise ValueError(
+                f"{path}: a folder is read as a Pascal VOC dataset, but it holds no xml annotations; "
+                "for other formats give the data yaml, instances json or ODVG jsonl"
+            )
+        return read_voc(path, split, image_dir=image_dir, verify_images=verify_images)
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path}")
     if suffix in {".yaml", ".yml"}:
         if image_dir is not None:
-            raise ValueError(f"{path}: image_dir does not apply to a YOLO data yaml (its splits name the images)")
-        return read_yolo(path, split, verify_images=verify_images)
+            raise ValueError(f"{path}: image_dir does not apply to a data yaml (its splits name the images)")
+        return read_yaml_split(path, split, load_data_yaml(path), verify_images=verify_images)
     if suffix == ".json":
         data = load_json(path)
         images = data.get("images") if isinstance(data, dict) else None
@@ -76,6 +88,14 @@ def read_dataset(
         f"{path}: unsupported dataset file type {suffix!r}; expected a data .yaml (YOLO), "
         f"an instances .json (COCO/LVIS) or an ODVG .jsonl"
     )
+
+
+def read_yaml_split(data_yaml: PathLike, split: str, content: dict, *, verify_images: bool = False) -> Dataset:
+    """One split of a data yaml already parsed by :func:`load_data_yaml`: YOLO labels, or Pascal
+    VOC xml when the yaml says ``format: voc``."""
+    if content.get("format", "yolo") == "voc":
+        return read_voc(**voc_yaml_args(content, Path(data_yaml), split), verify_images=verify_images)
+    return read_yolo(data_yaml, split, verify_images=verify_images, content=content)
 
 
 def check_data(

@@ -167,8 +167,13 @@ def _parse_label_file(
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), classes, refs
 
 
+#: What a data yaml's optional ``format`` key may say: YOLO label files (default) or Pascal VOC xml.
+DATA_YAML_FORMATS = ("yolo", "voc")
+
+
 def load_data_yaml(data_yaml: PathLike) -> dict[str, Any]:
-    """The content of a YOLO data yaml, parsed and checked (a mapping with ``names``).
+    """The content of a data yaml, parsed and checked (a mapping; ``names`` required unless
+    ``format: voc``, whose names may come from the xml files).
 
     Parse it once and hand it to :func:`read_yolo` (``content=``) for each split a caller reads.
 
@@ -185,7 +190,10 @@ def load_data_yaml(data_yaml: PathLike) -> dict[str, Any]:
         raise ValueError(f"{yaml_path}: not valid YAML ({e})") from e
     if not isinstance(data, dict):
         raise ValueError(f"{yaml_path}: expected a mapping with 'names' and splits, got {type(data).__name__}")
-    if "names" not in data:
+    fmt = data.get("format", "yolo")
+    if fmt not in DATA_YAML_FORMATS:
+        raise ValueError(f"{yaml_path}: format {fmt!r} is not one of {', '.join(DATA_YAML_FORMATS)}")
+    if "names" not in data and fmt == "yolo":
         raise ValueError(f"{yaml_path}: field 'names' is missing")
     return data
 
