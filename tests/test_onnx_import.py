@@ -286,3 +286,28 @@ def test_class_embeddings_must_cover_the_names(int8_onnx: Path, coco_clip) -> No
     twice = torch.cat([emb[:1], emb[:1], emb[2:]])  # 'bicycle' given person's embedding
     with pytest.raises(ConversionError, match="linearly dependent"):
         Detector.from_onnx(int8_onnx, device="cpu", class_embeddings=(names, twice))
+
+
+def test_cli_convert_carries_the_classifier_with_an_embeddings_file(
+    int8_onnx: Path, coco_clip, tmp_path: Path, capsys
+) -> None:
+    from ovdet.config import TextConfig
+    from ovdet.text import save_embeddings, text_encoder_id
+
+    names, emb = coco_clip
+    table = tmp_path / "coco.safetensors"
+    save_embeddings(table, ["zebra crossing", *reversed(names)], torch.cat([emb[:1] * 0 + 1, emb.flip(0)]),
+                    text_encoder_id(TextConfig()), ["{}"])  # fmt: skip
+    out = tmp_path / "yolov8n-clip"
+    assert main(["convert", str(int8_onnx), str(out), "--embeddings", str(table)]) == 0
+    assert "vocabulary kept from the checkpoint: 80 classes (person, bicycle" in capsys.readouterr().out
+    det = Detector.load(out, device="cpu")
+    ref = Detector.from_onnx(int8_onnx, device="cpu", class_embeddings=(names, emb))
+    assert det.names == names
+    for k, v in ref.model.state_dict().items():
+        if ".attn." not in k:  # the text attention is random in each conversion
+            torch.testing.assert_close(det.model.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    other = tmp_path / "other.safetensors"
+    save_embeddings(other, names, emb, "open_clip:ViT-B-32:laion2b_s34b_b79k", ["{}"])
+    assert main(["convert", str(int8_onnx), str(tmp_path / "x"), "--embeddings", str(other)]) == 2
+    assert "--allow-other-encoder" in capsys.readouterr().err and not (tmp_path / "x").exists()

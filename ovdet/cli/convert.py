@@ -23,25 +23,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="allow unpickling a .pt checkpoint, which can run code inside it; only for trusted files",
     )
-    p.add_argument(
-        "--embeddings",
-        default=None,
-        help="for a plain YOLOv8 (.pt or .onnx): an `ovdet embed` file holding its class names; "
-        "the YOLOv8 classifier is carried over exactly and those names become the vocabulary",
+    opt.add_vocabulary(
+        p,
+        classes_help=None,
+        embeddings_help="for a plain YOLOv8 (.pt or .onnx): an `ovdet embed` file (CLIP ViT-B/32, the result's text "
+        "space) holding its class names; the YOLOv8 classifier is carried over exactly and they become the vocabulary",
     )
     opt.add_device(p, default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(func=run)
 
 
-def _table(path: str | None) -> tuple[list[str], object] | None:
-    """(names, embeddings) of an ``ovdet embed`` file, or None without one."""
+def _table(path: str | None, allow_other_encoder: bool) -> tuple[list[str], object] | None:
+    """(names, embeddings) of an ``ovdet embed`` file in the converted model's text space, or None without one."""
     if path is None:
         return None
-    from ovdet.text import load_embeddings
+    from ovdet.config import TextConfig
+    from ovdet.text import load_embeddings, text_encoder_id
 
     if not Path(path).is_file():
         raise UsageError(f"--embeddings: file not found: {path}")
-    names, emb, _ = load_embeddings(path)
+    try:
+        names, emb, _ = load_embeddings(path, text_encoder_id(TextConfig()), allow_other_encoder)
+    except ValueError as e:
+        raise UsageError(f"--embeddings {e}") from e
     return names, emb
 
 
@@ -54,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.checkpoint).is_file():
         raise UsageError(f"checkpoint not found: {args.checkpoint}")
     try:
-        table = _table(args.embeddings)
+        table = _table(args.embeddings, args.allow_other_encoder)
         if Path(args.checkpoint).suffix.lower() == ".onnx":
             det = Detector.from_onnx(args.checkpoint, device=args.device, class_embeddings=table)
         else:
