@@ -385,7 +385,8 @@ def class_vocabulary(
     Args:
         names: the checkpoint's class names (index order).
         table_names, table: names and (N, D) embeddings, e.g. an ``ovdet embed`` file or a
-            built-in vocabulary; it may hold more names than needed.
+            built-in vocabulary; it may hold more names than needed (matched as
+            :func:`~ovdet.text.vocabulary.select_embeddings` matches them).
 
     Returns:
         (names, (K, D) float32 embeddings).
@@ -395,14 +396,17 @@ def class_vocabulary(
     """
     if not names:
         raise ConversionError("the checkpoint holds no class names to take embeddings for")
-    index = {n: i for i, n in enumerate(table_names)}
-    missing = [n for n in names if n not in index]
-    if missing:
+    from ovdet.text.vocabulary import name_key, select_embeddings
+
+    try:
+        rows = select_embeddings(list(names), None, list(table_names), torch.as_tensor(table))
+    except KeyError:
+        have = {name_key(n) for n in table_names}
+        missing = [n for n in names if name_key(n) not in have]
         raise ConversionError(
             f"the class embeddings lack {len(missing)} of the checkpoint's {len(names)} class names "
             f"(e.g. {missing[:5]}); embed them (ovdet embed) in the detector's text space"
-        )
-    rows = torch.as_tensor(table)[[index[n] for n in names]]
+        ) from None
     return list(names), rows.float()
 
 

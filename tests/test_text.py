@@ -487,3 +487,21 @@ def test_random_named_model_is_deterministic() -> None:
     assert a.id == b.id == text_encoder_id(cfg) and ":random:" in a.id
     assert a.dim == 256
     assert torch.equal(a.encode(["dog", "cat"]), b.encode(["dog", "cat"]))
+
+
+def test_select_embeddings_matches_case_and_spacing_once_and_unambiguously() -> None:
+    """A dataset's "raccoon" finds an embeddings table's "Raccoon" (issue #30, item 4), with a warning;
+    a key two rows share is never guessed."""
+
+    from ovdet.text.vocabulary import select_embeddings
+
+    emb = torch.arange(12.0).view(4, 3)
+    own = ["Raccoon", "traffic_light", "Dog", "dog "]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = select_embeddings(["raccoon", "Traffic Light"], None, own, emb)
+    torch.testing.assert_close(got, emb[[0, 1]])
+    assert len(caught) == 1 and "'raccoon' ← 'Raccoon'" in str(caught[0].message)
+    with pytest.raises(KeyError, match="'dog'"):  # "Dog" and "dog " share a key: ambiguous
+        select_embeddings(["dog"], None, own, emb)
+    torch.testing.assert_close(select_embeddings(["Dog"], None, own, emb), emb[[2]])  # exact wins

@@ -12,6 +12,7 @@ vocabulary while fine-tuning (``TrainConfig.keep_vocab``).
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -111,6 +112,20 @@ def parse_class_spec(spec: str, *, files: bool = True, inline: bool = True) -> l
     return [n.strip() for n in spec.split(",") if n.strip()]
 
 
+def name_key(name: str) -> str:
+    """A class name compared loosely: lower case, runs of spaces, underscores and hyphens as one space."""
+    return " ".join(name.replace("_", " ").replace("-", " ").lower().split())
+
+
+def _loose_rows(names: Sequence[str]) -> dict[str, int | None]:
+    """:func:`name_key` → row index, None where two rows share a key (ambiguous: never used)."""
+    rows: dict[str, int | None] = {}
+    for i, n in enumerate(names):
+        k = name_key(n)
+        rows[k] = None if k in rows else i
+    return rows
+
+
 def select_embeddings(
     names: Sequence[str],
     encode: Callable[[list[str]], E] | None,
@@ -119,7 +134,10 @@ def select_embeddings(
 ) -> E:
     """The one rule for "embeddings of these names": a vocabulary's own rows when it holds every
     name (so prompt-tuned, precomputed or file embeddings are what is used, and no encoder runs),
-    else ``encode(names)`` (the embedding cache, then the text encoder).
+    else ``encode(names)`` (the embedding cache, then the text encoder). A name absent as written
+    is matched to the one row that differs only in case or spacing (``"Raccoon"`` for
+    ``"raccoon"``, ``"traffic_light"`` for ``"traffic light"``; :func:`name_key`), with a warning;
+    a key two rows share is never used.
 
     Used by validation (``Detector.val``), training's validation, the serve engine and the
     command line's ``--embeddings`` files.
@@ -138,9 +156,18 @@ def select_embeddings(
     """
     if own_embeddings is not None and own_names is not None:
         row = {n: i for i, n in enumerate(own_names)}
-        missing = [n for n in names if n not in row]
+        loose = _loose_rows(own_names)
+        missing = [n for n in names if n not in row and loose.get(name_key(n)) is None]
         if not missing:
-            return own_embeddings[[row[n] for n in names]]  # type: ignore[index]
+            near = {n: own_names[loose[name_key(n)]] for n in names if n not in row}  # type: ignore[index]
+            if near:
+                shown = ", ".join(f"{n!r} ← {m!r}" for n, m in list(near.items())[:5])
+                warnings.warn(
+                    f"{len(near)} names matched a vocabulary row that differs only in case or spacing ({shown}); "
+                    "CLIP and MiniLM lower-case their input, so these are the same text to them",
+                    stacklevel=2,
+                )
+            return own_embeddings[[row[n] if n in row else loose[name_key(n)] for n in names]]  # type: ignore[index]
         if encode is None:
             raise KeyError(f"{missing} not among the {len(row)} names of the vocabulary")
     if encode is None:
