@@ -131,6 +131,15 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads for both trainers")
     ap.add_argument("--only", choices=("ovdet", "ultralytics"), default=None, help="run one trainer only")
+    ap.add_argument(
+        "--calibrate",
+        type=int,
+        default=0,
+        help="set the imported BatchNorm statistics on this many training images before both runs (0: identity BN)",
+    )
+    ap.add_argument(
+        "--config", default=None, help="an ovdet training recipe YAML for ovdet's run (default: its defaults)"
+    )
     args = ap.parse_args()
 
     from ultralytics.models.yolo.world.train import WorldTrainer
@@ -139,7 +148,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)  # importing ultralytics sets it to cpu_count - 1; the same for both
 
     from ovdet import Detector
-    from ovdet.config import EvalConfig, TrainConfig
+    from ovdet.config import EvalConfig, load_recipe
     from ovdet.data.readers import read_voc
     from ovdet.engine.train import train
     from ovdet.inference.validate import read_validation_set, validate
@@ -153,9 +162,22 @@ def main() -> int:
         return torch.stack([table[t.lower()] for t in texts])
 
     coco_names = (data / "clip-vit-b32-text" / "coco.txt").read_text().splitlines()
-    start = Detector.from_onnx(weights, device=args.device, class_embeddings=(coco_names, embed(coco_names)))
     raccoon = data / "raccoon"
     train_set, val_set = read_voc(raccoon, "train"), read_voc(raccoon, "val")
+
+    def start_model() -> Detector:
+        det = Detector.from_onnx(weights, device=args.device, class_embeddings=(coco_names, embed(coco_names)))
+        if args.calibrate:
+            from ovdet.data.images import decode_image
+            from ovdet.data.letterbox import letterbox, to_tensor
+            from ovdet.weights import calibrate_batchnorm
+
+            paths = [r.path for r in train_set.records[: args.calibrate]]
+            x = to_tensor([letterbox(decode_image(p), args.imgsz, auto=False)[0] for p in paths])
+            calibrate_batchnorm(det.model, x.to(det.device))
+        return det
+
+    start = start_model()
     val = read_validation_set(val_set, name="raccoon [val]")
     eval_cfg = EvalConfig(imgsz=args.imgsz, progress=False, samples=0)
     dev = torch.device(args.device)
@@ -226,8 +248,8 @@ def main() -> int:
         )
 
     if args.only in (None, "ovdet"):
-        det = Detector.from_onnx(weights, device=args.device, class_embeddings=(coco_names, embed(coco_names)))
-        cfg = TrainConfig(
+        det = start_model()
+        run = dict(
             data=str(raccoon),
             val_data=str(raccoon),
             epochs=args.epochs,
@@ -241,6 +263,7 @@ def main() -> int:
             seed=0,
             amp="off",
         )
+        cfg = load_recipe(args.config, run).train
         clock = StepClock()
         train(det.model, cfg, embed, progress=True, hooks=[clock])
         elapsed = clock.curve[-1][0]

@@ -311,3 +311,34 @@ def test_cli_convert_carries_the_classifier_with_an_embeddings_file(
     save_embeddings(other, names, emb, "open_clip:ViT-B-32:laion2b_s34b_b79k", ["{}"])
     assert main(["convert", str(int8_onnx), str(tmp_path / "x"), "--embeddings", str(other)]) == 2
     assert "--allow-other-encoder" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_calibrate_batchnorm_keeps_the_function_and_takes_real_statistics(
+    int8_onnx: Path, coco_clip, coco128_images: list[Path]
+) -> None:
+    """The unfolded identity BatchNorms get their inputs' statistics; eval outputs do not move."""
+    from ovdet.weights import calibrate_batchnorm
+
+    names, emb = coco_clip
+    det = Detector.from_onnx(int8_onnx, device="cpu", class_embeddings=(names, emb))
+    net = det.model
+    x = calibration_batch(coco128_images[:2], size=256)
+    text = emb[None].expand(len(x), -1, -1)
+    with torch.no_grad():
+        before = net(x, text)
+    stem = net.backbone.stem.bn
+    assert float(stem.running_var.sub(1).abs().max()) == 0  # identity as imported
+    seen = []
+    hook = stem.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
+    calib = calibration_batch(coco128_images[20:28], size=256)
+    with torch.no_grad():
+        net(calib, emb[None].expand(len(calib), -1, -1))
+    hook.remove()
+    assert calibrate_batchnorm(net, calib, batch=4) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    stem_in = seen[0].double()  # (8, C, H, W): the stem's input statistics over the calibration images
+    torch.testing.assert_close(stem.running_mean.double(), stem_in.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(stem.running_var.double(), stem_in.var((0, 2, 3), unbiased=False), rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        after = net(x, text)
+    assert relative(after.cls_logits, before.cls_logits) < 1e-5 and relative(after.box_logits, before.box_logits) < 1e-5
+    assert not net.training
