@@ -227,3 +227,30 @@ def test_missing_split_and_empty_folder_are_errors(devkit, tmp_path: Path) -> No
         shutil.copy(f, flat / f.name)
         shutil.copy(root / "JPEGImages" / f"{f.stem}.jpg", flat / f"{f.stem}.jpg")
     assert len(read_dataset(flat).records) == 3
+
+
+def test_training_and_validation_read_a_voc_data_yaml(devkit, tmp_path: Path) -> None:
+    """``train`` reads the yaml's VOC train split and validates on its val split (issue #30, item 1)."""
+    from ovdet import Detector
+    from tests.helpers import TINY
+
+    root, truth = devkit
+    data_yaml = tmp_path / "voc.yaml"
+    data_yaml.write_text(f"format: voc\npath: {root}\ntrain: train\nval: val\n")
+    det = Detector.from_config(TINY, device="cpu")
+    no_augment = {
+        "mosaic": 0.0,
+        "scale": [1.0, 1.0],
+        "translate": 0.0,
+        "hsv_h": 0,
+        "hsv_s": 0,
+        "hsv_v": 0,
+        "fliplr": 0.0,
+    }
+    out = det.train(
+        data=str(data_yaml), epochs=1, imgsz=128, batch=2, nbs=2, workers=0, device="cpu",
+        augment=no_augment, project=str(tmp_path / "runs"), name="voc", val_interval=1,
+    )  # fmt: skip
+    found = sorted({o["name"] for objs in truth.values() for o in objs})
+    assert det.names == found and out["metrics"]["images"] == len(truth) - 5
+    assert 0.0 <= out["metrics"]["AP"] <= 1.0

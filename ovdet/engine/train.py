@@ -26,7 +26,7 @@ from torch import nn
 from ovdet.config import EvalConfig, TrainConfig, to_dict
 from ovdet.data.images import ImageReadError, probe_image_size
 from ovdet.data.loader import DetectionDataset, build_loader
-from ovdet.data.readers import load_data_yaml, read_dataset, read_yolo
+from ovdet.data.readers import load_data_yaml, read_dataset, read_yaml_split
 from ovdet.data.records import Dataset
 from ovdet.device import resolve_device
 from ovdet.engine.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
@@ -347,7 +347,7 @@ def read_training_data(cfg: TrainConfig, *, read_val: bool = True) -> TrainingDa
     is_yaml = str(cfg.data).endswith((".yaml", ".yml"))
     content = load_data_yaml(cfg.data) if is_yaml else None
     if content is not None:
-        data = read_yolo(cfg.data, "train", content=content)
+        data = read_yaml_split(cfg.data, "train", content)
     else:
         data = read_dataset(cfg.data, split="train")
     where = f"{cfg.data}" + (" [train]" if is_yaml else "")
@@ -378,7 +378,7 @@ def read_training_data(cfg: TrainConfig, *, read_val: bool = True) -> TrainingDa
     elif content is not None and content.get("val"):
         source = (cfg.data, "val")
         val = (
-            read_validation_set(read_yolo(cfg.data, "val", content=content), name=f"{cfg.data} [val]")
+            read_validation_set(read_yaml_split(cfg.data, "val", content), name=f"{cfg.data} [val]")
             if read_val
             else None
         )
