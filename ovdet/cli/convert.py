@@ -52,7 +52,7 @@ def _table(path: str | None, allow_other_encoder: bool) -> tuple[list[str], obje
 def run(args: argparse.Namespace) -> int:
     from ovdet.api import Detector
     from ovdet.config import ModelConfig
-    from ovdet.weights import ConversionError, UntrustedCheckpointError
+    from ovdet.weights import UntrustedCheckpointError
 
     opt.check_device(args.device)
     if not Path(args.checkpoint).is_file():
@@ -67,8 +67,6 @@ def run(args: argparse.Namespace) -> int:
             )
     except UntrustedCheckpointError as e:
         raise UsageError(str(e)) from e
-    except ConversionError as e:
-        raise UsageError(f"cannot convert: {e}") from e
     out = det.save(args.out_dir)
     report, cfg = det.conversion_report, det.cfg
     total = len(report.loaded) + len(report.missing)
