@@ -260,8 +260,14 @@ def test_corrupt_and_missing_images_are_skipped_and_counted(tmp_path: Path, coco
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         batches = list(build_loader(ds, batch_size=4, workers=0, shuffle=False))
-    messages = " ".join(str(w.message) for w in caught if issubclass(w.category, RuntimeWarning))
-    assert "truncated.jpg" in messages and "missing.jpg" in messages
+    assert not caught  # nothing printed: each bad image is one entry of the data's report
+    reasons = dict(data.report.problems)
+    assert sorted(reasons) == sorted(bad_paths)
+    assert (
+        reasons[str(bad)].startswith("truncated JPEG")
+        and "image file not found" in reasons[str(tmp_path / "missing.jpg")]
+    )
+    assert all(r.endswith("replaced by another image during training") for r in reasons.values())
     events = sum(len(b.skipped) for b in batches)
     assert sum(len(b.paths) for b in batches) == 8  # the epoch completes at full length
     assert events >= 2 and ds.skipped == events  # both bad images were the main image once
@@ -271,11 +277,11 @@ def test_corrupt_and_missing_images_are_skipped_and_counted(tmp_path: Path, coco
         _check_batch(b, data, IMGSZ, 80)
 
     # Workers count in their own copies; the loader brings the counts to the main process.
-    ds2 = DetectionDataset(data, imgsz=IMGSZ, seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        batches2 = list(build_loader(ds2, batch_size=4, workers=2, shuffle=False))
+    data2 = _subset(coco128, records)
+    ds2 = DetectionDataset(data2, imgsz=IMGSZ, seed=0)
+    batches2 = list(build_loader(ds2, batch_size=4, workers=2, shuffle=False))
     assert ds2.skipped == events == sum(len(b.skipped) for b in batches2)
+    assert dict(data2.report.problems) == reasons  # each once, though both workers met them
 
 
 def test_close_mosaic_switches_mosaic_off(coco128: Dataset):
@@ -377,9 +383,9 @@ def test_decode_buffer_gives_identical_samples_and_stays_in_budget(
 
     decoded: list[str] = []
 
-    def counting_decode(path):
+    def counting_decode(path, **kwargs):
         decoded.append(str(path))
-        return decode_image(path)
+        return decode_image(path, **kwargs)
 
     monkeypatch.setattr(loader_module, "decode_image", counting_decode)
     data = _subset(coco128, coco128.records[:8])

@@ -268,7 +268,9 @@ def test_yaml_relative_path_falls_back_to_working_directory(
     # when both exist, the working directory is the fallback (datasets/coco128.yaml relies on it).
     (tmp_path / "ds").symlink_to(data_dir / "coco128")
     (tmp_path / "cfg").mkdir()
-    spec = _write_yaml(tmp_path / "cfg", {"path": "ds", "train": "images/train2017", "names": ["x"] * 80})
+    spec = _write_yaml(
+        tmp_path / "cfg", {"path": "ds", "train": "images/train2017", "names": [f"x{i}" for i in range(80)]}
+    )
     monkeypatch.chdir(tmp_path)
     assert read_yolo(spec).report.images == 128
     with pytest.raises(ValueError, match="image_dir does not apply"):
@@ -346,15 +348,15 @@ def test_yolo_bad_input_is_skipped_and_reported(bad_yolo: Path) -> None:
     ds = read_yolo(bad_yolo)
     r = ds.report
     recs = {rec.path.name: rec for rec in ds.records}
-    assert sorted(recs) == ["a.jpg", "b.jpg", "c.jpg", "e.jpg"]  # d.jpg unreadable; e.jpg only fails verify
-    assert r.images == 5 and r.labelled == 2 and r.background == 2
+    assert sorted(recs) == ["a.jpg", "b.jpg", "c.jpg"]  # d.jpg unreadable; e.jpg truncated (its end is read)
+    assert r.images == 5 and r.labelled == 1 and r.background == 2
     a = recs["a.jpg"]
     assert (a.width, a.height) == (640, 480)
     np.testing.assert_allclose(
         a.boxes, [[240, 120, 400, 360], [544, 192, 640, 288], [64, 48, 192, 192], [0, 0, 320, 240]], atol=1e-4
     )
     assert a.labels.tolist() == [0, 0, 2, 1] and a.texts == ["person", "person", "car", "bicycle"]
-    assert r.clipped == 1 and r.boxes == 4 + 1
+    assert r.clipped == 1 and r.boxes == 4 and r.invalid == 11  # lines 2-6 and 8-13
     reasons = _reasons(ds, "a.txt")
     expected_lines = [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
     assert sorted(int(x.split(":")[0].split()[1]) for x in reasons) == expected_lines
@@ -370,15 +372,23 @@ def test_yolo_bad_input_is_skipped_and_reported(bad_yolo: Path) -> None:
     assert _reasons(ds, "orphan.txt") == ["label file without an image: ignored"]
     (d_reason,) = _reasons(ds, "d.jpg")
     assert d_reason.startswith("unreadable image")
-    assert len(r.problems) == 12 + 1 + 1  # a.txt lines, orphan, d.jpg, nothing else
+    (e_reason,) = _reasons(ds, "e.jpg")
+    assert e_reason == "truncated JPEG (end-of-image marker 0xFFD9 missing)"
+    assert len(r.problems) == 12 + 1 + 1 + 1  # a.txt lines, orphan, d.jpg, e.jpg, nothing else
 
 
-def test_yolo_verify_images_reports_truncated_file(bad_yolo: Path) -> None:
+def test_yolo_verify_images_decodes_every_image(bad_yolo: Path) -> None:
+    # f.jpg: 5000 bytes cut from the middle of its scan, its end intact: only a decode finds it
+    data = (bad_yolo.parent / "ds" / "images" / "train" / "a.jpg").read_bytes()
+    f = bad_yolo.parent / "ds" / "images" / "train" / "f.jpg"
+    f.write_bytes(data[: len(data) // 2] + data[len(data) // 2 + 5000 :])
+    assert _reasons(read_yolo(bad_yolo), "f.jpg") == []
     ds = read_yolo(bad_yolo, verify_images=True)
-    assert sorted(rec.path.name for rec in ds.records) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert sorted(rec.path.name for rec in ds.records) == ["a.jpg", "b.jpg", "c.jpg", "f.jpg"]  # f decodes
     (reason,) = _reasons(ds, "e.jpg")
-    assert "truncated" in reason or "unreadable" in reason
-    assert ds.report.images == 5
+    assert "truncated" in reason
+    assert _reasons(ds, "f.jpg") == ["the decoder warned (Corrupt JPEG data: premature end of data segment): kept"]
+    assert ds.report.images == 6
 
 
 def test_yolo_exif_rotated_image_size(tmp_path: Path, coco128_images: list[Path]) -> None:

@@ -1,4 +1,8 @@
-"""``ovdet check-data``: read a dataset and report counts, per-class boxes and problems."""
+"""``ovdet check-data``: read a dataset as training reads it and report counts, per-class boxes and problems.
+
+A vocabulary training could not finish with (repeated or empty class names, more than
+``ovdet.data.readers.MAX_CLASSES`` classes, ``$OVDET_MAX_CLASSES`` to change it) is an error (exit 1).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--verify-images",
         action="store_true",
-        help="open and verify every image file (slower); unreadable ones are problems",
+        help="decode every image file fully, as training does (slower); without it each image's header and "
+        "end are read, which finds truncated files and wrong sizes",
     )
     p.add_argument(
         "--annotations-only",
@@ -42,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         image_dir=args.image_dir,
         verify_images=args.verify_images,
         require_images=not args.annotations_only,
+        probe_images=True,
     )
     report = ds.report
     split = (

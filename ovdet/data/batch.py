@@ -62,6 +62,8 @@ class Batch:
         box_source: (M, 2) int64 (record index, box index in the record) of each box.
         letterbox: B :class:`LetterboxInfo` (validation samples) or None (training samples).
         lease: set when ``images`` lie in a worker's reused segment (:class:`PooledCollate`).
+        problems: (path, reason) of images found unreadable, or decoded with decoder warnings, by
+            the process that built this batch, each the first time that process met it.
     """
 
     images: torch.Tensor
@@ -82,6 +84,7 @@ class Batch:
     box_source: torch.Tensor
     letterbox: list[LetterboxInfo | None]
     lease: BufferLease | None = None
+    problems: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -193,6 +196,7 @@ def _assemble(items: Sequence[dict[str, Any]], images: torch.Tensor, lease: Buff
         box_source=torch.cat([b["box_source"] for b in items]).reshape(-1, 2),  # (M, 2)
         letterbox=[b["letterbox"] for b in items],
         lease=lease,
+        problems=[p for b in items for p in b.get("problems", ())],
     )
 
 

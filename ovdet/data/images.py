@@ -42,6 +42,7 @@ __all__ = [
     "count_sources",
     "decode_image",
     "decode_image_bytes",
+    "file_truncation_reason",
     "is_capture_source",
     "iter_capture",
     "iter_sources",
@@ -80,6 +81,8 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The IEND chunk is always empty, so its type and CRC are fixed bytes.
 _PNG_IEND = b"IEND\xaeB`\x82"
+# Bytes read from the end of a JPEG/PNG file to find its end marker without reading the whole file.
+_TAIL_BYTES = 4096
 
 #: Default limit on the pixels an image file may declare before it is decoded (Pillow's
 #: ``Image.MAX_IMAGE_PIXELS``): a 100 kB PNG can declare 30000×30000 pixels and take 6 GB to
@@ -231,16 +234,33 @@ def resolve_max_pixels(max_pixels: int | None = None) -> int:
         ValueError: a negative value, or an environment value that is not an integer (named).
     """
     if max_pixels is None:
-        raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
-        if not raw:
-            return DEFAULT_MAX_PIXELS
-        try:
-            max_pixels = int(raw)
-        except ValueError as e:
-            raise ValueError(f"${MAX_PIXELS_ENV}={raw!r} is not an integer pixel count") from e
+        return env_limit(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS, "pixel count")
     if max_pixels < 0:
         raise ValueError(f"max_pixels must be >= 0 (0 = no limit), got {max_pixels}")
     return int(max_pixels)
+
+
+def env_limit(name: str, default: int, unit: str) -> int:
+    """A limit from the environment variable ``name`` (``default`` when unset or blank; 0 = none).
+
+    Args:
+        name: the variable, e.g. ``"OVDET_MAX_PIXELS"``.
+        default: the limit when it is not set.
+        unit: what it counts, for the message (``"pixel count"``).
+
+    Raises:
+        ValueError: the value is not an integer >= 0 (the variable and value named).
+    """
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        limit = int(raw)
+    except ValueError as e:
+        raise ValueError(f"${name}={raw!r} is not an integer {unit} (0 = no limit)") from e
+    if limit < 0:
+        raise ValueError(f"${name}={raw!r} must be >= 0 (0 = no limit)")
+    return limit
 
 
 def check_pixel_limit(name: str, size: tuple[int, int] | None, max_pixels: int | None) -> None:
@@ -349,21 +369,57 @@ def truncation_reason(data: np.ndarray, head: bytes) -> str | None:
     return None
 
 
-def probe_image_size(path: PathLike, verify: bool = False, max_pixels: int | None = None) -> tuple[int, int]:
-    """Display-orientation ``(width, height)`` of an image file, from its header.
+def file_truncation_reason(path: PathLike) -> str | None:
+    """:func:`truncation_reason` of an image file, usually from its first and last few KB only.
 
-    Only the header is read (no pixels are decoded). EXIF orientations 5-8 swap width and
-    height, as :func:`decode_image` rotates those images (ultralytics ``exif_size`` does the same).
+    A whole JPEG ends with its end-of-image marker after the last scan and a whole PNG with its
+    IEND chunk, give or take trailing bytes; when the last :data:`_TAIL_BYTES` show it, the file
+    is whole. Otherwise (a truncated file, or a long trailer after the image) the whole file is
+    read and :func:`truncation_reason` decides. Other formats are not checked (None).
 
     Args:
         path: Image file.
-        verify: Also run PIL ``Image.verify()`` and the truncation check of :func:`decode_image`.
+
+    Returns:
+        A reason string when the file is a truncated JPEG/PNG, else None.
+    """
+    with open(path, "rb") as f:
+        head = f.read(8)
+        jpeg = head.startswith(_JPEG_MAGIC)
+        if not jpeg and head != _PNG_MAGIC:
+            return None
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(size - _TAIL_BYTES, 0))
+        tail = f.read()
+    if size > _TAIL_BYTES:
+        if jpeg:
+            # entropy-coded data never holds FFD9, so an EOI here is a marker, and whole when no scan follows it
+            eoi = tail.rfind(b"\xff\xd9")
+            if eoi >= 0 and tail.rfind(b"\xff\xda") < eoi:
+                return None
+        elif tail.rfind(_PNG_IEND) >= 0:
+            return None
+    return truncation_reason(np.fromfile(path, dtype=np.uint8), head)
+
+
+def probe_image_size(path: PathLike, verify: bool = False, max_pixels: int | None = None) -> tuple[int, int]:
+    """Display-orientation ``(width, height)`` of an image file, from its header.
+
+    Only the header and the end of the file are read (no pixels are decoded): the end finds
+    truncated JPEG/PNG files (:func:`file_truncation_reason`), which :func:`decode_image`
+    refuses. EXIF orientations 5-8 swap width and height, as :func:`decode_image` rotates those
+    images (ultralytics ``exif_size`` does the same).
+
+    Args:
+        path: Image file.
+        verify: Also run PIL ``Image.verify()``.
         max_pixels: The pixel limit of :func:`decode_image`; an image over it is refused here.
 
     Returns:
         ``(width, height)`` in pixels.
 
     Raises:
+        ImageReadError: a truncated JPEG/PNG, or over the pixel limit (the message says why).
         OSError / ValueError / SyntaxError: the file is not a readable image (message says why).
     """
     with warnings.catch_warnings():
@@ -385,11 +441,9 @@ def probe_image_size(path: PathLike, verify: bool = False, max_pixels: int | Non
                 orientation = 1
         if verify:
             im.verify()
-    if verify:
-        data = np.fromfile(path, dtype=np.uint8)
-        reason = truncation_reason(data, data[:8].tobytes())
-        if reason is not None:
-            raise ValueError(reason)
+    reason = file_truncation_reason(path)
+    if reason is not None:
+        raise ImageReadError(f"{os.fspath(path)}: {reason}")
     if w <= 0 or h <= 0:
         raise ValueError(f"image has no pixels ({w}x{h})")
     check_pixel_limit(os.fspath(path), (w, h), max_pixels)

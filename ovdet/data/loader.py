@@ -4,8 +4,11 @@
 fixed-size samples. Every random choice of item ``i`` in epoch ``e`` comes from a generator
 seeded by ``(seed, e, i)``, so a sample does not depend on worker count, batch order or process.
 An image that cannot be read never stops an epoch: it is replaced by another (deterministically
-chosen) image, a warning names the file, and the sample carries the skipped paths so the main
-process counts them even when workers produced it (:class:`DetectionLoader` does the counting).
+chosen) image, and the sample carries the skipped paths and why, so the main process counts them
+and adds the file and its reason to the dataset's report (``data.report``, what ``ovdet
+check-data`` prints) even when workers produced it (:class:`DetectionLoader` does that). What the
+native decoder prints while decoding an image that it still decodes (libjpeg's "Corrupt JPEG
+data ...") reaches the report the same way; nothing is printed from here.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import copy
 import ctypes
 import itertools
 import sys
-import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
@@ -68,7 +70,8 @@ class DetectionDataset(torch.utils.data.Dataset):
             general vocabulary, to keep the open vocabulary while fine-tuning); never positives.
 
     Attributes:
-        skipped: images replaced because they could not be read (each occurrence counts).
+        skipped: images replaced because they could not be read (each occurrence counts); each
+            image's reason is added once to ``data.report`` (:meth:`report_problems`).
         dropped: boxes dropped because their image had more than ``max_texts`` distinct texts.
         epoch: the current epoch (see :meth:`set_epoch`).
     """
@@ -113,6 +116,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         self._buffer_limit = 0 if cache == "ram" else int(buffer_mb * 2**20)
         self._buffer_bytes = 0
         self._bad: dict[int, str] = {}  # index → reason, learnt per process
+        self._noted: set[int] = set()  # indices whose decoder warnings were noted, per process
+        self._pending: list[tuple[str, str]] = []  # (path, reason) met here, not yet in a sample
+        self._reported: set[tuple[str, str]] = set()  # what report_problems added to data.report
         self._name_to_index = {n: i for i, n in reversed(list(enumerate(self.names)))}
         self._cat_to_index = {int(c): i for i, c in enumerate(data.category_ids)}
         self._train_transform = TrainAugment(imgsz, self.augment, self.names) if train else None
@@ -150,7 +156,23 @@ class DetectionDataset(torch.utils.data.Dataset):
                     self._load(i)
                 except (ImageReadError, OSError) as e:
                     self._mark_bad(i, e)
+        self.report_problems(self._take_pending())
         return len(self._cache)
+
+    def report_problems(self, problems: Sequence[tuple[str, str]]) -> None:
+        """Add (path, reason) pairs met while loading to ``data.report``, each pair once.
+
+        Samples made in this process are reported by :meth:`__getitem__`; a
+        :class:`DetectionLoader` calls this with the problems of its workers' batches.
+        """
+        for path, reason in problems:
+            if (path, reason) not in self._reported:
+                self._reported.add((path, reason))
+                self.data.report.problem(path, reason)
+
+    def _take_pending(self) -> list[tuple[str, str]]:
+        pending, self._pending = self._pending, []
+        return pending
 
     # ---------------------------------------------------------------------------------------
     # Loading
@@ -168,7 +190,11 @@ class DetectionDataset(torch.utils.data.Dataset):
             self._buffer.move_to_end(i)
             image, orig = self._buffer[i]
         else:
-            image = decode_image(self.records[i].path)
+            notes: list[str] = []
+            image = decode_image(self.records[i].path, notes=notes)
+            if notes and i not in self._noted:
+                self._noted.add(i)
+                self._pending.append((str(self.records[i].path), f"the decoder warned ({'; '.join(notes[:3])}): kept"))
             orig = image.shape[:2]
             if self.train:  # resize once here so the cache holds what augmentation starts from
                 h, w = orig
@@ -188,13 +214,10 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def _mark_bad(self, i: int, error: Exception) -> None:
         if i not in self._bad:
+            path = str(self.records[i].path)
             self._bad[i] = str(error)
-            warnings.warn(
-                f"skipping unreadable image {self.records[i].path}: {error} "
-                f"(replaced by another image; counted in DetectionDataset.skipped)",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            reason = str(error).removeprefix(f"{path}: ")
+            self._pending.append((path, f"{reason}: replaced by another image during training"))
 
     def _try_load(self, i: int, skipped: list[str]) -> tuple[Sample, tuple[int, int]] | None:
         """Load record ``i``, or note it in ``skipped`` and return None when unreadable."""
@@ -240,7 +263,8 @@ class DetectionDataset(torch.utils.data.Dataset):
             ``text_mask`` (T,) bool (False = padding); ``path`` of the image used;
             ``orig_size`` (h, w) of that image; ``index`` of the record used; ``sources`` the
             records the image was built from (``index`` first; 4 for a mosaic); ``mosaic`` /
-            ``flipped`` flags; ``skipped`` paths replaced while making it; ``dropped`` boxes
+            ``flipped`` flags; ``skipped`` paths replaced while making it; ``problems`` (path,
+            reason) first met by this process while making it; ``dropped`` boxes
             over ``max_texts``; ``box_source`` (N, 2) int64 (record index, box index in the
             record) of each box; ``letterbox`` (validation: its LetterboxInfo, else None).
         """
@@ -280,9 +304,11 @@ class DetectionDataset(torch.utils.data.Dataset):
         dropped = int((per_box < 0).sum())
         sample = sample.take(per_box >= 0)
         per_box = per_box[per_box >= 0]
+        problems = self._take_pending()
         if get_worker_info() is None:  # in a worker these copies die with it; DetectionLoader counts
             self.skipped += len(skipped)
             self.dropped += dropped
+            self.report_problems(problems)
 
         image = np.empty((3, *sample.image.shape[:2]), dtype=np.uint8)  # (3, s, s) RGB planes
         cv2.split(sample.image, [image[2], image[1], image[0]])  # BGR → RGB planes, one pass
@@ -300,6 +326,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             "mosaic": use_mosaic,
             "flipped": flipped,
             "skipped": skipped,
+            "problems": problems,
             "dropped": dropped,
             "box_source": torch.from_numpy(sample.source.astype(np.int64).reshape(-1, 2)),
             "letterbox": info,
@@ -403,12 +430,13 @@ class DetectionLoader(DataLoader):
     """A DataLoader over a :class:`DetectionDataset` that keeps the dataset's counters right.
 
     Worker processes count skipped images and dropped boxes in their own copies of the dataset;
-    this loader adds each batch's counts to the main process's dataset instead. Workers persist
-    across epochs; the epoch reaches them with each index (:class:`EpochSampler`). One pass
-    yields the selected epoch. When the next pass is the next epoch (``set_epoch(e + 1)`` with
-    the same ``total_epochs``, as a training loop does) it continues the batch stream, whose
-    first batches the workers have already made (:class:`EpochBatchSampler`); any other epoch,
-    or a pass left before its end, starts the stream afresh at the selected epoch.
+    this loader adds each batch's counts, and its problems (to ``data.report``), to the main
+    process's dataset instead. Workers persist across epochs; the epoch reaches them with each
+    index (:class:`EpochSampler`). One pass yields the selected epoch. When the next pass is the
+    next epoch (``set_epoch(e + 1)`` with the same ``total_epochs``, as a training loop does) it
+    continues the batch stream, whose first batches the workers have already made
+    (:class:`EpochBatchSampler`); any other epoch, or a pass left before its end, starts the
+    stream afresh at the selected epoch.
     """
 
     _stream: Iterator[Batch] | None = None
@@ -430,6 +458,7 @@ class DetectionLoader(DataLoader):
             if self.num_workers > 0:
                 self.dataset.skipped += len(batch.skipped)
                 self.dataset.dropped += batch.dropped
+                self.dataset.report_problems(batch.problems)
             if k == len(self) - 1:
                 self._stream_next = (here[0] + 1, here[1])
             yield batch

@@ -67,6 +67,8 @@ class DataReport:
         boxes: boxes kept (positives).
         ignored: ignore regions kept (crowd).
         clipped: boxes clipped to the image (kept, counted).
+        invalid: boxes dropped as invalid (malformed label lines or annotations, unknown classes,
+            degenerate or outside boxes), each also a problem.
         per_class: positives per class name.
         problems: (file, reason) of everything skipped or changed, one entry per item.
     """
@@ -77,6 +79,7 @@ class DataReport:
     boxes: int = 0
     ignored: int = 0
     clipped: int = 0
+    invalid: int = 0
     per_class: Counter = field(default_factory=Counter)
     problems: list[tuple[str, str]] = field(default_factory=list)
 
@@ -89,13 +92,21 @@ class DataReport:
         lines = [
             f"images {self.images}, labelled {self.labelled}, background {self.background}, "
             f"boxes {self.boxes}, ignored (crowd) {self.ignored}, clipped {self.clipped}, "
-            f"problems {len(self.problems)}"
+            f"invalid boxes {self.invalid}, problems {len(self.problems)}"
         ]
         for name, n in sorted(self.per_class.items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"  {name:<30} {n}")
-        for file, reason in self.problems:
-            lines.append(f"  problem: {file}: {reason}")
-        return "\n".join(lines)
+        return "\n".join(lines + self.problem_lines())
+
+    def problem_lines(self, start: int = 0, limit: int | None = None) -> list[str]:
+        """``"  problem: <file>: <reason>"`` lines of ``problems[start:]``, at most ``limit`` of
+        them and then one line saying how many more there are."""
+        shown = self.problems[start:] if limit is None else self.problems[start : start + limit]
+        lines = [f"  problem: {file}: {reason}" for file, reason in shown]
+        more = len(self.problems) - start - len(shown)
+        if more > 0:
+            lines.append(f"  ... and {more} more")
+        return lines
 
 
 @dataclass

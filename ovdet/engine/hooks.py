@@ -107,8 +107,12 @@ class LoggerHook(Hook):
         self.run_dir, self.progress = run_dir, progress
         self.bar = None
         self.events: EventWriter | None = None
+        self.problems_shown = 0
 
     def before_train(self, trainer: Trainer) -> None:
+        # the data's problems so far were printed when the run started; later ones (images that
+        # fail to decode, decoder warnings) are printed after the epoch that met them
+        self.problems_shown = len(trainer.loader.dataset.data.report.problems)
         if trainer.dist.is_main:
             self.events = EventWriter(self.run_dir)
 
@@ -174,6 +178,11 @@ class LoggerHook(Hook):
             + (f", AP50 {metrics['AP50']:.4f} AP {ap:.4f}" if ap is not None else "")
             + f", {row['images_per_s']:.1f} images/s"
         )
+        report = trainer.loader.dataset.data.report
+        if len(report.problems) > self.problems_shown:
+            print(f"epoch {trainer.state.epoch}: {len(report.problems) - self.problems_shown} new data problem(s)")
+            print("\n".join(report.problem_lines(self.problems_shown)))
+            self.problems_shown = len(report.problems)
 
     def after_train(self, trainer: Trainer) -> None:
         if not trainer.dist.is_main:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ import torch
 from torch import nn
 
 from ovdet.config import EvalConfig, TrainConfig, to_dict
-from ovdet.data.images import ImageReadError, probe_image_size
 from ovdet.data.loader import DetectionDataset, build_loader
 from ovdet.data.readers import load_data_yaml, read_dataset, read_yaml_split
 from ovdet.data.records import Dataset
@@ -41,6 +39,9 @@ from ovdet.models.detector import OVDetector
 from ovdet.text.vocabulary import parse_class_spec, select_embeddings
 
 __all__ = ["TrainResult", "TrainingData", "read_training_data", "train"]
+
+#: Data problems printed when a run starts (all of them: ``ovdet check-data``).
+SHOWN_PROBLEMS = 10
 
 
 @dataclass
@@ -102,7 +103,9 @@ def train(
     Args:
         model: the network to train (its weights are the initialisation).
         cfg: the run (ignored when resuming: the saved run's config continues).
-        embed: K texts → (K, D) unit-norm embeddings (the frozen text encoder through its cache).
+        embed: K texts → (K, D) unit-norm embeddings (the frozen text encoder through its cache;
+            with ``progress``, a large vocabulary is first embedded chunk by chunk to fill that
+            cache, then asked for as a whole, which must then be cheap).
         encoder_id: the id of that encoder (stored with the saved embeddings).
         text_encoder: the encoder itself, needed only to fine-tune it (``cfg.text_lr_mult > 0``).
         resume: a run folder or its ``weights/last``, or that run already read
@@ -186,6 +189,7 @@ def _run(
         lambda t: embed(t).to(dist.device),
         learnable=names if cfg.mode == "prompt_tuning" else (),
         encoder=text_encoder if fine_tune_text else None,
+        progress=progress and dist.is_main,
     ).to(dist.device)
     if vocab.dim != model.cfg.embed_dim:
         raise ValueError(f"the text encoder gives {vocab.dim}-d embeddings but the model reads {model.cfg.embed_dim}-d")
@@ -336,20 +340,25 @@ def read_training_data(cfg: TrainConfig, *, read_val: bool = True) -> TrainingDa
     A data yaml is parsed once for both of its splits. Validation reads ``cfg.val_data`` (its
     ``val`` split when a yaml), else the data yaml's ``val`` split when it has one, else nothing.
 
+    The readers check the vocabulary first (repeated or empty class names, too many classes:
+    :func:`~ovdet.data.readers.check_vocabulary`), so a run that could not save its checkpoint
+    stops here, before its folder exists; unreadable, truncated or escaping images are skipped
+    and listed in ``train.report``.
+
     Args:
         cfg: the run.
         read_val: read the validation set (False: only say where it is; ranks other than 0 never validate).
 
     Raises:
-        ValueError: no usable image, no labelled image, or every image unreadable (named), or a
-            validation set without a usable image.
+        ValueError: an unusable vocabulary, no usable image (every one unreadable, say) or no
+            labelled image (named), or a validation set without a usable image.
     """
     is_yaml = str(cfg.data).endswith((".yaml", ".yml"))
     content = load_data_yaml(cfg.data) if is_yaml else None
     if content is not None:
         data = read_yaml_split(cfg.data, "train", content)
-    else:
-        data = read_dataset(cfg.data, split="train")
+    else:  # every image's header and end are read, as a yaml's are: truncated files are skipped here
+        data = read_dataset(cfg.data, split="train", probe_images=True)
     where = f"{cfg.data}" + (" [train]" if is_yaml else "")
     if not data.records:
         raise ValueError(f"{where}: no usable image to train on\n{data.report.summary()}")
@@ -357,20 +366,6 @@ def read_training_data(cfg: TrainConfig, *, read_val: bool = True) -> TrainingDa
         raise ValueError(
             f"{where}: none of its {len(data.records)} images has a box: nothing to learn "
             f"(run `ovdet check-data {cfg.data}`)"
-        )
-    unreadable = []
-    for r in data.records:
-        try:
-            probe_image_size(r.path)
-        except (ImageReadError, OSError, ValueError, SyntaxError) as e:
-            unreadable.append(f"{r.path}: {e}")
-    if len(unreadable) == len(data.records):
-        raise ValueError(f"{where}: every one of its {len(data.records)} images is unreadable (first: {unreadable[0]})")
-    if unreadable:
-        warnings.warn(
-            f"{len(unreadable)} of {len(data.records)} training images are unreadable and will be "
-            f"replaced by others (first: {unreadable[0]})",
-            stacklevel=3,
         )
     if cfg.val_data:
         source = (cfg.val_data, "val")
@@ -583,3 +578,7 @@ def _announce(
         f"{cfg.batch}×{dist.world_size} process(es)×{accumulate} accumulated, {trainable:,} trainable parameters, "
         f"device {dist.device}, validation: {val_source[0] if val_source else 'none'} → {run_dir}"
     )
+    n = len(data.report.problems)
+    if n:
+        print(f"{n} data problem(s) in {cfg.data}: items skipped or changed (`ovdet check-data` lists them all)")
+        print("\n".join(data.report.problem_lines(limit=SHOWN_PROBLEMS)))

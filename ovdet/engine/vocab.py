@@ -2,9 +2,9 @@
 
 Every text the loader can emit (class names, grounding phrases, extra negatives, and their
 left/right-swapped forms from horizontal flips) is embedded before the first step through the
-embedding cache. Two modes change that: prompt tuning makes the class-name embeddings learnable
-parameters (initialised from the encoder), and text-encoder fine-tuning re-encodes each batch's
-texts with gradients.
+embedding cache; a large vocabulary shows a progress bar while it is encoded. Two modes change
+that: prompt tuning makes the class-name embeddings learnable parameters (initialised from the
+encoder), and text-encoder fine-tuning re-encodes each batch's texts with gradients.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from ovdet.data.transforms import swap_left_right
 
 __all__ = ["TrainingVocabulary"]
 
+#: Texts per encoder call while a progress bar is shown; smaller vocabularies are one call, no bar.
+EMBED_CHUNK = 1024
+
 
 class TrainingVocabulary(nn.Module):
     """Text → embedding table of a run.
@@ -29,6 +32,8 @@ class TrainingVocabulary(nn.Module):
         learnable: names whose embeddings become parameters (prompt tuning); empty: none.
         encoder: a text encoder with ``encode_trainable`` to fine-tune (texts re-encoded per batch).
         pad_text: the loader's padding text (its slots get zero vectors; they are masked anyway).
+        progress: with more than :data:`EMBED_CHUNK` texts, show a progress bar while they are
+            encoded (see :meth:`_embed`).
 
     Attributes:
         texts: the table's texts, in row order.
@@ -43,6 +48,7 @@ class TrainingVocabulary(nn.Module):
         learnable: Sequence[str] = (),
         encoder=None,
         pad_text: str = "",
+        progress: bool = False,
     ) -> None:
         super().__init__()
         seen = dict.fromkeys(t for text in texts for t in (text, swap_left_right(text)) if t != pad_text)
@@ -50,7 +56,7 @@ class TrainingVocabulary(nn.Module):
         if not self.texts:
             raise ValueError("the training vocabulary is empty: the dataset has no class names or phrases")
         self.index = {t: i for i, t in enumerate(self.texts)}
-        emb = embed(self.texts).float()  # (V, D)
+        emb = self._embed(embed, self.texts, progress).float()  # (V, D)
         self.register_buffer("fixed", emb.clone(), persistent=False)
         self.learnable = [t for t in dict.fromkeys(learnable)]
         missing = [t for t in self.learnable if t not in self.index]
@@ -60,6 +66,25 @@ class TrainingVocabulary(nn.Module):
         self.prompts = nn.Parameter(emb[self._prompt_rows].clone()) if self.learnable else None
         self.encoder = encoder
         self.pad_text = pad_text
+
+    @staticmethod
+    def _embed(embed: Callable[[list[str]], torch.Tensor], texts: list[str], progress: bool) -> torch.Tensor:
+        """(V, D) ``embed(texts)``, after encoding them chunk by chunk behind a progress bar.
+
+        ``embed`` decides for the whole list where embeddings come from (a vocabulary's own
+        rows only when it holds every text; else the encoder), so the chunks only fill its
+        embedding cache, with progress shown, and the table is then one ``embed`` of every text,
+        which finds them there: the same rows as without a bar.
+        """
+        if progress and len(texts) > EMBED_CHUNK:
+            from tqdm import tqdm
+
+            with tqdm(total=len(texts), desc="embedding the vocabulary", unit="text", dynamic_ncols=True) as bar:
+                for start in range(0, len(texts), EMBED_CHUNK):
+                    chunk = texts[start : start + EMBED_CHUNK]
+                    embed(chunk)
+                    bar.update(len(chunk))
+        return embed(texts)
 
     @property
     def dim(self) -> int:

@@ -3,8 +3,11 @@
 
 One module per format (:mod:`.coco` for COCO and LVIS, :mod:`.yolo`, :mod:`.odvg`, :mod:`.voc`) over a common
 part (:mod:`.common`: prompt names, image and box checks, records). Whole-dataset errors
-(unparsable JSON/YAML, a missing split, a vocabulary that is not 0..K-1) raise ``ValueError`` or
-``FileNotFoundError`` naming the file; bad items are skipped, counted and named in the report.
+(unparsable JSON/YAML, a missing split, a vocabulary that is not 0..K-1, repeated or empty class
+names, more than :data:`MAX_CLASSES` classes) raise ``ValueError`` or ``FileNotFoundError``
+naming the file, before any image is looked at; bad items (an image path leaving the image
+folder, a truncated image, an image whose every box is invalid, ...) are skipped, counted and
+named in the report.
 """
 
 from __future__ import annotations
@@ -12,7 +15,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from ovdet.data.readers.coco import read_coco, read_instances, read_lvis
-from ovdet.data.readers.common import CLIP_TOLERANCE, PathLike, clean_name, load_json, prompt_names
+from ovdet.data.readers.common import (
+    CLIP_TOLERANCE,
+    MAX_CLASSES,
+    PathLike,
+    check_vocabulary,
+    clean_name,
+    load_json,
+    prompt_names,
+    resolve_max_classes,
+)
 from ovdet.data.readers.odvg import read_odvg
 from ovdet.data.readers.voc import is_voc_dir, read_voc, voc_yaml_args
 from ovdet.data.readers.yolo import load_data_yaml, read_yolo
@@ -20,7 +32,9 @@ from ovdet.data.records import DataReport, Dataset
 
 __all__ = [
     "CLIP_TOLERANCE",
+    "MAX_CLASSES",
     "check_data",
+    "check_vocabulary",
     "clean_name",
     "load_data_yaml",
     "prompt_names",
@@ -31,6 +45,7 @@ __all__ = [
     "read_voc",
     "read_yolo",
     "read_yaml_split",
+    "resolve_max_classes",
 ]
 
 
@@ -41,6 +56,7 @@ def read_dataset(
     image_dir: PathLike | None = None,
     verify_images: bool = False,
     require_images: bool = True,
+    probe_images: bool = False,
 ) -> Dataset:
     """Read any supported dataset, chosen by the spec's file type.
 
@@ -53,8 +69,10 @@ def read_dataset(
         spec: The data yaml, instances json or ODVG jsonl.
         split: YOLO split to read (ignored for json/jsonl, whose file is the split).
         image_dir: Image folder for json/jsonl/VOC (default: found next to the file); not for a yaml.
-        verify_images: Verify every image file (see :func:`read_coco`).
+        verify_images: Decode every image file fully (see :func:`read_coco`).
         require_images: json/jsonl only: False reads annotations without looking for images.
+        probe_images: json/jsonl only: read every image's header and end (size checked,
+            truncation found; see :func:`read_coco`). YOLO images are always probed.
 
     Raises:
         ValueError: Unsupported file type, ``image_dir`` given for a YOLO yaml, or an unreadable file.
@@ -80,10 +98,18 @@ def read_dataset(
         images = data.get("images") if isinstance(data, dict) else None
         lvis = isinstance(images, list) and any(isinstance(i, dict) and "neg_category_ids" in i for i in images)
         return read_instances(
-            data, path, image_dir, lvis=lvis, verify_images=verify_images, require_images=require_images
+            data,
+            path,
+            image_dir,
+            lvis=lvis,
+            verify_images=verify_images,
+            require_images=require_images,
+            probe_images=probe_images,
         )
     if suffix == ".jsonl":
-        return read_odvg(path, image_dir, verify_images=verify_images, require_images=require_images)
+        return read_odvg(
+            path, image_dir, verify_images=verify_images, require_images=require_images, probe_images=probe_images
+        )
     raise ValueError(
         f"{path}: unsupported dataset file type {suffix!r}; expected a data .yaml (YOLO), "
         f"an instances .json (COCO/LVIS) or an ODVG .jsonl"
@@ -106,7 +132,11 @@ def check_data(
     verify_images: bool = False,
     require_images: bool = True,
 ) -> DataReport:
-    """Read a dataset and return what the reader found (the body of ``ovdet check-data``).
+    """Read a dataset as ``ovdet check-data`` does and return what the reader found.
+
+    Every image is probed (header and end of file, :func:`read_dataset` ``probe_images``), so
+    truncated files and wrong sizes are found without decoding pixels; ``verify_images`` decodes
+    them fully.
 
     Args:
         spec: As in :func:`read_dataset`.
@@ -119,5 +149,10 @@ def check_data(
         The dataset's report: counts, per-class positives and every problem with its file.
     """
     return read_dataset(
-        spec, split, image_dir=image_dir, verify_images=verify_images, require_images=require_images
+        spec,
+        split,
+        image_dir=image_dir,
+        verify_images=verify_images,
+        require_images=require_images,
+        probe_images=True,
     ).report

@@ -12,7 +12,9 @@ from ovdet.data.readers.common import (
     PathLike,
     annotated_size,
     as_number,
-    existing_file,
+    check_vocabulary,
+    escape_problem,
+    image_path,
     load_json,
     make_record,
     prompt_names,
@@ -25,7 +27,12 @@ __all__ = ["read_coco", "read_instances", "read_lvis"]
 
 
 def read_coco(
-    json_path: PathLike, image_dir: PathLike | None = None, *, verify_images: bool = False, require_images: bool = True
+    json_path: PathLike,
+    image_dir: PathLike | None = None,
+    *,
+    verify_images: bool = False,
+    require_images: bool = True,
+    probe_images: bool = False,
 ) -> Dataset:
     """Read a COCO instances json.
 
@@ -40,28 +47,43 @@ def read_coco(
             ``<json dir>/images/<split>``, ``<json dir>/..``, ``<json dir>`` (``<split>`` from the
             file name: ``instances_train2017.json`` → ``train2017``), then any folder beside or
             below the json's folder, holding the images.
-        verify_images: Open every image with PIL (``Image.verify()`` plus a truncation check) and
-            compare its size with the json's; failures are problems. Without it only the image
-            files' existence is checked (the json has the sizes).
+        verify_images: Decode every image fully (as training does, decoder warnings reported)
+            and compare its size with the json's; failures are problems. Without it, and without
+            ``probe_images``, only the image files' existence is checked (the json has the sizes).
         require_images: When False, records are made from the json alone (``path`` may not
             exist; ``height``/``width`` from the json): ground truth for evaluation.
+        probe_images: Read every image's header and the end of its file (no pixels decoded):
+            its size is compared with the json's and truncated files are found (``ovdet
+            check-data`` and training do this).
 
     Returns:
         The dataset; ``names`` are prompt names, ``raw_names`` the json's, ``category_ids`` the
         json's ids in the same (sorted) order.
 
     Raises:
-        ValueError: The json cannot be parsed or lacks ``images``/``categories``.
+        ValueError: The json cannot be parsed, lacks ``images``/``categories``, or its categories
+            are no usable vocabulary (:func:`~ovdet.data.readers.common.check_vocabulary`).
         FileNotFoundError: The json, or (with ``require_images``) its image folder, is missing.
     """
     path = Path(json_path)
     return read_instances(
-        load_json(path), path, image_dir, lvis=False, verify_images=verify_images, require_images=require_images
+        load_json(path),
+        path,
+        image_dir,
+        lvis=False,
+        verify_images=verify_images,
+        require_images=require_images,
+        probe_images=probe_images,
     )
 
 
 def read_lvis(
-    json_path: PathLike, image_dir: PathLike | None = None, *, verify_images: bool = False, require_images: bool = True
+    json_path: PathLike,
+    image_dir: PathLike | None = None,
+    *,
+    verify_images: bool = False,
+    require_images: bool = True,
+    probe_images: bool = False,
 ) -> Dataset:
     """Read an LVIS (v0.5 or v1) json.
 
@@ -78,17 +100,25 @@ def read_lvis(
         verify_images: As in :func:`read_coco`.
         require_images: When False (e.g. the image-less ``lvis_val_100``), records are made from
             the json alone (``path`` may not exist).
+        probe_images: As in :func:`read_coco`.
 
     Returns:
         The dataset.
 
     Raises:
-        ValueError: The json cannot be parsed or lacks ``images``/``categories``.
+        ValueError: The json cannot be parsed, lacks ``images``/``categories``, or its categories
+            are no usable vocabulary (:func:`~ovdet.data.readers.common.check_vocabulary`).
         FileNotFoundError: The json, or (with ``require_images``) its image folder, is missing.
     """
     path = Path(json_path)
     return read_instances(
-        load_json(path), path, image_dir, lvis=True, verify_images=verify_images, require_images=require_images
+        load_json(path),
+        path,
+        image_dir,
+        lvis=True,
+        verify_images=verify_images,
+        require_images=require_images,
+        probe_images=probe_images,
     )
 
 
@@ -108,7 +138,14 @@ def _image_rels(img: Mapping[str, Any], lvis: bool) -> list[str]:
 
 
 def read_instances(
-    data: Any, json_path: Path, image_dir: PathLike | None, *, lvis: bool, verify_images: bool, require_images: bool
+    data: Any,
+    json_path: Path,
+    image_dir: PathLike | None,
+    *,
+    lvis: bool,
+    verify_images: bool,
+    require_images: bool,
+    probe_images: bool = False,
 ) -> Dataset:
     """COCO/LVIS json body → Dataset (see :func:`read_coco`, :func:`read_lvis`)."""
     if not isinstance(data, dict):
@@ -146,6 +183,7 @@ def read_instances(
         return c["name"]
 
     names = prompt_names([prompt_source(c) for c in cats])
+    check_vocabulary(names, raw_names, json_path, "field 'categories'")
     label_of = {cid: i for i, cid in enumerate(category_ids)}
     report = DataReport()
 
@@ -170,27 +208,29 @@ def read_instances(
 
     # Annotations grouped by image, in file order; bad ones reported here.
     by_image: dict[Any, list[tuple[dict, list[float]]]] = {}  # image id -> (annotation, xywh)
+    rejected: Counter = Counter()  # image id -> its annotations skipped here
     image_ids = {i.get("id") for i in images if isinstance(i, dict)}
     for a in anns:
         if not isinstance(a, dict):
             report.problem(json_path, f"annotation {a!r} is not an object: skipped")
+            report.invalid += 1
             continue
         ref = f"annotation id {a.get('id')}"
         if a.get("image_id") not in image_ids:
             report.problem(json_path, f"{ref}: image_id {a.get('image_id')!r} is not in 'images': skipped")
-            continue
-        if a.get("category_id") not in label_of:
-            report.problem(
-                json_path, f"{ref} (image id {a['image_id']}): unknown category_id {a.get('category_id')!r}: skipped"
-            )
+            report.invalid += 1
             continue
         bbox = a.get("bbox")
         try:
+            if a.get("category_id") not in label_of:
+                raise ValueError(f"unknown category_id {a.get('category_id')!r}")
             if not isinstance(bbox, list) or len(bbox) != 4:
                 raise ValueError(f"bbox must be [x, y, w, h], got {bbox!r}")
             xywh = [as_number(v) for v in bbox]
         except ValueError as e:
             report.problem(json_path, f"{ref} (image id {a['image_id']}): {e}: skipped")
+            report.invalid += 1
+            rejected[a["image_id"]] += 1
             continue
         by_image.setdefault(a["image_id"], []).append((a, xywh))
 
@@ -212,8 +252,11 @@ def read_instances(
                 json_path, f"image id {iid!r} has no 'file_name'" + (" or 'coco_url'" if lvis else "") + ": skipped"
             )
             continue
-        path = existing_file(root, rels)
-        size = annotated_size(path, img, report, verify_images, require_images)
+        path = image_path(root, rels)
+        if path is None:
+            report.problem(json_path, f"image id {iid!r}: " + escape_problem("file_name", rels[-1], root))
+            continue
+        size = annotated_size(path, img, report, verify_images, require_images, probe_images)
         if size is None:
             continue
         width, height = size
@@ -221,22 +264,23 @@ def read_instances(
         group = [a for a, _ in pairs]
         boxes = xywh_to_xyxy([xywh for _, xywh in pairs])  # (N, 4) float64
         labels = [label_of[a["category_id"]] for a in group]
-        records.append(
-            make_record(
-                report,
-                names,
-                path=path,
-                image_id=iid,
-                width=width,
-                height=height,
-                boxes=boxes,
-                labels=labels,
-                texts=[names[k] for k in labels],
-                ignore=[bool(a.get("iscrowd", 0)) for a in group],
-                refs=[f"annotation id {a.get('id')} (image {rels[-1]})" for a in group],
-                problem_file=json_path,
-                neg_category_ids=img.get("neg_category_ids") or (),
-                not_exhaustive_category_ids=img.get("not_exhaustive_category_ids") or (),
-            )
+        rec = make_record(
+            report,
+            names,
+            path=path,
+            image_id=iid,
+            width=width,
+            height=height,
+            boxes=boxes,
+            labels=labels,
+            texts=[names[k] for k in labels],
+            ignore=[bool(a.get("iscrowd", 0)) for a in group],
+            refs=[f"annotation id {a.get('id')} (image {rels[-1]})" for a in group],
+            problem_file=json_path,
+            neg_category_ids=img.get("neg_category_ids") or (),
+            not_exhaustive_category_ids=img.get("not_exhaustive_category_ids") or (),
+            rejected=rejected[iid],
         )
+        if rec is not None:
+            records.append(rec)
     return Dataset(records=records, names=names, raw_names=raw_names, category_ids=category_ids, report=report)

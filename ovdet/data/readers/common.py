@@ -6,9 +6,15 @@ box) and fills a :class:`~ovdet.data.records.DataReport`. Bad items never stop a
 missing or unreadable image, a label file without an image, a malformed label line, a box with
 a non-finite coordinate, zero or negative size, or lying fully outside the image, an unknown
 category or class index are skipped and each one is listed in ``report.problems`` with the file
-it concerns. The one change made to data that is kept is clipping: a box partly outside its
-image is clipped to it and counted in ``report.clipped`` (overshoots of at most
-:data:`CLIP_TOLERANCE` pixels, the rounding of normalised labels, are clipped without being
+it concerns (the boxes are counted in ``report.invalid``). An image whose every box is invalid is
+skipped too: kept as a background image its objects would be trained as negatives (a truly empty
+label file, or an image without annotations, is a background image). An image path of an
+annotation file must stay inside the image folder: an absolute path or ``..`` leaving it is
+skipped and named (:func:`inside`). The vocabulary is checked before anything else
+(:func:`check_vocabulary`: distinct, non-empty names, at most :data:`MAX_CLASSES` of them); a
+bad one is a whole-dataset error. The one change made to data that is kept is clipping: a box
+partly outside its image is clipped to it and counted in ``report.clipped`` (overshoots of at
+most :data:`CLIP_TOLERANCE` pixels, the rounding of normalised labels, are clipped without being
 reported).
 """
 
@@ -24,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from ovdet.data.images import ImageReadError, check_pixel_limit, probe_image_size
+from ovdet.data.images import ImageReadError, check_pixel_limit, decode_image, env_limit, probe_image_size
 from ovdet.data.records import DataReport, ImageRecord
 
-__all__ = ["CLIP_TOLERANCE", "clean_name", "prompt_names"]
+__all__ = ["CLIP_TOLERANCE", "MAX_CLASSES", "check_vocabulary", "clean_name", "prompt_names", "resolve_max_classes"]
 
 PathLike = str | os.PathLike
 
@@ -35,6 +41,14 @@ PathLike = str | os.PathLike
 #: are written with ~6 significant digits, so real boxes touching the border overshoot by
 #: ~5e-7 of the image size (coco128 has 42 such boxes); clipping those is rounding, not a change.
 CLIP_TOLERANCE: float = 0.01
+
+#: Most classes a dataset may have (``$OVDET_MAX_CLASSES`` overrides it; 0 = no limit). The largest
+#: detection vocabularies in use are V3Det (13,204 classes), LVIS (1,203), OpenImages (601) and
+#: Objects365 (365); every class is embedded by the text encoder before the first step and scored
+#: at every anchor, so a vocabulary far beyond those is almost always a mistake (a category per
+#: annotation, a caption per category) that would spend minutes embedding before failing.
+MAX_CLASSES: int = 20_000
+MAX_CLASSES_ENV = "OVDET_MAX_CLASSES"
 
 # How many images are probed to pick an image folder for a json whose folder is not given.
 ROOT_PROBE = 16
@@ -83,6 +97,68 @@ def prompt_names(raw_names: Sequence[str]) -> list[str]:
     return [c if counts[c] == 1 else (" ".join(r.replace("_", " ").split()) or c) for c, r in zip(cleaned, raw_names)]
 
 
+def resolve_max_classes() -> int:
+    """The class limit in force: ``$OVDET_MAX_CLASSES`` when set, else :data:`MAX_CLASSES`; 0 = none.
+
+    Raises:
+        ValueError: the environment value is not an integer >= 0 (named).
+    """
+    return env_limit(MAX_CLASSES_ENV, MAX_CLASSES, "class count")
+
+
+def check_vocabulary(names: Sequence[str], raw_names: Sequence[str], file: PathLike, field: str) -> None:
+    """Refuse a vocabulary training could not finish with, before any image is read or text embedded.
+
+    A checkpoint, and the detector after training, need distinct non-empty names (two classes with
+    one prompt get one embedding and can never be told apart), and every name is embedded before
+    the first step, so more than :func:`resolve_max_classes` names are refused too. An empty
+    vocabulary passes (grounding data has phrases, not classes).
+
+    Args:
+        names: K prompt names (:func:`prompt_names`), the ones that are embedded.
+        raw_names: the K names as the file spells them (for the message).
+        file: the file holding them.
+        field: where in it (``"field 'names'"``, ``"field 'categories'"``).
+
+    Raises:
+        ValueError: too many names, an empty name, or repeated names; the file, the field, the
+            names and their indices are named.
+    """
+    limit = resolve_max_classes()
+    if limit and len(names) > limit:
+        raise ValueError(
+            f"{file}: {field}: {len(names):,} classes, over the limit of {limit:,}. The largest detection "
+            f"vocabularies in use have 13,204 (V3Det), 1,203 (LVIS), 601 (OpenImages) and 365 (Objects365) "
+            f"classes, and every class is embedded by the text encoder before training starts; check that "
+            f"the file has one category per class. If it is meant, raise the limit with "
+            f"${MAX_CLASSES_ENV}={len(names)} (0 = no limit)"
+        )
+    # The rule of ovdet.text.validate_class_names (which checkpoints apply), checked here with
+    # the file, the field and the indices (ovdet.text is a part of this layer: not imported).
+    empty = [i for i, n in enumerate(names) if not n.strip()]
+    if empty:
+        raise ValueError(
+            f"{file}: {field}: class name at index {empty[0]} ({raw_names[empty[0]]!r}) is empty as a prompt; "
+            f"every class needs a name"
+        )
+    at: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        at.setdefault(n, []).append(i)
+    repeated = [
+        f"{n!r} at indices {', '.join(map(str, idx))}"
+        + (f" (written {', '.join(repr(raw_names[i]) for i in idx)})" if len({raw_names[i] for i in idx}) > 1 else "")
+        for n, idx in at.items()
+        if len(idx) > 1
+    ]
+    if repeated:
+        shown = "; ".join(repeated[:10]) + ("; ..." if len(repeated) > 10 else "")
+        raise ValueError(
+            f"{file}: {field}: duplicate class names: {shown}. "
+            f"Every class needs a name of its own (two classes with one name get one text embedding and cannot "
+            f"be told apart): rename or merge them"
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # Shared pieces: images, boxes, records
 # --------------------------------------------------------------------------------------------
@@ -93,23 +169,32 @@ def check_image(
 ) -> tuple[int, int] | None:
     """Size of an image file, or None (and a problem recorded) when it is missing or unreadable.
 
+    The header and the end of the file are read (:func:`~ovdet.data.images.probe_image_size`:
+    truncated JPEG/PNG files are found without decoding them).
+
     Args:
         path: Image file.
         report: Receives the problem.
-        verify: Fully verify the file (see :func:`~ovdet.data.images.probe_image_size`).
+        verify: Also decode the file fully, as training does; what the decoder prints while
+            decoding it (libjpeg's "Corrupt JPEG data", ...) becomes a problem too (the image is kept).
         expected: ``(width, height)`` the annotations were made for; a mismatch is a problem.
     """
     if not path.is_file():
         report.problem(path, "image file not found")
         return None
+    notes: list[str] = []
     try:
         size = probe_image_size(path, verify)
-    except ImageReadError as e:  # e.g. over the pixel limit: its message says why
+        if verify:  # the decode training does, with what the native decoder prints kept
+            decode_image(path, notes=notes)
+    except ImageReadError as e:  # truncated, over the pixel limit, ...: its message says why
         report.problem(path, str(e).removeprefix(f"{path}: "))
         return None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
         report.problem(path, f"unreadable image ({type(e).__name__}: {e})")
         return None
+    if notes:
+        report.problem(path, f"the decoder warned ({'; '.join(notes[:3])}): kept")
     if expected is not None and size != expected:
         report.problem(
             path,
@@ -121,19 +206,25 @@ def check_image(
 
 
 def annotated_size(
-    path: Path, entry: Mapping[str, Any], report: DataReport, verify_images: bool, require_images: bool
+    path: Path,
+    entry: Mapping[str, Any],
+    report: DataReport,
+    verify_images: bool,
+    require_images: bool,
+    probe_images: bool = False,
 ) -> tuple[int, int] | None:
     """(width, height) of an image whose annotation (json entry) states its size.
 
-    The stated size is trusted and existence is enough, unless ``verify_images`` is set or the
-    size is missing, in which case the file is opened. Returns None (problem recorded) when the
-    image cannot be used.
+    The stated size is trusted and existence is enough, unless ``verify_images`` or
+    ``probe_images`` (with ``require_images``) is set or the size is missing, in which case the
+    file is opened (:func:`check_image`). Returns None (problem recorded) when the image cannot
+    be used.
     """
     try:
         expected: tuple[int, int] | None = (int(as_number(entry["width"])), int(as_number(entry["height"])))
     except (KeyError, ValueError):
         expected = None
-    if verify_images or expected is None:
+    if verify_images or (probe_images and require_images) or expected is None:
         size = check_image(path, report, verify_images, expected)
         return None if size is None else (expected or size)
     try:
@@ -200,8 +291,12 @@ def make_record(
     problem_file: PathLike,
     neg_category_ids: Iterable[int] = (),
     not_exhaustive_category_ids: Iterable[int] = (),
-) -> ImageRecord:
+    rejected: int = 0,
+) -> ImageRecord | None:
     """Check boxes, record what was dropped or clipped, count, and build the image's record.
+
+    Returns None (the image skipped, a problem recorded) when the image had boxes but none is
+    valid: as a background image its objects would be trained as negatives.
 
     Args:
         report: Receives counts and problems.
@@ -218,12 +313,23 @@ def make_record(
         problem_file: The file problems are reported against (label file, json).
         neg_category_ids: LVIS negative category ids of the image.
         not_exhaustive_category_ids: LVIS not-exhaustive category ids of the image.
+        rejected: boxes of this image the caller already dropped as invalid (reported and
+            counted there): with them, an image left without a box is skipped, not background.
     """
     kept_boxes, clipped, reasons = sanitize_boxes(boxes, width, height)
     keep = [i for i, r in enumerate(reasons) if r is None]
     for i, r in enumerate(reasons):
         if r is not None:
             report.problem(problem_file, f"{refs[i]}: {r}: skipped")
+    invalid = len(reasons) - len(keep)
+    report.invalid += invalid
+    if not keep and invalid + rejected:
+        report.problem(
+            problem_file,
+            f"image {path}: none of its {invalid + rejected} boxes is valid (see above): image skipped "
+            f"(as a background image its objects would be trained as negatives)",
+        )
+        return None
     for i in np.flatnonzero(clipped):
         box = ", ".join(f"{v:.6g}" for v in np.asarray(boxes, np.float64).reshape(-1, 4)[i].tolist())
         report.problem(
@@ -282,13 +388,14 @@ def pick_root(roots: Sequence[Path], rels: Sequence[Sequence[str]]) -> Path | No
 
     Args:
         roots: Candidate image folders, in preference order.
-        rels: Per probed image, its candidate paths relative to an image folder.
+        rels: Per probed image, its candidate paths relative to an image folder (paths leaving
+            the folder count for none).
     """
     best, best_hits = None, 0
     for root in roots:
         if not root.is_dir():
             continue
-        hits = sum(any((root / r).is_file() for r in options) for options in rels)
+        hits = sum((p := image_path(root, options)) is not None and p.is_file() for options in rels)
         if hits > best_hits:
             best, best_hits = root, hits
             if hits == len(rels):
@@ -351,10 +458,30 @@ def resolve_image_root(
     return default_roots[0]
 
 
-def existing_file(root: Path, options: Sequence[str]) -> Path:
-    """The first of ``root / option`` that is a file, else ``root / options[0]``."""
-    for rel in options:
-        p = root / rel
-        if p.is_file():
-            return p
-    return root / options[0]
+def inside(root: Path, rel: str) -> Path | None:
+    """``root / rel`` when that path lies inside ``root``, else None.
+
+    Compared on the normalised paths, not the resolved ones: an absolute ``rel`` or ``..``
+    components that leave ``root`` are refused, while links inside ``root`` (a folder of
+    symlinked images) are followed as the user made them.
+    """
+    base = os.path.abspath(root)
+    target = os.path.abspath(os.path.join(base, rel))
+    if target == base or os.path.commonpath([base, target]) != base:
+        return None
+    return root / rel
+
+
+def image_path(root: Path, options: Sequence[str]) -> Path | None:
+    """The first of ``root / option`` inside ``root`` that is a file, else the first inside ``root``;
+    None when every option leaves ``root`` (see :func:`inside`)."""
+    allowed = [p for p in (inside(root, rel) for rel in options) if p is not None]
+    return next((p for p in allowed if p.is_file()), allowed[0] if allowed else None)
+
+
+def escape_problem(what: str, rel: str, root: Path) -> str:
+    """The problem of an image path that leaves its image folder."""
+    return (
+        f"{what} {rel!r} lies outside the image folder {root} (an absolute path or '..' leaving it): "
+        f"skipped; image paths are relative to the image folder and stay inside it"
+    )

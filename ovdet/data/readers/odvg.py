@@ -14,6 +14,9 @@ from ovdet.data.readers.common import (
     PathLike,
     annotated_size,
     as_number,
+    check_vocabulary,
+    escape_problem,
+    image_path,
     load_json,
     make_record,
     prompt_names,
@@ -58,6 +61,7 @@ def read_odvg(
     label_map: PathLike | Mapping[Any, str] | None = None,
     verify_images: bool = False,
     require_images: bool = True,
+    probe_images: bool = False,
 ) -> Dataset:
     """Read an ODVG jsonl file (Open-GroundingDino ``data_format.md``), one image per line.
 
@@ -71,6 +75,8 @@ def read_odvg(
       ``category`` names ordered by their ``label``; labels index into ``names``.
 
     Boxes are xyxy pixels. ``caption`` and ``tokens_positive`` are not kept (texts are phrases).
+    A ``filename`` must stay inside the image folder (an absolute path or ``..`` leaving it is
+    skipped and reported).
 
     Args:
         jsonl_path: The jsonl file.
@@ -79,12 +85,14 @@ def read_odvg(
         label_map: ``{"0": "person", ...}`` (a json file or a mapping) for detection lines.
         verify_images: As in :func:`read_coco`.
         require_images: When False, records are made from the jsonl alone.
+        probe_images: As in :func:`read_coco`.
 
     Returns:
         The dataset; ``category_ids`` are the ODVG ``label`` values.
 
     Raises:
-        ValueError: No line of the file is valid JSON, or the label map is malformed.
+        ValueError: No line of the file is valid JSON, the label map is malformed, or the
+            vocabulary is unusable (:func:`~ovdet.data.readers.common.check_vocabulary`).
         FileNotFoundError: The file, or (with ``require_images``) its image folder, is missing.
     """
     path = Path(jsonl_path)
@@ -140,6 +148,7 @@ def read_odvg(
     category_ids = sorted(by_label)
     raw_names = [by_label[k] for k in category_ids]
     names = prompt_names(raw_names)
+    check_vocabulary(names, raw_names, path, "label map" if label_map is not None else "detection categories")
     label_of = {cid: i for i, cid in enumerate(category_ids)}
 
     roots = [path.parent, path.parent / "images", path.parent.parent / "images", path.parent.parent]
@@ -149,10 +158,14 @@ def read_odvg(
     records: list[ImageRecord] = []
     for n, obj in entries:
         report.images += 1
-        image = root / obj["filename"]
-        expected = annotated_size(image, obj, report, verify_images, require_images)
+        image = image_path(root, [obj["filename"]])
+        if image is None:
+            report.problem(path, f"line {n}: " + escape_problem("filename", obj["filename"], root))
+            continue
+        expected = annotated_size(image, obj, report, verify_images, require_images, probe_images)
         if expected is None:
             continue
+        rejected = 0
         boxes: list[list[float]] = []
         labels: list[int] = []
         texts: list[str] = []
@@ -171,6 +184,8 @@ def read_odvg(
                     )
             except ValueError as e:
                 report.problem(path, f"{ref}: {e}: skipped")
+                report.invalid += 1
+                rejected += 1
                 continue
             boxes.append(box)
             labels.append(label_of[lab])
@@ -189,6 +204,8 @@ def read_odvg(
                 region_boxes = _odvg_boxes(reg.get("bbox"))
             except ValueError as e:
                 report.problem(path, f"{ref}: {e}: skipped")
+                report.invalid += 1
+                rejected += 1
                 continue
             for box in region_boxes:
                 boxes.append(box)
@@ -196,20 +213,21 @@ def read_odvg(
                 texts.append(" ".join(phrase.split()))
                 refs.append(ref)
         image_id = obj["image_id"] if isinstance(obj.get("image_id"), (int, str)) else Path(obj["filename"]).stem
-        records.append(
-            make_record(
-                report,
-                names,
-                path=image,
-                image_id=image_id,
-                width=expected[0],
-                height=expected[1],
-                boxes=np.asarray(boxes, np.float64).reshape(-1, 4),
-                labels=labels,
-                texts=texts,
-                ignore=[False] * len(boxes),
-                refs=refs,
-                problem_file=path,
-            )
+        rec = make_record(
+            report,
+            names,
+            path=image,
+            image_id=image_id,
+            width=expected[0],
+            height=expected[1],
+            boxes=np.asarray(boxes, np.float64).reshape(-1, 4),
+            labels=labels,
+            texts=texts,
+            ignore=[False] * len(boxes),
+            refs=refs,
+            problem_file=path,
+            rejected=rejected,
         )
+        if rec is not None:
+            records.append(rec)
     return Dataset(records=records, names=names, raw_names=raw_names, category_ids=category_ids, report=report)

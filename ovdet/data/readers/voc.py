@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ovdet.data.readers.common import PathLike, check_image, make_record, prompt_names
+from ovdet.data.readers.common import PathLike, check_image, check_vocabulary, make_record, prompt_names
 from ovdet.data.records import DataReport, Dataset, ImageRecord
 
 #: Extensions tried for an image whose ``<filename>`` is missing or wrong, in order.
@@ -301,6 +301,7 @@ def read_voc(
             raise ValueError(f"{layout.root}: names must be non-empty and distinct (duplicates: {dup})")
     label_of = {n: i for i, n in enumerate(raw_names)}
     prompts = prompt_names(raw_names)
+    check_vocabulary(prompts, raw_names, layout.root, "names" if names is not None else "object names")
 
     records: list[ImageRecord] = []
     for stem in sorted(all_xml) if stems is None else stems:
@@ -348,6 +349,7 @@ def _record(
         )
     for p in item.problems:
         report.problem(item.xml, p)
+    report.invalid += len(item.problems)
     kept: list[VocObject] = []
     for obj in item.objects:
         if obj.name not in label_of:
@@ -370,6 +372,7 @@ def _record(
         ignore=[o.difficult for o in kept],
         refs=[o.ref for o in kept],
         problem_file=item.xml,
+        rejected=len(item.problems),  # objects without a name or a numeric box: never background
     )
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 
 from ovdet.data.images import IMAGE_EXTENSIONS
-from ovdet.data.readers.common import PathLike, check_image, make_record, prompt_names
+from ovdet.data.readers.common import PathLike, check_image, check_vocabulary, inside, make_record, prompt_names
 from ovdet.data.records import DataReport, Dataset, ImageRecord
 
 __all__ = ["label_path", "load_data_yaml", "read_yolo"]
@@ -48,8 +48,9 @@ def _yolo_names(raw: Any, yaml_path: Path) -> list[str]:
     raise ValueError(f"{yaml_path}: 'names' must be a list or a {{index: name}} mapping, got {raw!r}")
 
 
-def _split_sources(data: Mapping[str, Any], yaml_path: Path, split: str) -> list[Path]:
-    """The split's image sources (folders, list files, images) resolved like ultralytics does.
+def _split_sources(data: Mapping[str, Any], yaml_path: Path, split: str) -> tuple[Path, list[Path]]:
+    """The dataset root and the split's image sources (folders, list files, images), resolved
+    like ultralytics does.
 
     The dataset root is ``path`` (absolute, else relative to the yaml's folder; if that does not
     exist but the path exists relative to the working directory, as ultralytics resolves it, that
@@ -79,14 +80,17 @@ def _split_sources(data: Mapping[str, Any], yaml_path: Path, split: str) -> list
         if not p.exists():
             raise FileNotFoundError(f"{yaml_path}: split {split!r} entry {e!r} not found at {p}")
         out.append(p)
-    return out
+    return root, out
 
 
-def _list_images(sources: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+def _list_images(root: Path, sources: Sequence[Path], report: DataReport) -> tuple[list[Path], list[Path]]:
     """Image files of a split and the folders that were listed (for orphan-label search).
 
     Folders are searched recursively for files with an image extension; a ``.txt`` file lists one
-    image per line (``./x`` and other relative lines are relative to the list's folder).
+    image per line (``./x`` and other relative lines are relative to the list's folder). An
+    absolute line is taken as it is (ultralytics lists hold absolute paths); a relative one must
+    stay inside the dataset root or the list's own folder: one whose ``..`` climbs out of both
+    is skipped and reported.
     """
     images: list[Path] = []
     dirs: list[Path] = []
@@ -105,11 +109,24 @@ def _list_images(sources: Sequence[Path]) -> tuple[list[Path], list[Path]]:
                 lines = src.read_text(encoding="utf-8-sig").splitlines()
             except (OSError, UnicodeDecodeError) as e:
                 raise ValueError(f"{src}: cannot read the image list ({e})") from e
-            for line in lines:
+            for n, line in enumerate(lines, start=1):
                 line = line.strip()
-                if line and not line.startswith("#"):
-                    p = Path(line)
-                    images.append(p if p.is_absolute() else (src.parent / p).resolve())
+                if not line or line.startswith("#"):
+                    continue
+                p = Path(line)
+                if (
+                    not p.is_absolute()
+                    and inside(root, str(src.parent / p)) is None
+                    and inside(src.parent, line) is None
+                ):
+                    report.images += 1
+                    report.problem(
+                        src,
+                        f"line {n}: image {line!r} climbs out of the dataset root {root} and the list's "
+                        f"folder: skipped (a relative line stays inside them; give an absolute path to mean it)",
+                    )
+                    continue
+                images.append(p if p.is_absolute() else (src.parent / p).resolve())
     return sorted(images), dirs
 
 
@@ -117,14 +134,15 @@ def _parse_label_file(
     label_file: Path,
     num_classes: int,
     report: DataReport,
-) -> tuple[np.ndarray, list[int], list[str]] | None:
+) -> tuple[np.ndarray, list[int], list[str], int] | None:
     """Normalised boxes of one YOLO label file, bad lines reported and skipped.
 
     A line is ``class cx cy w h`` (normalised to [0, 1]) or a polygon ``class x1 y1 x2 y2 x3 y3 ...``
     (three or more points; its bounding box is used, as ultralytics does for segment labels).
 
     Returns:
-        ``(boxes, classes, refs)`` with ``boxes`` (N, 4) normalised xyxy, or None when the file
+        ``(boxes, classes, refs, rejected)`` with ``boxes`` (N, 4) normalised xyxy and ``rejected``
+        the lines skipped (each reported and counted in ``report.invalid``), or None when the file
         cannot be read at all (reported; the image is then skipped, not taken as background).
     """
     try:
@@ -135,26 +153,34 @@ def _parse_label_file(
     boxes: list[list[float]] = []
     classes: list[int] = []
     refs: list[str] = []
+    rejected = 0
+
+    def reject(n: int, reason: str) -> None:
+        nonlocal rejected
+        rejected += 1
+        report.invalid += 1
+        report.problem(label_file, f"line {n}: {reason}: skipped")
+
     for n, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
         if not parts:
             continue
         cols = len(parts)
         if cols != 5 and (cols < 7 or cols % 2 == 0):
-            report.problem(
-                label_file,
-                f"line {n}: {cols} columns, expected 5 (class cx cy w h) or a polygon "
-                f"(class x1 y1 x2 y2 x3 y3 ...): {line.strip()[:80]!r}: skipped",
+            reject(
+                n,
+                f"{cols} columns, expected 5 (class cx cy w h) or a polygon "
+                f"(class x1 y1 x2 y2 x3 y3 ...): {line.strip()[:80]!r}",
             )
             continue
         try:
             values = [float(v) for v in parts]
         except ValueError:
-            report.problem(label_file, f"line {n}: non-numeric value in {line.strip()[:80]!r}: skipped")
+            reject(n, f"non-numeric value in {line.strip()[:80]!r}")
             continue
         cls = values[0]
         if not math.isfinite(cls) or cls != int(cls) or not 0 <= cls < num_classes:
-            report.problem(label_file, f"line {n}: class index {parts[0]!r} out of range 0..{num_classes - 1}: skipped")
+            reject(n, f"class index {parts[0]!r} out of range 0..{num_classes - 1}")
             continue
         if cols == 5:
             cx, cy, w, h = values[1:]
@@ -164,7 +190,7 @@ def _parse_label_file(
             boxes.append([min(xs), min(ys), max(xs), max(ys)])
         classes.append(int(cls))
         refs.append(f"line {n}")
-    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), classes, refs
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), classes, refs, rejected
 
 
 #: What a data yaml's optional ``format`` key may say: YOLO label files (default) or Pascal VOC xml.
@@ -212,13 +238,17 @@ def read_yolo(
     Each image's label file is found as ultralytics finds it (last ``/images/`` → ``/labels/``,
     extension → ``.txt``); normalised ``class cx cy w h`` lines become xyxy pixels of the image's
     display size (read from the header, EXIF orientation applied as ``decode_image`` applies it).
-    An image without a label file, or with an empty one, is a background image; a label file in
-    a split folder's labels folder without an image is a problem.
+    An image without a label file, or with an empty one, is a background image; one whose every
+    label line is invalid is skipped (reported), not background; a label file in a split folder's
+    labels folder without an image is a problem. Images named by a list file must lie inside the
+    dataset root or the list's folder.
 
     Args:
         data_yaml: The data yaml.
         split: Which split to read.
-        verify_images: Also run PIL ``Image.verify()`` and a truncation check on every image.
+        verify_images: Also decode every image fully, as training does (decoder warnings are
+            problems). Without it each image's header and end are read: its size, and whether it
+            is truncated.
         content: The yaml's content from :func:`load_data_yaml` (the file is then not read
             again); None: read the file.
 
@@ -227,7 +257,8 @@ def read_yolo(
         ``image_id`` the file stem (the path without extension when stems repeat).
 
     Raises:
-        ValueError: The yaml cannot be parsed, or lacks the split or valid ``names``.
+        ValueError: The yaml cannot be parsed, or lacks the split or valid ``names`` (repeated or
+            empty names, or more than :data:`~ovdet.data.readers.common.MAX_CLASSES`).
         FileNotFoundError: The yaml or a split entry does not exist.
     """
     yaml_path = Path(data_yaml)
@@ -236,8 +267,10 @@ def read_yolo(
         raise ValueError(f"{yaml_path}: field 'names' is missing")
     raw_names = _yolo_names(data["names"], yaml_path)
     names = prompt_names(raw_names)
-    images, dirs = _list_images(_split_sources(data, yaml_path, split))
+    check_vocabulary(names, raw_names, yaml_path, "field 'names'")
     report = DataReport()
+    root, sources = _split_sources(data, yaml_path, split)
+    images, dirs = _list_images(root, sources, report)
 
     stems = Counter(p.stem for p in images)
     records: list[ImageRecord] = []
@@ -254,27 +287,28 @@ def read_yolo(
             parsed = _parse_label_file(label_file, len(names), report)
             if parsed is None:
                 continue
-            norm, classes, refs = parsed
+            norm, classes, refs, rejected = parsed
         else:
-            norm, classes, refs = np.zeros((0, 4)), [], []
+            norm, classes, refs, rejected = np.zeros((0, 4)), [], [], 0
         boxes = norm * np.array([width, height, width, height], dtype=np.float64)  # (N, 4) pixels
         image_id = image.stem if stems[image.stem] == 1 else image.with_suffix("").as_posix()
-        records.append(
-            make_record(
-                report,
-                names,
-                path=image,
-                image_id=image_id,
-                width=width,
-                height=height,
-                boxes=boxes,
-                labels=classes,
-                texts=[names[c] for c in classes],
-                ignore=[False] * len(classes),
-                refs=refs,
-                problem_file=label_file,
-            )
+        rec = make_record(
+            report,
+            names,
+            path=image,
+            image_id=image_id,
+            width=width,
+            height=height,
+            boxes=boxes,
+            labels=classes,
+            texts=[names[c] for c in classes],
+            ignore=[False] * len(classes),
+            refs=refs,
+            problem_file=label_file,
+            rejected=rejected,
         )
+        if rec is not None:
+            records.append(rec)
 
     # Label files in the labels folders of the listed image folders that no image claims.
     for d in dirs:
