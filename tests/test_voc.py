@@ -254,3 +254,22 @@ def test_training_and_validation_read_a_voc_data_yaml(devkit, tmp_path: Path) ->
     found = sorted({o["name"] for objs in truth.values() for o in objs})
     assert det.names == found and out["metrics"]["images"] == len(truth) - 5
     assert 0.0 <= out["metrics"]["AP"] <= 1.0
+
+
+def test_cli_train_and_val_take_a_voc_folder(devkit, tmp_path: Path, capsys) -> None:
+    """``--data`` may be a VOC folder (train reads its train split, val its val split)."""
+    from tests.helpers import TINY
+
+    root, truth = devkit
+    runs = tmp_path / "runs"
+    args = ["--epochs", "1", "--imgsz", "128", "--batch", "2", "--workers", "0", "--device", "cpu", "--quiet"]
+    code = main(["train", "--model", str(TINY), "--data", str(root), "--val-data", str(root),
+                 "--project", str(runs), "--name", "voc", *args])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "1 epochs done" in out
+    model = runs / "voc" / "weights" / "last"
+    assert main(["val", "--model", str(model), "--data", str(root), "--imgsz", "128", "--quiet"]) == 0
+    assert f"{len(truth) - 5} images, 0 skipped" in capsys.readouterr().out
+    assert main(["val", "--model", str(model), "--data", str(tmp_path / "nowhere")]) == 2
+    assert "dataset not found" in capsys.readouterr().err

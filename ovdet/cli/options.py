@@ -236,6 +236,13 @@ def check_file(flag: str, path: str | None, what: str = "file not found") -> Non
         raise UsageError(f"{flag} {path}: {what}")
 
 
+def check_dataset(flag: str, path: str | None) -> None:
+    """Raises UsageError when a given dataset ``path`` (of ``flag``) is neither a file (yaml, json,
+    jsonl) nor a folder (Pascal VOC)."""
+    if path and not (Path(path).is_file() or Path(path).is_dir()):
+        raise UsageError(f"{flag} {path}: dataset not found (a data yaml, instances json, ODVG jsonl or VOC folder)")
+
+
 def check_device(device: str) -> str:
     """``device`` when it names a usable device.
 

@@ -20,7 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="what to start from: model YAML (random init), ovdet checkpoint folder, pretrained name, or an "
         "ultralytics YOLO-World / YOLOv8 .pt (with --trust)",
     )
-    p.add_argument("--data", help="training data: ultralytics data yaml, COCO/LVIS instances json, or ODVG jsonl")
+    p.add_argument(
+        "--data",
+        help="training data: data yaml (YOLO or format: voc), COCO/LVIS instances json, ODVG jsonl, or a Pascal VOC folder",
+    )
     p.add_argument("--val-data", help="validation data (default: the data yaml's val split, none for json)")
     p.add_argument("--config", help="a training recipe YAML (TrainConfig fields, optional model:); flags win over it")
     p.add_argument("--epochs", type=int, default=None, help="passes over the data (default 100)")
@@ -150,8 +153,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("ovdet train needs --model (a model YAML, checkpoint, pretrained name or .pt) or --resume")
         if not cfg.data:
             raise UsageError("ovdet train needs --data (a data yaml, instances json or ODVG jsonl)")
-        opt.check_file("--data", cfg.data)
-        opt.check_file("--val-data", cfg.val_data)
+        opt.check_dataset("--data", cfg.data)
+        opt.check_dataset("--val-data", cfg.val_data)
         opt.check_device(cfg.device)
         if Path(model_spec).suffix != ".pt":
             opt.check_model_spec(model_spec)
@@ -160,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         det = init_detector(model_spec, cfg.device, args.trust)
         opt.apply_text_options(det, args)
         if args.embeddings:  # offline: the run's texts come from this file (names it lacks need the encoder)
-            opt.set_vocabulary(det, None, args.embeddings)
+            opt.set_vocabulary(det, None, args.embeddings, args.allow_other_encoder)
         result = det.train(cfg, progress=not args.quiet)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return 0

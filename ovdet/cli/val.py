@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data",
         required=True,
-        help="ground truth: COCO or LVIS instances .json, or (with --model) an ultralytics data yaml",
+        help="ground truth: COCO or LVIS instances .json, or (with --model) a data yaml or Pascal VOC folder",
     )
     p.add_argument("--split", default="val", help="data yaml split to evaluate (with --model)")
     opt.add_imgsz(p)
@@ -66,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
     from ovdet.config import EvalConfig
     from ovdet.evaluation import build_evaluator, write_report
 
-    opt.check_file("--data", args.data)
+    opt.check_dataset("--data", args.data)
     if args.results:  # re-score saved results; no model involved
+        opt.check_file("--data", args.data, "re-scoring results needs a ground-truth json file")
         opt.check_file("--results", args.results)
         try:
             evaluator = build_evaluator(
