@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import pytest
 import torch
+import yaml
 
 from ovdet.cli import main
 from ovdet.data.readers import read_coco
@@ -172,7 +173,8 @@ def test_val_leaves_vocabulary_and_mode_as_they_were(
     listing = tmp_path / "subset.txt"
     listing.write_text("\n".join(str(p) for p in images) + "\n")
     data = tmp_path / "data.yaml"
-    data.write_text(f"path: {tmp_path}\nval: subset.txt\nnames: ['person', 'bicycle', 'car']\n")
+    names = yaml.safe_load((data_dir / "coco128" / "coco128.yaml").read_text())["names"]  # every label valid
+    data.write_text(f"path: {tmp_path}\nval: subset.txt\nnames: {list(names.values())}\n")
     det = make_detector()
     det.set_classes(["zebra", "kite"])
     emb = det.class_embeddings
