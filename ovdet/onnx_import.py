@@ -265,7 +265,10 @@ def read_onnx_export(path: str | Path) -> OnnxExport:
                 "only graphs exported by ultralytics (torch.onnx with module names) can be read"
             )
         if node.op_type == "ConvInteger":
-            weight, bias = _conv_integer(node, consts, edges)
+            try:
+                weight, bias = _conv_integer(node, consts, edges)
+            except ConversionError as e:
+                raise ConversionError(f"{path}: {e}") from None
             kinds.add("int8-dynamic")
         else:
             w = consts.get(node.input[1])
