@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from torch import nn
 from ovdet.config import EvalConfig, TrainConfig, to_dict
 from ovdet.data.loader import DetectionDataset, build_loader
 from ovdet.data.readers import load_data_yaml, read_dataset, read_yaml_split
+from ovdet.data.readers.voc import find_layout, is_voc_dir
 from ovdet.data.records import Dataset
 from ovdet.device import resolve_device
 from ovdet.engine.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
@@ -338,7 +341,9 @@ def read_training_data(cfg: TrainConfig, *, read_val: bool = True) -> TrainingDa
     """The run's data, each file read once: the training set (checked) and the validation set.
 
     A data yaml is parsed once for both of its splits. Validation reads ``cfg.val_data`` (its
-    ``val`` split when a yaml), else the data yaml's ``val`` split when it has one, else nothing.
+    ``val`` split when a yaml), else the data yaml's ``val`` split when it has one (or a Pascal
+    VOC folder's ``val`` split file), else nothing: the run then trains without validation and says
+    so. Validation images that are also training images (the same file) are warned about.
 
     The readers check the vocabulary first (repeated or empty class names, too many classes:
     :func:`~ovdet.data.readers.check_vocabulary`), so a run that could not save its checkpoint
@@ -377,9 +382,28 @@ def read_training_data(cfg: TrainConfig, *, read_val: bool = True) -> TrainingDa
             if read_val
             else None
         )
+    elif is_voc_dir(cfg.data) and "val" in find_layout(cfg.data).split_files:
+        source = (cfg.data, "val")  # a VOC folder's own val split, as a data yaml's
+        val = read_validation_set(cfg.data, "val", name=f"{cfg.data} [val]") if read_val else None
     else:
         return TrainingData(data, None, None)
+    if val is not None:
+        _warn_shared_images(data, val, where, val.source)
     return TrainingData(data, source, val)
+
+
+def _warn_shared_images(train: Dataset, val: ValidationSet, train_name: str, val_name: str) -> None:
+    """Warn when validation images are also training images (the same file, by its real path):
+    the run still trains, but its validation scores measure memory, not generalisation."""
+    seen = {os.path.realpath(r.path) for r in train.records}
+    shared = [r.path for r in val.dataset.records if os.path.realpath(r.path) in seen]
+    if shared:
+        warnings.warn(
+            f"{len(shared)} of the {len(val.dataset.records)} validation images ({val_name}) are also training "
+            f"images ({train_name}), e.g. {shared[0]}: validation scores will be optimistic; "
+            "give a validation set of other images for a fair score",
+            stacklevel=3,
+        )
 
 
 def _apply_mode(model: OVDetector, mode: str) -> tuple[int, list[nn.Module]]:
@@ -576,7 +600,7 @@ def _announce(
         f"{'resuming' if resumed else 'training'} {cfg.mode} on {cfg.data}: {len(data.records)} images "
         f"({data.report.boxes} boxes, {len(data.names)} classes), {cfg.epochs} epochs at {cfg.imgsz}px, batch "
         f"{cfg.batch}×{dist.world_size} process(es)×{accumulate} accumulated, {trainable:,} trainable parameters, "
-        f"device {dist.device}, validation: {val_source[0] if val_source else 'none'} → {run_dir}"
+        f"device {dist.device}, validation: {val_source[0] if val_source else 'none (no val split: pass val_data)'} → {run_dir}"
     )
     n = len(data.report.problems)
     if n:

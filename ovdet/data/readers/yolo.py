@@ -127,7 +127,28 @@ def _list_images(root: Path, sources: Sequence[Path], report: DataReport) -> tup
                     )
                     continue
                 images.append(p if p.is_absolute() else (src.parent / p).resolve())
-    return sorted(images), dirs
+    return sorted(_drop_repeats(images, sources, report)), dirs
+
+
+def _drop_repeats(images: list[Path], sources: Sequence[Path], report: DataReport) -> list[Path]:
+    """Each image file once: a file listed again (twice in a list, in two listed folders, or by
+    another path to the same file) is reported and its repeats dropped, so an epoch never trains
+    on it twice and validation never scores it twice."""
+    first: dict[str, Path] = {}
+    kept: list[Path] = []
+    for image in images:
+        key = os.path.realpath(image)
+        if key in first:
+            report.images += 1
+            report.problem(
+                image,
+                f"the same image file as {first[key]} is listed again (split entries "
+                f"{', '.join(str(s) for s in sources)}): the repeat is skipped",
+            )
+            continue
+        first[key] = image
+        kept.append(image)
+    return kept
 
 
 def _parse_label_file(
