@@ -37,7 +37,15 @@ from ovdet.io import ovdet_home
 from ovdet.models.detector import OVDetector
 from ovdet.models.folded import FoldedDetector
 from ovdet.structures import Detections
-from ovdet.text import EmbeddingCache, TextEncoder, build_text_encoder, text_encoder_id, validate_class_names
+from ovdet.text import (
+    EmbeddingCache,
+    TextEncoder,
+    TextEncoderUnavailable,
+    build_text_encoder,
+    text_encoder_id,
+    validate_class_names,
+)
+from ovdet.text.builtin import cannot_encode, enter_builtin_embeddings
 from ovdet.text.vocabulary import builtin_vocabulary, is_builtin_vocabulary, select_embeddings
 
 if TYPE_CHECKING:
@@ -299,13 +307,21 @@ class Detector:
         return self._encode(validate_class_names(names))
 
     def _encode(self, names: list[str]) -> torch.Tensor:
-        """:meth:`encode` of names already validated."""
+        """:meth:`encode` of names already validated; the shipped CLIP tables answer first where
+        they are the model's text space (:mod:`ovdet.text.builtin`)."""
         templates = self.cfg.text.templates
+        eid = self._encoder.id if self._encoder is not None else text_encoder_id(self.cfg.text)
+        texts = enter_builtin_embeddings(self.cache, eid, templates, names)
         if self._encoder is None:
-            emb = self.cache.lookup(text_encoder_id(self.cfg.text), names, templates)
+            emb = self.cache.lookup(eid, texts, templates)
             if emb is not None:
                 return emb
-        emb = self.cache.get_or_encode(self.text_encoder, names, templates)
+        try:
+            encoder = self.text_encoder
+        except TextEncoderUnavailable as e:
+            missing = [n for n, t in zip(names, texts) if (eid, tuple(templates), t) not in self.cache]
+            raise cannot_encode(e, eid, templates, missing) from e
+        emb = self.cache.get_or_encode(encoder, texts, templates)
         if self.cache.path is not None and self.cache.unsaved:  # nothing new: no file rewrite
             try:
                 self.cache.save()
@@ -316,10 +332,14 @@ class Detector:
     def set_classes(self, names: Sequence[str] | str) -> Detector:
         """Set the vocabulary from natural-language names, or a built-in vocabulary by name.
 
-        ``set_classes("coco")``, ``"lvis"`` or ``"objects365"`` uses the class names shipped with
-        ovdet (:mod:`ovdet.text.vocabulary`): a prompt-free mode in one word. Embeddings come
-        from the cache when known (no encoder call), else from the text encoder; the cache is keyed by (encoder id, templates, text), so a new vocabulary or a
-        new encoder never reuses stale embeddings.
+        ``set_classes("coco")``, ``"lvis"``, ``"objects365"`` or ``"openimages"`` uses the class names
+        shipped with ovdet (:mod:`ovdet.text.vocabulary`): a prompt-free mode in one word. For a
+        model whose text space is CLIP ViT-B/32 OpenAI with templates ``("a {}",)``, the real CLIP
+        embeddings shipped with ovdet answer these and any single name of their tables, offline and
+        without building an encoder (:mod:`ovdet.text.builtin`). Other embeddings come from the
+        cache when known (no encoder call), else from the text encoder; the cache is keyed by
+        (encoder id, templates, text), so a new vocabulary or a new encoder never reuses stale
+        embeddings.
 
         Raises:
             ValueError: empty list, duplicate or empty names (named).

@@ -128,7 +128,12 @@ def test_default_and_builtin_vocabularies(det: Detector, client: TestClient, coc
     listed = client.post("/v1/detect", files=files, data={"classes": json.dumps(["COCO"])}).json()["results"][0]
     assert listed["names"] == builtin_vocabulary("coco")  # a one-item list naming a built-in one
     info = client.get("/v1/model").json()
-    assert info["default_classes"] == det.names and info["builtin_vocabularies"] == ["coco", "lvis", "objects365"]
+    assert info["default_classes"] == det.names and info["builtin_vocabularies"] == [
+        "coco",
+        "lvis",
+        "objects365",
+        "openimages",
+    ]
     assert info["text_encoder"].startswith("sentence_transformers:") and info["device"] == "cpu"
     assert info["architecture"]["version"] == 2 and info["architecture"]["parameters"] > 1_000_000
 

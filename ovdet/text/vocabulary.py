@@ -1,13 +1,22 @@
-"""Vocabularies: the built-in COCO (80), LVIS (1203) and Objects365 (365) class names shipped with
-ovdet, the one parser of a class list typed as a string (:func:`parse_class_spec`), and the one
-rule for which embeddings a list of names gets (:func:`select_embeddings`).
+"""Vocabularies: the built-in COCO (80), LVIS (1203), Objects365 (365) and OpenImages (498) class
+names shipped with ovdet, the one parser of a class list typed as a string
+(:func:`parse_class_spec`), and the one rule for which embeddings a list of names gets
+(:func:`select_embeddings`).
 
 Files in ``ovdet/text/vocab/`` hold one class per line, synonyms separated by ``/`` (as in
 ultralytics' dataset files). :func:`builtin_vocabulary` returns prompt names: the first synonym,
 or the most specific one where first synonyms collide (LVIS ``bow/bow weapon`` and
 ``bow/bow decorative ribbons`` become ``bow weapon`` and ``bow decorative ribbons``), so every
 class has its own text. Use them anywhere a class list is accepted, or to keep the open
-vocabulary while fine-tuning (``TrainConfig.keep_vocab``).
+vocabulary while fine-tuning (``TrainConfig.keep_vocab``). ``openimages.txt`` is Detic's
+OpenImages category list with each name once (it names ``Bench`` and ``Mouse`` twice; one text
+can only be one class).
+
+Real CLIP ViT-B/32 embeddings of these names ship in ``vocab/clip-vit-b32/`` (Detic's, Apache-2.0;
+provenance in its README.md): a model whose text space they are (OpenAI's ViT-B/32 weights with
+QuickGELU and the templates ``("a {}",)``) sets any of these vocabularies, or any single name of
+their tables, offline without a text encoder. :mod:`ovdet.text.builtin` holds the rule for which
+models and which rows.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ __all__ = [
 #: An embedding matrix: a torch tensor or a numpy array (anything indexed by a list of rows).
 E = TypeVar("E")
 
-BUILTIN_VOCABULARIES = ("coco", "lvis", "objects365")
+BUILTIN_VOCABULARIES = ("coco", "lvis", "objects365", "openimages")
 
 
 def builtin_vocabulary(name: str) -> list[str]:
@@ -75,7 +84,7 @@ def parse_class_spec(spec: str, *, files: bool = True, inline: bool = True) -> l
 
     In order: a text file with one name per line (``#`` comments, blank lines skipped) when
     ``spec`` names an existing file or ends in ``.txt``/``.names``; a built-in vocabulary's name
-    (``coco``, ``lvis``, ``objects365``, case and spaces ignored); else, with ``inline``,
+    (``coco``, ``lvis``, ``objects365``, ``openimages``, case and spaces ignored); else, with ``inline``,
     comma-separated names (stripped, empty ones dropped). Names are not validated (see
     :func:`~ovdet.text.validate_class_names`: duplicates are reported there, by name).
 
