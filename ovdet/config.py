@@ -75,7 +75,7 @@ def check_imgsz(
 
 
 #: Text-encoder families :class:`TextConfig` can describe.
-TEXT_FAMILIES: tuple[str, ...] = ("open_clip", "sentence_transformers")
+TEXT_FAMILIES: tuple[str, ...] = ("open_clip", "sentence_transformers", "approx_clip")
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,10 @@ class TextConfig:
         seed: seed for the random initialisation of a ``custom`` tower, so the same config
             always yields the same encoder.
         family: encoder family: ``"open_clip"`` (CLIP text towers, what YOLO-World uses) or
-            ``"sentence_transformers"`` (BERT-family sentence encoders, e.g. MiniLM).
+            ``"sentence_transformers"`` (BERT-family sentence encoders, e.g. MiniLM) or
+            ``"approx_clip"`` (opt-in "approximate CLIP text": the shipped MiniLM mapped into
+            ViT-B-32/openai space by a fitted adapter, for offline names in no CLIP table;
+            ``model``/``pretrained`` must stay ``"ViT-B-32"``/``"openai"``).
     """
 
     model: str = "ViT-B-32"
