@@ -36,7 +36,7 @@ import torch
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # this benchmark process only: no hub or DNS probes by ultralytics
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import DEFAULT_DATA  # noqa: E402
+from benchmarks.common import DEFAULT_DATA, write_yolo_copy  # noqa: E402
 
 CLASS = "raccoon"
 
@@ -51,30 +51,6 @@ def clip_table(data: Path) -> dict[str, torch.Tensor]:
         for n, e in zip(names, emb):
             table.setdefault(n.lower(), e)
     return table
-
-
-def write_yolo_copy(train, val, out: Path) -> Path:
-    """The two splits as an ultralytics YOLO dataset (images linked, labels from the records)."""
-    for split, ds in (("train", train), ("val", val)):
-        (out / "images" / split).mkdir(parents=True)
-        (out / "labels" / split).mkdir(parents=True)
-        for r in ds.records:
-            os.symlink(r.path.resolve(), out / "images" / split / r.path.name)
-            lines = []
-            for (x1, y1, x2, y2), lab, ign in zip(r.boxes.tolist(), r.labels.tolist(), r.ignore.tolist()):
-                if ign:
-                    continue
-                cx, cy, w, h = (
-                    (x1 + x2) / 2 / r.width,
-                    (y1 + y2) / 2 / r.height,
-                    (x2 - x1) / r.width,
-                    (y2 - y1) / r.height,
-                )
-                lines.append(f"{lab} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
-            (out / "labels" / split / f"{r.path.stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
-    yaml_path = out / "data.yaml"
-    yaml_path.write_text(f"path: {out}\ntrain: images/train\nval: images/val\nnames:\n  0: {CLASS}\n")
-    return yaml_path
 
 
 def to_ultralytics(net, scale: str = "n"):
@@ -193,7 +169,7 @@ def main() -> int:
     rows = {}
 
     if args.only in (None, "ultralytics"):
-        yolo_yaml = write_yolo_copy(train_set, val_set, work / "yolo")
+        yolo_yaml = write_yolo_copy({"train": train_set, "val": val_set}, work / "yolo")
         pt = work / "start.pt"
         ul_start = to_ultralytics(start.model)
         torch.save({"model": copy.deepcopy(ul_start).half(), "ema": None, "optimizer": None, "epoch": -1}, pt)

@@ -20,6 +20,35 @@ from pathlib import Path
 
 import cv2
 import torch
+import yaml
+
+
+def write_yolo_copy(splits: dict, out: Path) -> Path:
+    """Datasets already read (split name → :class:`~ovdet.data.records.Dataset`, one vocabulary)
+    as an ultralytics YOLO dataset: images linked, labels written from the records (ignore regions
+    left out, as ultralytics has none), so both tools score identical boxes.
+
+    Returns:
+        The data yaml.
+    """
+    names = next(iter(splits.values())).raw_names
+    for split, ds in splits.items():
+        (out / "images" / split).mkdir(parents=True)
+        (out / "labels" / split).mkdir(parents=True)
+        for r in ds.records:
+            os.symlink(r.path.resolve(), out / "images" / split / r.path.name)
+            lines = []
+            for (x1, y1, x2, y2), lab, ign in zip(r.boxes.tolist(), r.labels.tolist(), r.ignore.tolist()):
+                if not ign:
+                    cx, cy = (x1 + x2) / 2 / r.width, (y1 + y2) / 2 / r.height
+                    w, h = (x2 - x1) / r.width, (y2 - y1) / r.height
+                    lines.append(f"{lab} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
+            (out / "labels" / split / f"{r.path.stem}.txt").write_text("".join(f"{x}\n" for x in lines))
+    yaml_path = out / "data.yaml"
+    body = {"path": str(out), **{s: f"images/{s}" for s in splits}, "names": dict(enumerate(names))}
+    yaml_path.write_text(yaml.safe_dump(body))
+    return yaml_path
+
 
 DEFAULT_DATA = os.environ.get("OVDET_DATA", str(Path(__file__).resolve().parents[1] / "../shared/data"))
 

@@ -25,6 +25,30 @@ def coco128_images(data_dir: Path) -> list[Path]:
     return sorted(require_data(data_dir / "coco128" / "images" / "train2017", "coco128 images").glob("*.jpg"))
 
 
+@pytest.fixture
+def sealed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network, no unpickling: socket connects and every unpickling entry point raise."""
+    import pickle
+    import socket
+
+    import torch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("this must not touch the network or unpickle anything")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+
+    class RefusingUnpickler(pickle.Unpickler):  # a class, so libraries may still subclass it at import
+        def __init__(self, *args, **kwargs) -> None:
+            refuse()
+
+    monkeypatch.setattr(pickle, "Unpickler", RefusingUnpickler)
+    monkeypatch.setattr(torch, "load", refuse)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_ovdet_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never read or write the user's ~/.cache/ovdet (tests may override it again)."""

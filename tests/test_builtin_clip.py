@@ -199,6 +199,14 @@ def test_set_classes_builtin_uses_the_tables_without_an_encoder(
     assert len(det.cache) == len(names)
 
 
+def test_tables_load_sealed(sealed: None, no_encoder: None) -> None:
+    """With sockets and every unpickling entry point made to raise, a CLIP-space model still gets
+    all four vocabularies from the shipped files."""
+    det = _detector(CLIP_A)
+    for vocabulary, k in (("coco", 80), ("lvis", 1203), ("objects365", 365), ("openimages", 498)):
+        assert det.set_classes(vocabulary).class_embeddings.shape == (k, 512)
+
+
 def test_single_names_resolve(no_encoder: None) -> None:
     det = _detector(CLIP_A)
     oi_names, oi = _source("openimages")
