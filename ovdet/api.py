@@ -45,7 +45,7 @@ from ovdet.text import (
     text_encoder_id,
     validate_class_names,
 )
-from ovdet.text.builtin import cannot_encode, enter_builtin_embeddings
+from ovdet.text.builtin import encode_names
 from ovdet.text.vocabulary import builtin_vocabulary, is_builtin_vocabulary, select_embeddings
 
 if TYPE_CHECKING:
@@ -309,19 +309,8 @@ class Detector:
     def _encode(self, names: list[str]) -> torch.Tensor:
         """:meth:`encode` of names already validated; the shipped CLIP tables answer first where
         they are the model's text space (:mod:`ovdet.text.builtin`)."""
-        templates = self.cfg.text.templates
         eid = self._encoder.id if self._encoder is not None else text_encoder_id(self.cfg.text)
-        texts = enter_builtin_embeddings(self.cache, eid, templates, names)
-        if self._encoder is None:
-            emb = self.cache.lookup(eid, texts, templates)
-            if emb is not None:
-                return emb
-        try:
-            encoder = self.text_encoder
-        except TextEncoderUnavailable as e:
-            missing = [n for n, t in zip(names, texts) if (eid, tuple(templates), t) not in self.cache]
-            raise cannot_encode(e, eid, templates, missing) from e
-        emb = self.cache.get_or_encode(encoder, texts, templates)
+        emb = encode_names(self.cache, eid, self.cfg.text.templates, names, lambda: self.text_encoder)
         if self.cache.path is not None and self.cache.unsaved:  # nothing new: no file rewrite
             try:
                 self.cache.save()
@@ -739,7 +728,6 @@ class Detector:
             ImportError: the ``onnx``/``onnxruntime`` packages are missing (the extra is named).
         """
         from ovdet.export.pipeline import export_model
-        from ovdet.text import TextEncoderUnavailable
 
         if config is not None:
             if kwargs or dynamic_vocab or nms:

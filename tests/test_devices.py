@@ -73,8 +73,8 @@ def test_bf16_on_cpu_close_to_fp32(coco128_images: list[Path]) -> None:
 
 def test_bf16_on_cpu_keeps_fp32_boxes(coco128_images: list[Path]) -> None:
     """ovdet-demo on coco128's last 64 images: bf16 predictions keep the fp32 boxes (score > 0.25)
-    at IoU >= 0.9 with the same label. Measured 223/231 (96.5%) with the box branch's last
-    convolution in float32 under autocast; 197/231 (85.3%) with it in bf16."""
+    at IoU >= 0.9 with the same label. Measured 130/131 (99.2%) with the box branch's last
+    convolution in float32 under autocast (the previous demo, v2-s: 223/231, and 197/231 with it in bf16)."""
     from ovdet.export.check import match_detections
     from ovdet.models.head import WorldHead
 
@@ -83,7 +83,7 @@ def test_bf16_on_cpu_keeps_fp32_boxes(coco128_images: list[Path]) -> None:
     ref = det.predict(paths, conf=0.25, imgsz=640, keep_images=False)
     got = det.predict(paths, conf=0.25, imgsz=640, keep_images=False, precision="bf16")
     report = match_detections(ref, got, iou=0.9, min_score=0.25)
-    assert report.reference >= 200 and report.fraction >= 0.92, str(report)
+    assert report.reference >= 120 and report.fraction >= 0.92, str(report)  # measured: 130/131
     # the box logits leave the head in float32 under autocast (a bf16 convolution returns bf16)
     head = next(m for m in det.model.modules() if isinstance(m, WorldHead))
     feats = [torch.randn(1, c.in_channels, 8, 8) for c in (b[0].conv for b in head.box_branches)]

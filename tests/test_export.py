@@ -28,6 +28,7 @@ from ovdet.export.onnx import SlicedAdaptiveMaxPool2d
 from ovdet.inference.predict import Predictor
 from ovdet.models.folded import fold_vocabulary
 from tests.helpers import (
+    MINILM,
     NAMES,
     assert_close_scaled,
     assert_same_predictions,
@@ -35,6 +36,7 @@ from tests.helpers import (
     clear_thresholds,
     decoded_outputs,
     make_detector,
+    minilm_yolov8n,
     v2s_detector,
 )
 
@@ -173,9 +175,9 @@ def people(coco128_images: list[Path]) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def demo() -> Detector:
-    """The shipped ovdet-demo (trained v2-s, MiniLM text space) with a 5-class vocabulary."""
-    det = Detector.from_pretrained("ovdet-demo", device="cpu")
-    return det.set_classes(["person", "bus", "dog", "car", "chair"])
+    """A real COCO detector (YOLOv8n in MiniLM text space: its encoder exports offline) with a
+    5-class vocabulary."""
+    return minilm_yolov8n().set_classes(["person", "bus", "dog", "car", "chair"])
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +192,7 @@ def test_dynamic_vocab_export_files(demo_dynamic: Path) -> None:
     assert onnx.dynamic and onnx.names == ["person", "bus", "dog", "car", "chair"]  # the vocabulary at export
 
 
-@pytest.mark.parametrize("k", [5, 200])
+@pytest.mark.parametrize("k", [5, 100])
 def test_dynamic_vocab_takes_unseen_vocabularies(
     k: int, demo: Detector, demo_dynamic: Path, people: list[np.ndarray]
 ) -> None:
@@ -248,13 +250,14 @@ def test_exported_clip_text_encoder_equals_pytorch(tmp_path: Path) -> None:
 
 def test_exported_sentence_encoder_equals_pytorch(tmp_path: Path) -> None:
     from ovdet.export.text import export_text_encoder
+    from ovdet.text import build_text_encoder
 
-    det = Detector.from_pretrained("ovdet-demo", device="cpu")
-    meta, files = export_text_encoder(det.text_encoder, tmp_path / "demo.onnx")
+    minilm = build_text_encoder(MINILM)  # the shipped MiniLM, offline
+    meta, files = export_text_encoder(minilm, tmp_path / "demo.onnx")
     assert meta["tokenizer"] == "hf_tokenizers" and files[1].name == "demo.text.tokenizer.json"
     enc = OnnxTextEncoder(files[0])
     texts = ["person", "a red backpack on a chair", "Café au lait", "motorbike"] + LVIS[100:140]
-    np.testing.assert_allclose(enc.encode(texts), det.text_encoder.encode(texts).numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(enc.encode(texts), minilm.encode(texts).numpy(), rtol=0, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------- precision
@@ -273,7 +276,7 @@ def test_half_export_keeps_the_detections(demo: Detector, coco128_images: list[P
 
 def test_int8_keeps_fp32_boxes_on_held_out_images(demo: Detector, data_dir: Path, tmp_path: Path) -> None:
     """Calibrated on coco128's first 64 images (by name), measured on the other 64: int8 keeps
-    the fp32 boxes (score > 0.25) at IoU >= 0.9 with the same label. Measured 220/231 (95.2%,
+    the fp32 boxes (score > 0.25) at IoU >= 0.9 with the same label. Measured 125/131 (95.4%,
     the issue's target is 95%); the assertion leaves room for kernels of other CPUs."""
     calib = data_dir / "coco128" / "images" / "train2017"
     result = demo.export(tmp_path / "m.onnx", int8=True, calib=str(calib), calib_images=64)
@@ -282,12 +285,12 @@ def test_int8_keeps_fp32_boxes_on_held_out_images(demo: Detector, data_dir: Path
     report = result.checks["int8"]
     assert result.checks["int8_images"] == "held-out" and report["images"] == 64
     assert result.checks["calib_skipped"] == []
-    assert report["reference_boxes"] >= 200
+    assert report["reference_boxes"] >= 120
     assert report["fraction"] >= INT8_KEEPS, report
     assert report["min_iou"] >= 0.9
 
 
-#: lower bound on the fraction of fp32 boxes int8 keeps in the test above (measured: 0.952).
+#: lower bound on the fraction of fp32 boxes int8 keeps in the test above (measured: 0.954).
 INT8_KEEPS = 0.92
 
 

@@ -22,12 +22,12 @@ from ovdet import Detections, Detector
 from ovdet.deploy import OnnxDetector
 from ovdet.deploy.session import open_session
 from ovdet.export.check import match_detections
-from tests.helpers import assert_same_predictions, clear_nms, decoded_outputs, v2s_detector
+from tests.helpers import assert_same_predictions, clear_nms, decoded_outputs, minilm_yolov8n, v2s_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: lower bound on the fraction of PyTorch fp32 boxes bf16 keeps (measured: 219/231 = 0.948,
-#: the int8 export 0.952); the room is for other CPUs' bf16 kernels.
+#: lower bound on the fraction of PyTorch fp32 boxes bf16 keeps (measured: 129/131 = 0.985,
+#: the int8 export 0.954); the room is for other CPUs' bf16 kernels.
 BF16_KEEPS = 0.92
 
 
@@ -97,9 +97,10 @@ def test_fp32_equals_pytorch_through_static_and_dynamic_shapes(coco128_images: l
 
 
 def test_dynamic_vocabulary_on_openvino(coco128_images: list[Path], tmp_path: Path) -> None:
-    """ovdet-demo exported with a dynamic vocabulary, given one it never saw: by embeddings it
-    equals PyTorch; by names, through the exported text encoder, the embeddings equal PyTorch's."""
-    demo = Detector.from_pretrained("ovdet-demo", device="cpu").set_classes(["person", "bus", "dog", "car", "chair"])
+    """A real COCO detector (YOLOv8n in MiniLM space, whose encoder exports offline) exported with
+    a dynamic vocabulary, given one it never saw: by embeddings it equals PyTorch; by names,
+    through the exported text encoder, the embeddings equal PyTorch's."""
+    demo = minilm_yolov8n().set_classes(["person", "bus", "dog", "car", "chair"])
     path = demo.export(tmp_path / "demo.onnx", dynamic_vocab=True).path
     det = copy.copy(demo)
     vocab = ["person", "umbrella", "backpack", "traffic light", "handbag"]
@@ -143,7 +144,7 @@ def test_bf16_keeps_fp32_boxes(coco128_images: list[Path], tmp_path: Path) -> No
     assert "precision=bf16" in info["repr"] and len(info["compiled_shapes"]) == 4
     ref = demo.predict([str(p) for p in paths], conf=0.25, iou=0.7, imgsz=640, keep_images=False)
     report = match_detections(ref, _detections(arrays, len(jobs), demo.names), iou=0.9, min_score=0.25)
-    assert report.reference >= 200 and report.fraction >= BF16_KEEPS, str(report)
+    assert report.reference >= 120 and report.fraction >= BF16_KEEPS, str(report)  # ovdet-demo: 131 boxes
     assert report.min_iou >= 0.9
 
 

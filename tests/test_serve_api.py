@@ -134,7 +134,7 @@ def test_default_and_builtin_vocabularies(det: Detector, client: TestClient, coc
         "objects365",
         "openimages",
     ]
-    assert info["text_encoder"].startswith("sentence_transformers:") and info["device"] == "cpu"
+    assert info["text_encoder"] == "open_clip:ViT-B-32:openai" and info["device"] == "cpu"
     assert info["architecture"]["version"] == 2 and info["architecture"]["parameters"] > 1_000_000
 
 

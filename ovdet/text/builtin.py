@@ -37,13 +37,13 @@ from __future__ import annotations
 import difflib
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 
 import torch
 
-from ovdet.text.base import TextEncoderUnavailable, check_texts, validate_templates
+from ovdet.text.base import TextEncoder, TextEncoderUnavailable, check_texts, validate_templates
 from ovdet.text.cache import EmbeddingCache
 from ovdet.text.files import read_safetensors
 from ovdet.text.vocabulary import builtin_vocabulary, name_key
@@ -56,6 +56,7 @@ __all__ = [
     "OPENAI_VIT_B32_SHA256",
     "builtin_clip_table",
     "cannot_encode",
+    "encode_names",
     "enter_builtin_embeddings",
     "is_builtin_clip_space",
 ]
@@ -193,6 +194,34 @@ def enter_builtin_embeddings(
     if known:
         cache.get_or_encode(_TableEncoder(encoder_id, templates), known, templates)  # type: ignore[arg-type]
     return [x or n for x, n in zip(found, names)]
+
+
+def encode_names(
+    cache: EmbeddingCache,
+    encoder_id: str,
+    templates: Sequence[str],
+    names: Sequence[str],
+    get_encoder: Callable[[], TextEncoder],
+) -> torch.Tensor:
+    """(K, D) embeddings of ``names``: the shipped tables first (where they are the encoder's
+    space), then ``cache``, and only then the encoder ``get_encoder`` builds (never built when
+    the tables and the cache hold every name). The one lookup order of ``Detector.encode`` and
+    ``ovdet embed``.
+
+    Raises:
+        TextEncoderUnavailable: some names need the encoder and it cannot be built; the message
+            names them, their nearest table names and how to supply embeddings (:func:`cannot_encode`).
+    """
+    texts = enter_builtin_embeddings(cache, encoder_id, templates, names)
+    emb = cache.lookup(encoder_id, texts, templates)
+    if emb is not None:
+        return emb
+    try:
+        encoder = get_encoder()
+    except TextEncoderUnavailable as e:
+        missing = [n for n, t in zip(names, texts) if (encoder_id, tuple(templates), t) not in cache]
+        raise cannot_encode(e, encoder_id, templates, missing) from e
+    return cache.get_or_encode(encoder, texts, templates)
 
 
 def _nearest(name: str, n: int = 3) -> list[str]:
