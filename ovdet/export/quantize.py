@@ -20,13 +20,14 @@ from ovdet.io import atomic_write
 
 __all__ = ["SENSITIVE", "calibration_images", "quantize_int8"]
 
-#: Convolutions kept in float by default (node-name fragments). Measured on the previous ovdet-demo (v2-s, MiniLM space; coco128:
-#: calibration on images 0-63, 231 fp32 boxes scoring > 0.25 on images 64-127, match at IoU 0.9):
+#: Convolutions kept in float by default (node-name fragments). Measured on the previous
+#: ovdet-demo (v2-s, MiniLM space; coco128: calibration on images 0-63, 231 fp32 boxes scoring > 0.25 on images 64-127, match at IoU 0.9):
 #: quantizing one block alone keeps 77% (stages.0), 89% (stem), 92% (stages.1), 94% (contrast),
 #: 95% (stages.3) of them, every other block >= 96%; the attention similarities and box_branches.*.2
 #: feed a max over classes and the box distributions directly. With these float (and mean-of-image
 #: ranges, see ``moving_average``) 220/231 = 95.2% match (all-int8: 151/231); without stages.1,
-#: 213/231. The current demo (YOLOv8n in CLIP space): 125/131 = 95.4%. The float convs are ~20% of the MACs: 0.062-0.070 s per 640x480 image on 2 threads
+#: 213/231. The current demo (YOLOv8n in CLIP space): 125/131 = 95.4%. The float convs are ~20%
+#: of the MACs: 0.062-0.070 s per 640x480 image on 2 threads
 #: (without stages.1: 0.060-0.072 s in the same runs; fp32 0.125-0.165 s, the host was shared).
 SENSITIVE: tuple[str, ...] = (
     "/stem/",
@@ -108,8 +109,8 @@ def quantize_int8(
         method: activation range calibration, ``"minmax"``, ``"percentile"`` or ``"entropy"``.
         moving_average: with ``"minmax"``, each activation's range is the mean over the images of
             their own min and max (onnxruntime's ``CalibMovingAverage`` with one collection pass)
-            instead of the extremes over all images: 220/231 vs 209/231 boxes matched on the previous ovdet-demo (v2-s)
-            (64 calibration images; with 32 it falls to 206-215/231, so give it >= 64).
+            instead of the extremes over all images: 220/231 vs 209/231 boxes matched on the
+            previous ovdet-demo (v2-s) (64 calibration images; with 32 it falls to 206-215/231, so give it >= 64).
 
     Raises:
         ImportError: onnxruntime is missing (the extra is named).

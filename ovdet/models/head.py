@@ -74,8 +74,8 @@ def _box_logits(branch: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     in float32.
 
     bf16 keeps 8 significant bits: box distributions rounded to it move the DFL expectations by
-    up to a pixel. The previous ovdet-demo's (v2-s) bf16 predictions on CPU kept 83.5% of its fp32 boxes at IoU 0.9
-    with this convolution in bf16, 94.8% with it in float32 (coco128, 64 images).
+    up to a pixel. The previous ovdet-demo's (v2-s) bf16 predictions on CPU kept 83.5% of its
+    fp32 boxes at IoU 0.9 with this convolution in bf16, 94.8% with it in float32 (coco128, 64 images).
     """
     *body, last = branch
     for layer in body:
