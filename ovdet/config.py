@@ -766,7 +766,9 @@ class TrainConfig:
         weight_decay: on weights only (never norms, biases or logit scales/biases); None: 0.025
             for AdamW, 5e-4 for SGD.
         warmup_epochs: length of the linear warmup, in epochs (at least 100 steps, never past the run's half).
-        warmup_bias_lr: biases start warmup at this learning rate and fall to lr0.
+        warmup_bias_lr: biases start warmup at this learning rate and fall to lr0; None: 0.1 for
+            SGD, 0 for AdamW (an Adam step moves every bias by about the rate itself, so 0.1
+            wrecks a trained start within a few updates; ultralytics' ``auto`` makes the same choice).
         warmup_momentum: momentum at the start of warmup.
         schedule: ``cosine`` or ``linear`` decay from lr0 to lr0 × lrf.
         amp: ``auto`` (bf16 on GPUs that support it, else fp16; off on CPU), ``off``, ``bf16``, ``fp16``.
@@ -807,7 +809,7 @@ class TrainConfig:
     momentum: float = 0.937
     weight_decay: float | None = None
     warmup_epochs: float = 3.0
-    warmup_bias_lr: float = 0.1
+    warmup_bias_lr: float | None = None
     warmup_momentum: float = 0.8
     schedule: str = "cosine"
     amp: str = "auto"
@@ -862,7 +864,6 @@ class TrainConfig:
             "lrf",
             "momentum",
             "warmup_epochs",
-            "warmup_bias_lr",
             "warmup_momentum",
             "grad_clip",
             "text_lr_mult",
@@ -872,6 +873,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.lr0 is not None and self.lr0 <= 0:
             raise ConfigError(f"train.lr0 must be > 0, got {self.lr0}")
+        if self.warmup_bias_lr is not None and self.warmup_bias_lr < 0:
+            raise ConfigError(f"train.warmup_bias_lr must be >= 0, got {self.warmup_bias_lr}")
         if self.weight_decay is not None and self.weight_decay < 0:
             raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -881,6 +884,13 @@ class TrainConfig:
     def learning_rate(self) -> float:
         """``lr0``, or the optimizer's default."""
         return self.lr0 if self.lr0 is not None else (2e-3 if self.optimizer == "AdamW" else 1e-2)
+
+    @property
+    def bias_warmup_lr(self) -> float:
+        """``warmup_bias_lr``, or the optimizer's default."""
+        if self.warmup_bias_lr is not None:
+            return self.warmup_bias_lr
+        return 0.0 if self.optimizer == "AdamW" else 0.1
 
     @property
     def decay(self) -> float:

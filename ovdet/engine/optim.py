@@ -29,7 +29,7 @@ def param_groups(params: Iterable[tuple[str, nn.Parameter]]) -> dict[str, list[n
 
     Returns:
         ``{"decay": [...], "no_decay": [...], "bias": [...]}`` (biases: names ending in
-        ``.bias`` with one dimension; they warm up from ``warmup_bias_lr``).
+        ``.bias`` with one dimension; they warm up from ``TrainConfig.bias_warmup_lr``).
     """
     groups: dict[str, list[nn.Parameter]] = {g: [] for g in GROUPS}
     for name, p in params:
@@ -131,7 +131,7 @@ class Schedule:
         momentum = self.cfg.warmup_momentum + t * (self.cfg.momentum - self.cfg.warmup_momentum)
         for g in optimizer.param_groups:
             mult = g.get("lr_mult", 1.0)
-            start = self.cfg.warmup_bias_lr if g.get("kind") == "bias" else 0.0
+            start = self.cfg.bias_warmup_lr if g.get("kind") == "bias" else 0.0
             g["lr"] = mult * ((start + t * (target - start)) if warm else target)
             if "betas" in g:
                 g["betas"] = (momentum, g["betas"][1])
