@@ -741,6 +741,14 @@ class EvalConfig:
 TRAIN_MODES = ("full", "freeze_backbone", "prompt_tuning", "linear_probe")
 
 
+#: What ``lr0``, ``weight_decay`` and ``warmup_bias_lr`` left at None mean, per optimizer. AdamW's
+#: biases start warmup at 0: an Adam step moves each parameter by about the rate itself.
+OPTIMIZER_DEFAULTS: dict[str, dict[str, float]] = {
+    "AdamW": {"lr0": 2e-3, "weight_decay": 0.025, "warmup_bias_lr": 0.0},
+    "SGD": {"lr0": 1e-2, "weight_decay": 5e-4, "warmup_bias_lr": 0.1},
+}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """A training run (``Detector.train``, ``ovdet train``); names follow ultralytics' where they exist.
@@ -849,7 +857,7 @@ class TrainConfig:
             raise ConfigError("train.workers and train.max_bad_steps must be >= 0")
         choices = {
             "mode": TRAIN_MODES,
-            "optimizer": ("AdamW", "SGD"),
+            "optimizer": tuple(OPTIMIZER_DEFAULTS),
             "schedule": ("cosine", "linear"),
             "amp": ("auto", "off", "bf16", "fp16"),
         }
@@ -873,29 +881,30 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.lr0 is not None and self.lr0 <= 0:
             raise ConfigError(f"train.lr0 must be > 0, got {self.lr0}")
-        if self.warmup_bias_lr is not None and self.warmup_bias_lr < 0:
-            raise ConfigError(f"train.warmup_bias_lr must be >= 0, got {self.warmup_bias_lr}")
-        if self.weight_decay is not None and self.weight_decay < 0:
-            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        for name in ("warmup_bias_lr", "weight_decay"):  # None: the optimizer's default
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
 
     @property
     def learning_rate(self) -> float:
         """``lr0``, or the optimizer's default."""
-        return self.lr0 if self.lr0 is not None else (2e-3 if self.optimizer == "AdamW" else 1e-2)
+        return self.lr0 if self.lr0 is not None else OPTIMIZER_DEFAULTS[self.optimizer]["lr0"]
 
     @property
     def bias_warmup_lr(self) -> float:
         """``warmup_bias_lr``, or the optimizer's default."""
         if self.warmup_bias_lr is not None:
             return self.warmup_bias_lr
-        return 0.0 if self.optimizer == "AdamW" else 0.1
+        return OPTIMIZER_DEFAULTS[self.optimizer]["warmup_bias_lr"]
 
     @property
     def decay(self) -> float:
         """``weight_decay``, or the optimizer's default."""
-        return self.weight_decay if self.weight_decay is not None else (0.025 if self.optimizer == "AdamW" else 5e-4)
+        return (
+            self.weight_decay if self.weight_decay is not None else OPTIMIZER_DEFAULTS[self.optimizer]["weight_decay"]
+        )
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
