@@ -105,6 +105,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0, help="the random seed of both trainers")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads for both trainers")
     ap.add_argument("--only", choices=("ovdet", "ultralytics"), default=None, help="run one trainer only")
     ap.add_argument(
@@ -206,7 +207,7 @@ def main() -> int:
                 name="run",
                 exist_ok=True,
                 verbose=False,
-                seed=0,
+                seed=args.seed,
                 deterministic=False,
             )
         )
@@ -236,7 +237,7 @@ def main() -> int:
             project=str(work / "ov"),
             name="run",
             val_interval=1,
-            seed=0,
+            seed=args.seed,
             amp="off",
         )
         cfg = load_recipe(args.config, run).train
@@ -248,7 +249,7 @@ def main() -> int:
     print(
         f"\nYOLO-World v2-n from the COCO YOLOv8n (int8 ONNX), Raccoon train {len(train_set.records)} / val "
         f"{len(val_set.records)}, imgsz {args.imgsz}, batch {args.batch}, {args.epochs} epochs, {args.workers} "
-        f"workers, {args.device}, torch threads {torch.get_num_threads()}"
+        f"workers, {args.device}, torch threads {torch.get_num_threads()}, seed {args.seed}"
     )
     print(f"zero-shot start: mAP50-95 {zero['AP']:.4f}  mAP50 {zero['AP50']:.4f}")
     print(f"{'trainer':<26} {'images/s':>9} {'train s':>8} {'mAP50-95':>9} {'mAP50':>7} {'s to ovdet final':>17}")
