@@ -29,7 +29,7 @@ def param_groups(params: Iterable[tuple[str, nn.Parameter]]) -> dict[str, list[n
 
     Returns:
         ``{"decay": [...], "no_decay": [...], "bias": [...]}`` (biases: names ending in
-        ``.bias`` with one dimension; they warm up from ``TrainConfig.bias_warmup_lr``).
+        ``.bias`` with one dimension; they warm up from ``TrainConfig.warmup_bias_lr``).
     """
     groups: dict[str, list[nn.Parameter]] = {g: [] for g in GROUPS}
     for name, p in params:
@@ -65,8 +65,8 @@ def build_optimizer(
         ValueError: nothing to train.
     """
     named = list(named)
-    decay = cfg.decay * cfg.batch * accumulate * world_size / cfg.nbs
-    lr, lr_mults = cfg.learning_rate, lr_mults or {}
+    decay = cfg.resolved("weight_decay") * cfg.batch * accumulate * world_size / cfg.nbs
+    lr, momentum, lr_mults = cfg.resolved("lr0"), cfg.resolved("momentum"), lr_mults or {}
     groups = []
     for kind, params in param_groups(named).items():
         by_mult: dict[float, list[nn.Parameter]] = {}
@@ -85,8 +85,8 @@ def build_optimizer(
     if not any(g["params"] for g in groups):
         raise ValueError("nothing to train: every parameter is frozen (check the fine-tune mode)")
     if cfg.optimizer == "SGD":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.momentum, 0.999))
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,9 @@ class Schedule:
     """Learning rate and momentum at every optimizer update: linear warmup, then cosine or linear decay.
 
     During the first ``warmup`` updates the bias group's rate falls from ``warmup_bias_lr`` and
-    the others rise from 0 towards the decayed rate, and momentum rises from
-    ``warmup_momentum``; afterwards the rate decays from ``lr0`` to ``lr0 × lrf`` over the run.
+    the others rise from 0 towards the decayed rate, and SGD's momentum rises from
+    ``warmup_momentum`` (AdamW's beta1 stays at ``momentum``, as in ultralytics); afterwards the
+    rate decays from ``lr0`` to ``lr0 × lrf`` over the run.
 
     Attributes:
         total: optimizer updates of the whole run.
@@ -124,18 +125,17 @@ class Schedule:
 
     def apply(self, optimizer: torch.optim.Optimizer, update: int) -> None:
         """Set every group's learning rate (and momentum) for the update about to happen."""
-        lr0 = self.cfg.learning_rate
-        target = lr0 * self.factor(update)
+        cfg = self.cfg
+        target = cfg.resolved("lr0") * self.factor(update)
         warm = update < self.warmup
         t = update / self.warmup if warm else 1.0
-        momentum = self.cfg.warmup_momentum + t * (self.cfg.momentum - self.cfg.warmup_momentum)
+        momentum = cfg.warmup_momentum + t * (cfg.resolved("momentum") - cfg.warmup_momentum)
+        bias_start = cfg.resolved("warmup_bias_lr")
         for g in optimizer.param_groups:
             mult = g.get("lr_mult", 1.0)
-            start = self.cfg.bias_warmup_lr if g.get("kind") == "bias" else 0.0
+            start = bias_start if g.get("kind") == "bias" else 0.0
             g["lr"] = mult * ((start + t * (target - start)) if warm else target)
-            if "betas" in g:
-                g["betas"] = (momentum, g["betas"][1])
-            elif "momentum" in g:
+            if "momentum" in g:  # SGD only: AdamW's betas are left as built
                 g["momentum"] = momentum
 
 
