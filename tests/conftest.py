@@ -49,10 +49,15 @@ def sealed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch, "load", refuse)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_ovdet_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never read or write the user's ~/.cache/ovdet (tests may override it again)."""
-    monkeypatch.setenv("OVDET_HOME", str(tmp_path_factory.getbasetemp() / "ovdet_home"))
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_ovdet_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests never read or write the user's ~/.cache/ovdet (tests may override it again).
+
+    Session-scoped, so it is in place before any module- or class-scoped fixture builds a
+    detector or an embedding cache (a function-scoped one came too late for those)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OVDET_HOME", str(tmp_path_factory.getbasetemp() / "ovdet_home"))
+        yield
 
 
 try:  # ultralytics is a dev dependency; tests that need it import it themselves
