@@ -50,6 +50,7 @@ from ovdet.text.vocabulary import builtin_vocabulary, is_builtin_vocabulary, sel
 
 if TYPE_CHECKING:
     from ovdet.engine.state import RunState
+    from ovdet.grounding.result import Grounding
 
 __all__ = ["Detector", "load_detector", "portable_model_spec"]
 
@@ -503,6 +504,36 @@ class Detector:
         """Raises RuntimeError when no vocabulary is set."""
         if self._embeddings is None:
             raise RuntimeError("no vocabulary: call set_classes([...]) or set_class_embeddings(...) first")
+
+    def ground(
+        self,
+        source: Any,
+        caption: str | bytes,
+        phrases: Sequence[str] | None = None,
+        spans: Sequence[Sequence[int]] | None = None,
+        **kwargs: Any,
+    ) -> list[Grounding]:
+        """Phrase grounding: boxes for each phrase of ``caption`` in each image (GLIP's task).
+
+        The caption's noun phrases (or its ``"person. dog."`` category list, or the ``phrases`` /
+        ``spans`` given) become the vocabulary for one :meth:`predict`; each phrase gets the boxes
+        of its text. The vocabulary is left as it was. See :func:`ovdet.grounding.ground`.
+
+        Args:
+            source: as in :meth:`predict`.
+            caption: the text (``str`` or UTF-8 ``bytes``).
+            phrases, spans: the phrases to ground, as strings found in the caption in order or
+                as ``(start, end)`` character spans (default: found in the caption).
+            **kwargs: ``conf``, ``top_k`` (None: every box above ``conf``), ``head_fallback``,
+                ``keep_images`` and the :meth:`predict` options.
+
+        Returns:
+            One :class:`~ovdet.grounding.result.Grounding` per image: per phrase its ``(K, 4)``
+            xyxy boxes in pixels of the original image and ``(K,)`` scores; ``to_dict``, ``plot``, ``save``.
+        """
+        from ovdet.grounding.ground import ground
+
+        return ground(self, source, caption, phrases, spans, **kwargs)
 
     def track(
         self,

@@ -102,6 +102,45 @@ def label_color(label: int) -> tuple[int, int, int]:
     return _PALETTE_BGR[label % len(_PALETTE_BGR)]
 
 
+def text_color_on(color: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white, whichever reads better on a BGR background ``color``."""
+    luminance = 0.114 * color[0] + 0.587 * color[1] + 0.299 * color[2]
+    return (0, 0, 0) if luminance > 140 else (255, 255, 255)
+
+
+def save_image(path: str | os.PathLike, canvas: np.ndarray, what: str) -> Path:
+    """Write a BGR image to ``path`` (format from its extension; parent dirs created).
+
+    Args:
+        path: the file, e.g. ``runs/predict/bus.jpg``.
+        canvas: ``(H, W, 3)`` uint8 BGR.
+        what: what is saved, for the error messages (``"detections"``).
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: no file extension, or OpenCV cannot encode to it.
+        OSError: the file cannot be written.
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    if not ext:
+        raise ValueError(f"cannot save {what} to {path}: no file extension (use e.g. .jpg or .png)")
+    try:
+        ok, encoded = cv2.imencode(ext, canvas)
+    except cv2.error as e:
+        raise ValueError(f"cannot save {what} to {path}: OpenCV cannot encode {ext!r} ({str(e).strip()})") from e
+    if not ok:
+        raise ValueError(f"cannot save {what} to {path}: OpenCV failed to encode {ext!r}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encoded.tobytes())
+    except OSError as e:
+        raise OSError(f"cannot save {what} to {path}: {e}") from e
+    return path
+
+
 def _as_numpy(x: Any, float32: bool = False) -> np.ndarray:
     """A tensor (any device) or array-like as a CPU numpy array, sharing memory where it can.
 
@@ -358,9 +397,7 @@ class Detections:
             ty = y1 - box_h if y1 - box_h >= 0 else y1
             tx = min(max(x1, 0), max(w - tw - 2, 0))
             cv2.rectangle(canvas, (tx, ty), (tx + tw + 2, ty + box_h), color, -1, cv2.LINE_AA)
-            luminance = 0.114 * color[0] + 0.587 * color[1] + 0.299 * color[2]
-            text_color = (0, 0, 0) if luminance > 140 else (255, 255, 255)
-            cv2.putText(canvas, text, (tx + 1, ty + th + 1), font, fs, text_color, thickness, cv2.LINE_AA)
+            cv2.putText(canvas, text, (tx + 1, ty + th + 1), font, fs, text_color_on(color), thickness, cv2.LINE_AA)
         return canvas
 
     def save(self, path: str | os.PathLike, image: np.ndarray | None = None, **plot_kwargs: Any) -> Path:
@@ -378,25 +415,7 @@ class Detections:
             ValueError: No image to plot, or OpenCV cannot encode to the extension.
             OSError: The file cannot be written.
         """
-        path = Path(path)
-        canvas = self.plot(image=image, **plot_kwargs)
-        ext = path.suffix.lower()
-        if not ext:
-            raise ValueError(f"cannot save detections to {path}: no file extension (use e.g. .jpg or .png)")
-        try:
-            ok, encoded = cv2.imencode(ext, canvas)
-        except cv2.error as e:
-            raise ValueError(
-                f"cannot save detections to {path}: OpenCV cannot encode {ext!r} ({str(e).strip()})"
-            ) from e
-        if not ok:
-            raise ValueError(f"cannot save detections to {path}: OpenCV failed to encode {ext!r}")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(encoded.tobytes())
-        except OSError as e:
-            raise OSError(f"cannot save detections to {path}: {e}") from e
-        return path
+        return save_image(path, self.plot(image=image, **plot_kwargs), "detections")
 
     def to_coco(self, image_id: int, category_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
         """COCO results-format dicts, one per detection.

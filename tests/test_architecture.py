@@ -13,8 +13,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ovdet"
 #: Each top-level part of ovdet and its layer; a module may import only its own layer or lower, and
 #: two parts that share a layer never import each other (see :func:`violations`). So, among the
 #: layers above the model: ``inference`` (predict, outputs, track, validate) is below everything
-#: that runs a network; ``engine`` (training), ``deploy``, ``serve`` and ``datatools`` are siblings
-#: over it; ``export`` builds on ``deploy`` (it checks what it wrote with the runtime); ``api`` is
+#: that runs a network, with ``grounding`` beside it (it drives a detector through a protocol, so
+#: ``serve`` and ``api`` may use it); ``engine`` (training), ``deploy``, ``serve`` and
+#: ``datatools`` are siblings over them; ``export`` builds on ``deploy`` (it checks what it wrote with the runtime); ``api`` is
 #: the facade over all of them; ``distributed`` drives ``api``; the command line is on top. Below,
 #: ``device`` reads the precision names of ``config``.
 LAYERS: dict[str, int] = {
@@ -31,6 +32,7 @@ LAYERS: dict[str, int] = {
     "ovdet.weights": 5,
     "ovdet.inference": 6,
     "ovdet.onnx_import": 6,
+    "ovdet.grounding": 6,
     "ovdet.engine": 7,
     "ovdet.deploy": 7,
     "ovdet.serve": 7,

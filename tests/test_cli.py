@@ -43,7 +43,7 @@ def test_every_shared_flag_comes_from_its_options_group() -> None:
     # the groups are really shared: each flag is taken by two commands or more
     assert all(len(commands) >= 2 for commands in seen.values()), seen
     assert {"predict", "val", "label", "track", "export", "train", "index"} <= seen["--imgsz"]
-    assert len(seen["--device"]) == 11 and len(seen["--model"]) >= 8
+    assert len(seen["--device"]) == 12 and len(seen["--model"]) >= 8
 
 
 def test_no_command_module_declares_a_shared_flag() -> None:

@@ -1,4 +1,4 @@
-"""The ``ovdet`` command line: ``ovdet predict|embed|convert|check-data|val|train|export|label|track|index|search|serve``.
+"""The ``ovdet`` command line: ``ovdet predict|ground|embed|convert|check-data|val|train|export|label|track|index|search|serve``.
 
 One module per command family, each with ``register(subparsers)`` (its flags, beside its code)
 and ``run(args)``; the flags several commands share are declared once in
@@ -20,7 +20,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from ovdet.cli import convert, data, embed, export, label, predict, search, serve, track, train, val
+from ovdet.cli import convert, data, embed, export, ground, label, predict, search, serve, track, train, val
 from ovdet.cli.options import Formatter, UsageError, check_model_spec, read_classes
 from ovdet.config import ConfigError
 
@@ -40,7 +40,7 @@ __all__ = [
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 #: The command modules, in the order ``ovdet --help`` lists their commands.
-COMMANDS = (predict, embed, convert, data, val, train, export, label, track, search, serve)
+COMMANDS = (predict, ground, embed, convert, data, val, train, export, label, track, search, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "data", help="data .yaml (YOLO or format: voc), COCO/LVIS instances .json, ODVG .jsonl, or a Pascal VOC folder"
     )
     p.add_argument("--split", default="train", help="split of a data yaml or a VOC folder")
-    p.add_argument("--image-dir", help="image folder of a .json/.jsonl (default: found next to the file)")
+    opt.add_image_dir(p)
     p.add_argument(
         "--verify-images",
         action="store_true",

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     opt.check_device(args.device)
     names = validate_class_names(opt.read_classes(args.classes))
     base = model_text_config(args.model) if args.model else TextConfig()
-    text_cfg = opt.text_config(base, args.text_model, args.text_weights, args.template)
+    text_cfg = opt.text_config(base, args.text_model, args.text_weights, args.template, args.text_family)
     device = args.device if args.device != "auto" else "cpu"
     eid = text_encoder_id(text_cfg)  # the shipped CLIP tables answer their names in their space, offline
     emb = encode_names(

@@ -2,7 +2,8 @@
 
 Every flag that more than one command takes is declared here, once (``tests/test_cli.py`` checks
 that no command module declares one of them itself): the model (``--model``), the vocabulary
-(``--classes``, ``--embeddings``), the text encoder (``--text-model``, ``--text-weights``), the
+(``--classes``, ``--embeddings``), the text encoder (``--text-model``, ``--text-weights``,
+``--text-family``), the image folder of an annotation file (``--image-dir``), the
 detection options (``--conf``, ``--iou``, ``--max-det``, ``--imgsz``, ``--batch``,
 ``--precision``, ``--max-pixels``, ``--video-stride``), the device and the progress bar. A
 command passes its own defaults and help where they differ.
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ovdet.config import ConfigError, PredictConfig
+from ovdet.config import TEXT_FAMILIES, ConfigError, PredictConfig
 
 __all__ = [
     "SHARED_FLAGS",
@@ -30,6 +31,7 @@ __all__ = [
     "add_batch",
     "add_detection",
     "add_device",
+    "add_image_dir",
     "add_imgsz",
     "add_max_pixels",
     "add_model",
@@ -65,6 +67,7 @@ SHARED_FLAGS: dict[str, str] = {
     "--allow-other-encoder": "add_vocabulary",
     "--text-model": "add_text_options",
     "--text-weights": "add_text_options",
+    "--text-family": "add_text_options",
     "--conf": "add_detection",
     "--iou": "add_detection",
     "--max-det": "add_detection",
@@ -75,6 +78,7 @@ SHARED_FLAGS: dict[str, str] = {
     "--video-stride": "add_stream",
     "--device": "add_device",
     "--quiet": "add_quiet",
+    "--image-dir": "add_image_dir",
 }
 
 MODEL_HELP = "ovdet checkpoint folder, model YAML or pretrained name"
@@ -130,7 +134,7 @@ def add_vocabulary(
 
 
 def add_text_options(parser: argparse.ArgumentParser) -> None:
-    """``--text-model`` / ``--text-weights``: another text encoder than the model config's."""
+    """``--text-model`` / ``--text-weights`` / ``--text-family``: another text encoder than the model config's."""
     _shared(
         parser,
         "add_text_options",
@@ -144,6 +148,14 @@ def add_text_options(parser: argparse.ArgumentParser) -> None:
         "--text-weights",
         help="local text-encoder weights (offline use), overriding the config's pretrained tag: an open_clip "
         "checkpoint file, or a sentence-transformers model folder",
+    )
+    _shared(
+        parser,
+        "add_text_options",
+        "--text-family",
+        choices=list(TEXT_FAMILIES),
+        help="text-encoder family, overriding the model config's: approx_clip maps the shipped MiniLM into CLIP "
+        "ViT-B/32 space (offline, approximate; for names in no shipped CLIP table, e.g. free phrases)",
     )
 
 
@@ -196,6 +208,13 @@ def add_stream(
 def add_max_pixels(parser: argparse.ArgumentParser, default: int | None = None, help: str = "") -> None:
     """``--max-pixels``: the largest image (width × height) read."""
     _shared(parser, "add_max_pixels", "--max-pixels", type=int, default=default, help=help)
+
+
+def add_image_dir(
+    parser: argparse.ArgumentParser, help: str = "image folder of a .json/.jsonl (default: found next to the file)"
+) -> None:
+    """``--image-dir``: the folder an annotation file's image paths are relative to."""
+    _shared(parser, "add_image_dir", "--image-dir", help=help)
 
 
 def add_device(parser: argparse.ArgumentParser, default: str | None = "auto", help: str = DEVICE_HELP) -> None:
@@ -343,9 +362,21 @@ def check_model_spec(model: str) -> None:
         )
 
 
-def text_config(base: Any, text_model: str | None, text_weights: str | None, templates: list[str] | None = None):
-    """``base`` (a TextConfig) with the command line's text-encoder options applied."""
+def text_config(
+    base: Any,
+    text_model: str | None,
+    text_weights: str | None,
+    templates: list[str] | None = None,
+    family: str | None = None,
+):
+    """``base`` (a TextConfig) with the command line's text-encoder options applied.
+
+    Raises:
+        UsageError: ``--text-weights`` names nothing, or the result is no valid text config (named).
+    """
     changes: dict[str, Any] = {}
+    if family:
+        changes.update(family=family)
     if text_model:
         changes.update(model=text_model, custom=None)
     if text_weights:
@@ -354,13 +385,19 @@ def text_config(base: Any, text_model: str | None, text_weights: str | None, tem
         changes.update(pretrained=text_weights, custom=None)
     if templates:
         changes.update(templates=tuple(templates))
-    return dataclasses.replace(base, **changes) if changes else base
+    if not changes:
+        return base
+    try:
+        return dataclasses.replace(base, **changes)
+    except ConfigError as e:
+        raise UsageError(f"--text-family / --text-model: {e}") from e
 
 
 def apply_text_options(det: Any, args: argparse.Namespace) -> None:
-    """Switch ``det`` to the text encoder ``--text-model`` / ``--text-weights`` name, when given."""
-    if args.text_model or args.text_weights:
-        det.set_text_encoder(text_config(det.cfg.text, args.text_model, args.text_weights))
+    """Switch ``det`` to the text encoder ``--text-model`` / ``--text-weights`` / ``--text-family`` name, when given."""
+    family = getattr(args, "text_family", None)
+    if args.text_model or args.text_weights or family:
+        det.set_text_encoder(text_config(det.cfg.text, args.text_model, args.text_weights, family=family))
 
 
 def set_vocabulary(

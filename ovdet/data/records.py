@@ -26,6 +26,11 @@ class ImageRecord:
         neg_category_ids: LVIS: category ids verified absent from the image (safe negatives).
         not_exhaustive_category_ids: LVIS: categories whose boxes may be missing here; never
             sampled as negatives.
+        caption: the grounding caption the boxes' spans point into (ODVG ``grounding.caption``,
+            an MDETR-style json image's ``caption``); None for detection data.
+        spans: N per-box tuples of ``(start, end)`` character spans into ``caption`` (ODVG /
+            MDETR ``tokens_positive``, sorted, distinct; ``caption[start:end]`` is the phrase),
+            ``()`` for a box without any; an empty list means none for every box.
     """
 
     path: Path
@@ -38,16 +43,20 @@ class ImageRecord:
     ignore: np.ndarray
     neg_category_ids: list[int] = field(default_factory=list)
     not_exhaustive_category_ids: list[int] = field(default_factory=list)
+    caption: str | None = None
+    spans: list[tuple[tuple[int, int], ...]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.texts)
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
         self.ignore = np.asarray(self.ignore, dtype=bool).reshape(-1)
-        if not (len(self.boxes) == len(self.labels) == len(self.ignore) == n):
+        if not self.spans:
+            self.spans = [()] * n
+        if not (len(self.boxes) == len(self.labels) == len(self.ignore) == len(self.spans) == n):
             raise ValueError(
                 f"{self.path}: boxes {len(self.boxes)}, texts {n}, labels {len(self.labels)}, "
-                f"ignore {len(self.ignore)} must have one entry per box"
+                f"ignore {len(self.ignore)}, spans {len(self.spans)} must have one entry per box"
             )
 
     @property

@@ -14,7 +14,7 @@ import numpy as np
 
 from ovdet.io import atomic_write_text
 
-__all__ = ["format_metrics", "plot_pr_curves", "save_results", "write_report"]
+__all__ = ["format_metrics", "json_ready", "plot_pr_curves", "save_results", "write_metrics", "write_report"]
 
 
 def save_results(path: str | os.PathLike, results: Iterable[Mapping[str, Any]]) -> Path:
@@ -121,6 +121,27 @@ def plot_pr_curves(
     return path
 
 
+def json_ready(value: Any) -> Any:
+    """``value`` for strict JSON: NaN (a metric with nothing to count, the AP of a class without
+    ground truth) becomes None, tuples become lists; dicts and lists are copied."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, Mapping):
+        return {k: json_ready(x) for k, x in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(x) for x in value]
+    return value
+
+
+def write_metrics(path: str | os.PathLike, metrics: Mapping[str, Any]) -> Path:
+    """Write ``metrics`` as strict JSON (:func:`json_ready`), atomically.
+
+    Returns:
+        The written path (parent directories are created).
+    """
+    return atomic_write_text(path, json.dumps(json_ready(metrics), indent=1, allow_nan=False))
+
+
 def write_report(
     metrics: Mapping[str, Any], save_dir: str | os.PathLike, precision: Any = None, names: Sequence[str] | None = None
 ) -> Path:
@@ -132,17 +153,7 @@ def write_report(
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     print(format_metrics(metrics))
-
-    def clean(v):  # strict JSON: NaN (AP of a class without ground truth) becomes null
-        if isinstance(v, float) and v != v:
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    atomic_write_text(save_dir / "metrics.json", json.dumps(clean(metrics), indent=1, allow_nan=False))
+    write_metrics(save_dir / "metrics.json", metrics)
     written = ["metrics.json"]
     if precision is not None and names is not None:
         try:

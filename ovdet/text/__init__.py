@@ -6,6 +6,7 @@
 * :mod:`ovdet.text.encoders` — build the encoder a config describes, or name it without building.
 * :mod:`ovdet.text.cache` — :class:`EmbeddingCache`, so a vocabulary is encoded once per machine.
 * :mod:`ovdet.text.files` — embedding files (``ovdet embed``) for machines without the encoder.
+* :mod:`ovdet.text.tokens` — how many tokens a text takes, from the encoder's tokenizer alone.
 
 The names below are imported from their modules on first access, so importing
 ``ovdet.text.base`` or ``ovdet.text.files`` (as the deployment runtime does, without PyTorch)

