@@ -775,7 +775,7 @@ class TrainConfig:
         weight_decay: on weights only (never norms, biases or logit scales/biases); None: 5e-4.
             The AdamW defaults (beta1 0.9 that does not warm up, weight decay 5e-4) are those of
             ultralytics' ``auto`` AdamW. ovdet's former 0.937 (warmed up from 0.8) and 0.025
-            ended the Raccoon fine-tune 0.02–0.06 mAP50-95 lower (README "Fine-tuning on real
+            ended the Raccoon fine-tune 0.02–0.04 mAP50-95 lower (README "Fine-tuning on real
             custom data"). Long pretraining runs, as YOLO-World's recipe does, set a larger decay
             (0.025–0.05) explicitly.
         warmup_epochs: length of the linear warmup, in epochs (at least 100 steps, never past the run's half).

@@ -97,7 +97,7 @@ def test_momentum_defaults_per_optimizer_and_adamw_beta1_never_warms_up(
     optimizer: str, given: float | None, expected: float
 ) -> None:
     # ultralytics' ``auto`` AdamW: beta1 0.9, untouched by the warmup; ovdet's former 0.937 warmed
-    # up from 0.8 ended 0.02-0.06 mAP50-95 lower on the Raccoon fine-tune (README).
+    # up from 0.8 ended 0.02-0.04 mAP50-95 lower on the Raccoon fine-tune (README).
     cfg = TrainConfig(epochs=10, warmup_epochs=1, warmup_momentum=0.5, momentum=given, optimizer=optimizer)
     assert cfg.resolved("momentum") == expected
     assert cfg.resolved("weight_decay") == 5e-4  # both optimizers (was 0.025 for AdamW)
