@@ -99,7 +99,10 @@ def test_yolov8_pt_conversion_keeps_boxes_and_classifier(exported, x: torch.Tens
         ref = theirs(x)[0]  # (B, 4 + K, A) decoded xywh boxes and sigmoid scores
         net, report = convert_ultralytics_model(theirs, vocabulary=(names, emb))
         boxes, scores = net.decode(net(x, emb[None].expand(len(x), -1, -1)))  # (B, A, 4), (B, A, K)
-    torch.testing.assert_close(boxes, xywh2xyxy(ref[:, :4].transpose(1, 2)), rtol=1e-4, atol=1e-3)
+    # Boxes are pixels: a DFL distance's float rounding (~1e-4 grid cells) is multiplied by the
+    # stride (32 at P5), so 1e-3 px was tighter than float32 allows there (2.5e-3 px seen once the
+    # installed packages changed); 5e-3 px is still 1.5e-5 of the 320 px image.
+    torch.testing.assert_close(boxes, xywh2xyxy(ref[:, :4].transpose(1, 2)), rtol=1e-4, atol=5e-3)
     torch.testing.assert_close(scores, ref[:, 4:].transpose(1, 2), rtol=1e-4, atol=1e-5)
     assert scores.max() > 0.05 and scores.std() > 1e-3  # calibrated: the scores say something
     # The neck projections were widened (the attention branch enters with zero weight) ...

@@ -51,9 +51,9 @@ class ImageRecord:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
         self.ignore = np.asarray(self.ignore, dtype=bool).reshape(-1)
-        if not self.spans:
-            self.spans = [()] * n
-        if not (len(self.boxes) == len(self.labels) == len(self.ignore) == len(self.spans) == n):
+        spans = len(self.spans) if self.spans else n  # an empty list: no spans at all (not filled in, so
+        # filtering the boxes with dataclasses.replace keeps the record valid)
+        if not (len(self.boxes) == len(self.labels) == len(self.ignore) == spans == n):
             raise ValueError(
                 f"{self.path}: boxes {len(self.boxes)}, texts {n}, labels {len(self.labels)}, "
                 f"ignore {len(self.ignore)}, spans {len(self.spans)} must have one entry per box"

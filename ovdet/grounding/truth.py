@@ -139,7 +139,7 @@ def grounding_set(dataset: Dataset, source: str = "<dataset>") -> GroundingSet:
             continue
         groups: dict[tuple[Span, ...], list[int]] = {}
         no_span: list[str] = []
-        for i, spans in enumerate(rec.spans):
+        for i, spans in enumerate(rec.spans or [()] * len(rec.texts)):  # [] : no box has a span
             if rec.ignore[i]:
                 skipped += 1
             elif not spans:
